@@ -1,0 +1,259 @@
+//! The one way Depot writes a file: never in place, always whole.
+//!
+//! A [`TempFile`] is created in the root's `.depot/tmp/` (same file system as the target, so
+//! the final rename is atomic). [`TempFile::commit`] fsyncs the data, creates missing parent
+//! directories (fsyncing each new entry), renames the file into place and fsyncs the target
+//! directory, so that after `commit` returns the file survives a power cut and before it
+//! returns no reader can see it. A `TempFile` dropped without `commit` deletes itself; one
+//! left by a crash is removed by [`Root::sweep_tmp`](crate::Root::sweep_tmp).
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use rand::Rng;
+
+/// A file being written in `.depot/tmp/`; see the module docs.
+#[derive(Debug)]
+pub struct TempFile {
+    file: File,
+    path: PathBuf,
+    /// Set once renamed into place, so `Drop` leaves it alone.
+    committed: bool,
+}
+
+/// Why [`TempFile::commit`] failed. The temp file is deleted either way.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    /// The target cannot exist as a file: a parent is a file, or the target is a non-empty
+    /// directory (`a` vs `a/b`).
+    #[error("{path} is {what}")]
+    Conflict {
+        /// The path in the way.
+        path: PathBuf,
+        /// What is in the way, completing "<path> is ...".
+        what: &'static str,
+    },
+    /// An I/O error (disk full, permissions, ...).
+    #[error("cannot write {path}: {source}")]
+    Io {
+        /// The file or directory being written.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+}
+
+impl CommitError {
+    fn io(path: &Path) -> impl FnOnce(io::Error) -> Self + '_ {
+        move |source| Self::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+impl TempFile {
+    /// Creates a new, uniquely named temp file in `dir`.
+    ///
+    /// # Errors
+    /// The I/O error creating it.
+    pub fn create_in(dir: &Path) -> io::Result<Self> {
+        let name = format!("{:016x}.tmp", rand::rng().random::<u64>());
+        let path = dir.join(name);
+        let file = OpenOptions::new().write(true).read(true).create_new(true).open(&path)?;
+        Ok(Self {
+            file,
+            path,
+            committed: false,
+        })
+    }
+
+    /// The open file, for writes at offsets, `set_len`, metadata or extended attributes.
+    #[must_use]
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Where the temp file currently is.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Makes the file durable and atomically puts it at `dest`, replacing a file there.
+    ///
+    /// An empty directory at `dest` (left by an earlier delete) is replaced too; a non-empty
+    /// one is a [`CommitError::Conflict`].
+    ///
+    /// # Errors
+    /// [`CommitError`]; on error nothing has changed at `dest` and the temp file is gone.
+    pub fn commit(mut self, dest: &Path) -> Result<(), CommitError> {
+        self.file.sync_all().map_err(CommitError::io(&self.path))?;
+        let parent = dest.parent().ok_or_else(|| CommitError::Conflict {
+            path: dest.to_path_buf(),
+            what: "not a file path",
+        })?;
+        create_dirs_durably(parent)?;
+        if let Err(err) = std::fs::rename(&self.path, dest) {
+            if !dest.is_dir() {
+                return Err(CommitError::io(dest)(err));
+            }
+            // Only an empty directory may give way; remove_dir fails on a non-empty one.
+            std::fs::remove_dir(dest).map_err(|_| CommitError::Conflict {
+                path: dest.to_path_buf(),
+                what: "a directory that holds other files (a name cannot be both a file and a prefix)",
+            })?;
+            std::fs::rename(&self.path, dest).map_err(CommitError::io(dest))?;
+        }
+        self.committed = true;
+        sync_dir(parent).map_err(CommitError::io(parent))
+    }
+}
+
+impl Write for TempFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.file.write(buf)
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.file.write_all(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.committed
+            && let Err(err) = std::fs::remove_file(&self.path)
+            && err.kind() != io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %self.path.display(), %err, "cannot remove temp file");
+        }
+    }
+}
+
+/// Fsyncs a directory, making the entries created or renamed in it durable.
+///
+/// # Errors
+/// The I/O error opening or syncing it.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Creates `dir` and its missing ancestors, fsyncing the parent of each directory it creates.
+fn create_dirs_durably(dir: &Path) -> Result<(), CommitError> {
+    let mut missing = Vec::new();
+    let mut cur = dir;
+    loop {
+        match std::fs::metadata(cur) {
+            Ok(meta) if meta.is_dir() => break,
+            Ok(_) => {
+                return Err(CommitError::Conflict {
+                    path: cur.to_path_buf(),
+                    what: "a file, so nothing can be stored under it (a name cannot be both a file and a prefix)",
+                });
+            }
+            Err(err) if err.kind() == io::ErrorKind::NotFound => missing.push(cur),
+            Err(err) if err.kind() == io::ErrorKind::NotADirectory => {
+                // Some ancestor is a file; keep walking up to name it.
+                missing.push(cur);
+            }
+            Err(err) => return Err(CommitError::io(cur)(err)),
+        }
+        cur = match cur.parent() {
+            Some(parent) => parent,
+            None => break,
+        };
+    }
+    for dir in missing.into_iter().rev() {
+        match std::fs::create_dir(dir) {
+            Ok(()) => {}
+            // A concurrent writer made it first.
+            Err(err) if err.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => continue,
+            Err(err) => return Err(CommitError::io(dir)(err)),
+        }
+        if let Some(parent) = dir.parent() {
+            sync_dir(parent).map_err(CommitError::io(parent))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Root;
+
+    fn root() -> (tempfile::TempDir, Root) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Root::open(dir.path()).unwrap();
+        (dir, root)
+    }
+
+    #[test]
+    fn commit_puts_the_whole_file_in_place() {
+        let (_dir, root) = root();
+        let mut tmp = root.temp_file().unwrap();
+        tmp.write_all(b"hello").unwrap();
+        let tmp_path = tmp.path().to_path_buf();
+        let dest = root.dir().join("x/y/z.sst");
+        tmp.commit(&dest).unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), b"hello");
+        assert!(!tmp_path.exists());
+    }
+
+    #[test]
+    fn commit_replaces_an_existing_file() {
+        let (_dir, root) = root();
+        let dest = root.dir().join("k");
+        std::fs::write(&dest, b"old").unwrap();
+        let mut tmp = root.temp_file().unwrap();
+        tmp.write_all(b"new").unwrap();
+        tmp.commit(&dest).unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), b"new");
+    }
+
+    #[test]
+    fn dropping_an_uncommitted_file_deletes_it() {
+        let (_dir, root) = root();
+        let mut tmp = root.temp_file().unwrap();
+        tmp.write_all(b"partial").unwrap();
+        let path = tmp.path().to_path_buf();
+        drop(tmp);
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn a_file_parent_or_a_full_directory_is_a_conflict() {
+        let (_dir, root) = root();
+        std::fs::write(root.dir().join("a"), b"file").unwrap();
+        let tmp = root.temp_file().unwrap();
+        let err = tmp.commit(&root.dir().join("a/b")).unwrap_err();
+        assert!(
+            matches!(&err, CommitError::Conflict { path, .. } if path.ends_with("a")),
+            "{err}"
+        );
+
+        std::fs::create_dir_all(root.dir().join("d/e")).unwrap();
+        std::fs::write(root.dir().join("d/e/f"), b"x").unwrap();
+        let tmp = root.temp_file().unwrap();
+        let err = tmp.commit(&root.dir().join("d")).unwrap_err();
+        assert!(matches!(err, CommitError::Conflict { .. }), "{err}");
+        assert_eq!(std::fs::read(root.dir().join("d/e/f")).unwrap(), b"x");
+        assert_eq!(std::fs::read_dir(root.tmp_dir()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn an_empty_directory_gives_way() {
+        let (_dir, root) = root();
+        std::fs::create_dir_all(root.dir().join("e")).unwrap();
+        let mut tmp = root.temp_file().unwrap();
+        tmp.write_all(b"x").unwrap();
+        tmp.commit(&root.dir().join("e")).unwrap();
+        assert_eq!(std::fs::read(root.dir().join("e")).unwrap(), b"x");
+    }
+}

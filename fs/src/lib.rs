@@ -1,0 +1,23 @@
+//! Files inside one root directory, kept safe and durable.
+//!
+//! `depot serve` (S3 keys) and `depot-agent` (paths its peers ask for) both map untrusted
+//! relative names onto files under a root directory. Both must never touch anything outside
+//! that root, and must never let a reader see a half-written file. This crate holds those two
+//! rules, so they are the same on both sides.
+//!
+//! # Layout
+//! - [`name`]: which relative names are acceptable ([`validate`], [`NameRule`]).
+//! - [`root`]: [`Root`], a canonical root directory: resolving a name (refusing symlinks that
+//!   leave the root), Depot's private `.depot/` directory, the sweep of leftover temp files.
+//! - [`durable`]: [`TempFile`], the one way Depot writes a file: a temp file in `.depot/tmp/`,
+//!   `fsync`, rename into place, `fsync` of the directory; deleted on drop if never committed.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod durable;
+pub mod name;
+pub mod root;
+
+pub use durable::{CommitError, TempFile, sync_dir};
+pub use name::{MAX_NAME_BYTES, MAX_SEGMENT_BYTES, NameRule, STATE_DIR, UnsafeName, validate};
+pub use root::{OpenRootError, Root};
