@@ -440,11 +440,7 @@ impl S3Url {
             let v = percent_decode(v).ok_or_else(|| bad("bad %-escape in a query parameter"))?;
             match k.replace('_', "-").as_str() {
                 "endpoint" => parsed.endpoint = Some(v).filter(|v| !v.is_empty()),
-                "region" => {
-                    if !v.is_empty() {
-                        parsed.region = v;
-                    }
-                }
+                "region" if !v.is_empty() => parsed.region = v,
                 "force-path-style" => {
                     parsed.force_path_style = match v.as_str() {
                         "" | "true" | "1" => true,
