@@ -312,14 +312,18 @@ pub async fn complete_multipart_upload(
     let composite = upload.checksum_type.as_deref() == Some(ChecksumType::COMPOSITE);
 
     // Which stored parts make the object, checked as S3 checks them.
+    let numbers = requested
+        .iter()
+        .map(|p| {
+            p.part_number
+                .ok_or_else(|| Error::InvalidRequest("a part has no PartNumber".into()))
+        })
+        .collect::<Result<Vec<i32>>>()?;
+    if numbers.windows(2).any(|w| w[0] >= w[1]) {
+        return Err(Error::InvalidPartOrder);
+    }
     let mut chosen: Vec<&StoredPart> = Vec::with_capacity(requested.len());
-    for (i, part) in requested.iter().enumerate() {
-        let number = part
-            .part_number
-            .ok_or_else(|| Error::InvalidRequest("a part has no PartNumber".into()))?;
-        if chosen.last().is_some_and(|p| p.number >= number) {
-            return Err(Error::InvalidPartOrder);
-        }
+    for (i, (part, number)) in requested.iter().zip(numbers).enumerate() {
         let found = stored.iter().find(|p| p.number == number).ok_or(Error::InvalidPart {
             part: number,
             problem: "was not uploaded",
