@@ -77,7 +77,7 @@ impl Depot {
         cmd.arg("serve")
             .arg(archive)
             .args(["--listen", "127.0.0.1:0", "--json"]);
-        if !args.iter().any(|a| *a == "--log-file") {
+        if !args.contains(&"--log-file") {
             cmd.arg("--log-file").arg(logs.join(format!("depot-{n}.log")));
         }
         cmd.args(args)
