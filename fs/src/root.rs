@@ -33,21 +33,13 @@ pub enum OpenRootError {
         /// The path asked for.
         path: PathBuf,
     },
-    /// `.depot/tmp` could not be created (read-only or foreign-owned directory).
-    #[error("cannot create Depot's state directory {path}: {source} (is the directory writable?)")]
-    State {
-        /// The state directory.
-        path: PathBuf,
-        /// The underlying error.
-        source: io::Error,
-    },
 }
 
 impl Root {
-    /// Opens an existing directory as a root, creating `.depot/tmp/` in it.
+    /// Opens an existing directory as a root. Nothing is created until the first write.
     ///
     /// # Errors
-    /// [`OpenRootError`] when `dir` is missing, not a directory, or not writable.
+    /// [`OpenRootError`] when `dir` is missing or not a directory.
     pub fn open(dir: impl AsRef<Path>) -> Result<Self, OpenRootError> {
         let asked = dir.as_ref();
         let dir = asked.canonicalize().map_err(|source| OpenRootError::Open {
@@ -59,10 +51,7 @@ impl Root {
                 path: asked.to_path_buf(),
             });
         }
-        let root = Self { dir };
-        let tmp = root.tmp_dir();
-        std::fs::create_dir_all(&tmp).map_err(|source| OpenRootError::State { path: tmp, source })?;
-        Ok(root)
+        Ok(Self { dir })
     }
 
     /// The canonical path of the root directory.
@@ -123,12 +112,19 @@ impl Root {
         Some(parts?.join("/"))
     }
 
-    /// Starts a write: a new temp file in `.depot/tmp/`.
+    /// Starts a write: a new temp file in `.depot/tmp/` (created on first use).
     ///
     /// # Errors
     /// The I/O error creating the file.
     pub fn temp_file(&self) -> io::Result<TempFile> {
-        TempFile::create_in(&self.tmp_dir())
+        let tmp = self.tmp_dir();
+        match TempFile::create_in(&tmp) {
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(&tmp)?;
+                TempFile::create_in(&tmp)
+            }
+            result => result,
+        }
     }
 
     /// Deletes every file left in `.depot/tmp/` by writes that never finished (a crash, a
@@ -138,7 +134,11 @@ impl Root {
     /// The I/O error reading the directory.
     pub fn sweep_tmp(&self) -> io::Result<usize> {
         let mut removed = 0;
-        for entry in std::fs::read_dir(self.tmp_dir())? {
+        let entries = match std::fs::read_dir(self.tmp_dir()) {
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(0),
+            result => result?,
+        };
+        for entry in entries {
             let entry = entry?;
             let result = if entry.file_type()?.is_dir() {
                 std::fs::remove_dir_all(entry.path())
@@ -211,6 +211,8 @@ mod tests {
     #[test]
     fn sweep_removes_leftovers_and_prune_removes_empty_dirs() {
         let (_dir, root) = root();
+        assert_eq!(root.sweep_tmp().unwrap(), 0, "nothing to sweep before the first write");
+        drop(root.temp_file().unwrap());
         std::fs::write(root.tmp_dir().join("abandoned.tmp"), b"partial").unwrap();
         assert_eq!(root.sweep_tmp().unwrap(), 1);
         assert_eq!(std::fs::read_dir(root.tmp_dir()).unwrap().count(), 0);

@@ -1,1 +1,35 @@
-//! depot-server.
+//! `depot serve`: a short-lived S3-compatible endpoint over a local backup directory.
+//!
+//! # Layout
+//! - [`cli`]: the command line (flags, banner, summary, logging, signals); only it prints.
+//! - [`serve`]: `depot serve` end to end: lock, sweep, credentials, TLS, bind, run.
+//! - [`server`]: the connection loop: TLS, HTTP/1+2, S3 vs gRPC dispatch, graceful drain.
+//! - [`registry`]: the gRPC registry of live agents.
+//! - [`tls`]: the generated CA and server certificate, or the operator's own.
+//! - [`storage_url`]: the `s3://` URL nodes use; `br://` parsing.
+//! - [`credentials`]: the generated (or given) bucket, access key, secret key, join token.
+//! - [`archive`]: buckets as directories of the archive.
+//! - [`meta`]: what Depot keeps about an object beyond its bytes (an extended attribute).
+//! - [`digest`]: Content-MD5 / `x-amz-checksum-*` (header or trailer) computed and checked.
+//! - [`body`]: streaming a request body into a temp file, hashing on the way.
+//! - [`listing`]: keys in S3 order straight from the directory tree.
+//! - [`s3`]: the `s3s::S3` implementation, one module per operation family.
+//! - [`error`]: every failure and the S3 error it becomes.
+//! - [`stats`]: counters behind the shutdown summary.
+#![forbid(unsafe_code)]
+
+pub mod archive;
+pub mod body;
+pub mod cli;
+pub mod credentials;
+pub mod digest;
+pub mod error;
+pub mod listing;
+pub mod meta;
+pub mod registry;
+pub mod s3;
+pub mod serve;
+pub mod server;
+pub mod stats;
+pub mod storage_url;
+pub mod tls;

@@ -1,1 +1,4 @@
-//! End-to-end tests.
+//! End-to-end tests: the real `depot` (and `depot-agent`) binaries on loopback, driven by
+//! real clients. One test binary, one module per topic.
+
+mod s3_contract;

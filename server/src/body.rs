@@ -1,0 +1,145 @@
+//! Receiving a request body into a temp file, hashing it on the way.
+//!
+//! The network side (this task) hashes each chunk and hands batches of about 1 MiB to a
+//! blocking writer thread over a small bounded channel, so receiving, hashing and writing
+//! overlap while at most a few MiB per upload are in memory. Nothing reaches the object's
+//! path here: the caller checks the digests and then commits the [`TempFile`].
+
+use std::io::{self, IoSlice, Write};
+
+use bytes::Bytes;
+use depot_fs::TempFile;
+use futures::StreamExt;
+use s3s::dto::StreamingBlob;
+
+use crate::digest::{BodyHasher, Digests};
+use crate::error::{Error, Result, write_error};
+
+/// S3's limit for one PUT or one part.
+pub const MAX_BODY: u64 = 5 * 1024 * 1024 * 1024;
+
+/// Bytes handed to the writer at once.
+const BATCH_BYTES: usize = 1024 * 1024;
+/// Chunks handed to the writer at once (below the kernel's `IOV_MAX` of 1024).
+const BATCH_CHUNKS: usize = 256;
+/// Batches in flight between the network and the writer.
+const QUEUE: usize = 4;
+
+/// A body written to a temp file, with its size and digests.
+pub struct Received {
+    /// The temp file holding the body.
+    pub file: TempFile,
+    /// Bytes received.
+    pub size: u64,
+    /// Digests of those bytes.
+    pub digests: Digests,
+}
+
+/// Checks a declared length against [`MAX_BODY`] before reading anything.
+///
+/// # Errors
+/// [`Error::EntityTooLarge`].
+pub fn check_declared_length(length: Option<i64>) -> Result<()> {
+    match length.and_then(|l| u64::try_from(l).ok()) {
+        Some(size) if size > MAX_BODY => Err(Error::EntityTooLarge { size }),
+        _ => Ok(()),
+    }
+}
+
+/// Streams `body` into `file`, hashing it with `hasher`. `key` names the object in errors.
+///
+/// # Errors
+/// A body error (digest or signature mismatch found by s3s, early end), [`Error::EntityTooLarge`],
+/// or a write error (a full disk is [`Error::DiskFull`]). The temp file is deleted on error.
+pub async fn receive(
+    body: Option<StreamingBlob>,
+    file: TempFile,
+    mut hasher: BodyHasher,
+    key: &str,
+) -> Result<Received> {
+    let temp_path = file.path().to_path_buf();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Bytes>>(QUEUE);
+    let writer = tokio::task::spawn_blocking(move || -> io::Result<TempFile> {
+        let mut file = file;
+        while let Some(batch) = rx.blocking_recv() {
+            write_batch(&mut file, &batch)?;
+        }
+        Ok(file)
+    });
+
+    let mut size = 0u64;
+    let mut outcome = Ok(());
+    if let Some(mut body) = body {
+        let mut batch = Vec::new();
+        let mut batch_bytes = 0;
+        while let Some(chunk) = body.next().await {
+            let chunk = match chunk {
+                Ok(chunk) => chunk,
+                Err(err) => {
+                    outcome = Err(body_error(&*err, size));
+                    break;
+                }
+            };
+            size += chunk.len() as u64;
+            if size > MAX_BODY {
+                outcome = Err(Error::EntityTooLarge { size });
+                break;
+            }
+            hasher.update(&chunk);
+            batch_bytes += chunk.len();
+            batch.push(chunk);
+            if batch_bytes >= BATCH_BYTES || batch.len() >= BATCH_CHUNKS {
+                batch_bytes = 0;
+                if tx.send(std::mem::take(&mut batch)).await.is_err() {
+                    break; // the writer failed; its error is reported below
+                }
+            }
+        }
+        if outcome.is_ok() && !batch.is_empty() {
+            let _ = tx.send(batch).await;
+        }
+    }
+    drop(tx);
+    let written = writer.await.map_err(|e| Error::io(&temp_path)(io::Error::other(e)))?;
+    outcome?;
+    let file = written.map_err(|e| write_error(key, temp_path, e))?;
+    Ok(Received {
+        file,
+        size,
+        digests: hasher.finalize(),
+    })
+}
+
+/// Writes every chunk of `batch` with as few `writev` calls as the kernel allows.
+fn write_batch(file: &mut TempFile, batch: &[Bytes]) -> io::Result<()> {
+    let mut slices: Vec<IoSlice<'_>> = batch.iter().map(|b| IoSlice::new(b)).collect();
+    let mut slices = &mut slices[..];
+    while !slices.is_empty() {
+        match file.write_vectored(slices) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut slices, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Turns an error from the body stream into the S3 error it stands for.
+///
+/// s3s checks the signed payload hash and the aws-chunked signatures inside the stream, but
+/// its error types are private, so they are recognised by their (stable) names.
+fn body_error(err: &(dyn std::error::Error + 'static), received: u64) -> Error {
+    let text = err.to_string();
+    if text.contains("Sha256Mismatch") {
+        Error::ContentSha256Mismatch
+    } else if text.contains("SignatureMismatch") {
+        Error::ChunkSignature
+    } else if text.contains("FormatError") || text.contains("TooLarge") || text.contains("TooMany") {
+        Error::InvalidRequest(format!("malformed aws-chunked body: {text}"))
+    } else {
+        // "Incomplete", "LengthMismatch", or the connection went away mid-body.
+        tracing::debug!(%text, received, "body ended early");
+        Error::IncompleteBody { received }
+    }
+}

@@ -1,0 +1,298 @@
+//! The `depot` command line: flags (clap), output for people and scripts, logging, signals.
+//!
+//! Only this module and `main.rs` print; the library below returns values and typed errors.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Parser, Subcommand};
+
+use crate::credentials::Given;
+use crate::serve::{Banner, Config, Server, ServerInfo, TlsMode};
+use crate::stats::Summary;
+use crate::storage_url::{Advertised, StorageUrl, archive_path};
+
+/// Turn a directory into a short-lived S3-compatible endpoint for backups.
+#[derive(Debug, Parser)]
+#[command(name = "depot", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve a directory (DIR or br:///DIR) as an S3 bucket until Ctrl-C.
+    Serve(Box<ServeArgs>),
+    /// Print the s3:// storage URL that br:///DIR translates to.
+    Url(UrlArgs),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// The archive: a directory or br:///DIR [default: a "depot-archive" directory under the
+    /// system temp directory].
+    archive: Option<String>,
+    /// Address to listen on [default: 127.0.0.1 on a free port; with --advertise, every
+    /// interface on the advertised port].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// The HOST:PORT nodes reach this server at (printed in the storage URL).
+    #[arg(long, value_name = "HOST:PORT")]
+    advertise: Option<String>,
+    /// The region clients sign for.
+    #[arg(long, env = "DEPOT_REGION", default_value = "us-east-1")]
+    region: String,
+    #[command(flatten)]
+    credentials: CredentialArgs,
+    /// The agents' join token [default: generated].
+    #[arg(long, env = "DEPOT_JOIN_TOKEN", hide_env_values = true)]
+    join_token: Option<String>,
+    /// HTTPS: auto = on when --advertise is not a loopback address.
+    #[arg(long, value_enum, default_value_t = TlsMode::Auto)]
+    tls: TlsMode,
+    /// Serve this certificate chain (PEM) instead of a generated one.
+    #[arg(long, requires = "tls_key", value_name = "PEM")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, requires = "tls_cert", value_name = "PEM")]
+    tls_key: Option<PathBuf>,
+    /// Serve each top-level directory as a bucket (CreateBucket/DeleteBucket/ListBuckets).
+    #[arg(long)]
+    multi_bucket: bool,
+    /// Print the start banner as one JSON line on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Log file [default: ARCHIVE/.depot/depot.log].
+    #[arg(long, value_name = "PATH")]
+    log_file: Option<PathBuf>,
+    /// Log level (RUST_LOG, when set, wins).
+    #[arg(long, default_value = "info")]
+    log_level: String,
+    /// How often agents heartbeat (e.g. 5s, 500ms).
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    heartbeat_interval: Duration,
+    /// How long Ctrl-C waits for requests in flight.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+struct CredentialArgs {
+    /// The bucket name [default: depot-<random>].
+    #[arg(long, env = "DEPOT_BUCKET")]
+    bucket: Option<String>,
+    /// The access key [default: generated].
+    #[arg(long, env = "DEPOT_ACCESS_KEY")]
+    access_key: Option<String>,
+    /// The secret key [default: generated].
+    #[arg(long, env = "DEPOT_SECRET_KEY", hide_env_values = true)]
+    secret_key: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct UrlArgs {
+    /// The archive: br:///DIR or a directory.
+    archive: String,
+    /// The HOST:PORT nodes reach the server at [default: the running server's].
+    #[arg(long, value_name = "HOST:PORT")]
+    advertise: Option<String>,
+    /// The bucket, when no server is running on the archive.
+    #[arg(long, env = "DEPOT_BUCKET")]
+    bucket: Option<String>,
+    /// The region, when no server is running on the archive.
+    #[arg(long, env = "DEPOT_REGION", default_value = "us-east-1")]
+    region: String,
+    /// Whether the endpoint is HTTPS, when no server is running on the archive.
+    #[arg(long)]
+    https: bool,
+}
+
+/// Runs the parsed command line.
+///
+/// # Errors
+/// Anything that stops the command; `main` prints it and exits 1.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => serve(*args),
+        Command::Url(args) => url(args),
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let archive = match &args.archive {
+        Some(arg) => archive_path(arg)?,
+        None => std::env::temp_dir().join("depot-archive"),
+    };
+    let config = Config {
+        archive: archive.clone(),
+        listen: args.listen,
+        advertise: args.advertise.as_deref().map(Advertised::parse).transpose()?,
+        region: args.region,
+        credentials: Given {
+            bucket: args.credentials.bucket,
+            access_key: args.credentials.access_key,
+            secret_key: args.credentials.secret_key,
+            join_token: args.join_token,
+        },
+        tls: args.tls,
+        tls_files: args.tls_cert.zip(args.tls_key),
+        multi_bucket: args.multi_bucket,
+        heartbeat_interval: args.heartbeat_interval,
+        drain_timeout: args.shutdown_timeout,
+    };
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let mut server = Server::bind(config).await?;
+        let log_file = args
+            .log_file
+            .unwrap_or_else(|| server.banner().archive.join(".depot/depot.log"));
+        init_logging(&log_file, &args.log_level)?;
+        server.set_log_file(log_file);
+        if server.swept() > 0 {
+            tracing::info!(files = server.swept(), "removed temp files left by an interrupted run");
+        }
+        print_banner(server.banner(), args.json, server.swept())?;
+        let summary = server.run(shutdown_signal()).await;
+        print_summary(&summary, args.json);
+        Ok(())
+    })
+}
+
+fn url(args: UrlArgs) -> anyhow::Result<()> {
+    let archive = archive_path(&args.archive)?;
+    let advertised = args.advertise.as_deref().map(Advertised::parse).transpose()?;
+    let (bucket, region, tls, endpoint) = match ServerInfo::running(&archive) {
+        Some(info) => {
+            let tls = info.endpoint.starts_with("https://");
+            let Some(bucket) = args.bucket.or(info.bucket) else {
+                bail!(
+                    "the server on {} has no single bucket (--multi-bucket); pass --bucket",
+                    archive.display()
+                );
+            };
+            (bucket, info.region, tls, info.endpoint)
+        }
+        None => {
+            let Some(bucket) = args.bucket else {
+                bail!(
+                    "no depot is serving {}: start `depot serve br://{}`, or pass --bucket (and --advertise) to translate without one",
+                    archive.display(),
+                    archive.display()
+                );
+            };
+            let Some(advertised) = &advertised else {
+                bail!("no depot is serving {}: pass --advertise HOST:PORT", archive.display());
+            };
+            (bucket, args.region, args.https, advertised.url(args.https))
+        }
+    };
+    let endpoint = advertised.map_or(endpoint, |a| a.url(tls));
+    println!(
+        "{}",
+        StorageUrl {
+            bucket,
+            endpoint,
+            region
+        }
+    );
+    Ok(())
+}
+
+/// Logs go to a file; the console is for the banner and the summary.
+fn init_logging(path: &PathBuf, level: &str) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create the log directory {}", dir.display()))?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("cannot open the log file {}", path.display()))?;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .with_context(|| format!("--log-level {level:?} is not a valid level or filter"))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::sync::Mutex::new(file))
+        .with_ansi(false)
+        .init();
+    Ok(())
+}
+
+fn print_banner(banner: &Banner, json: bool, swept: usize) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::to_string(banner)?)?;
+        out.flush()?;
+        return Ok(());
+    }
+    let what = match &banner.bucket {
+        Some(bucket) => format!("as bucket {bucket}"),
+        None => "with one bucket per top-level directory".to_owned(),
+    };
+    writeln!(out, "depot: serving {} {what}", banner.archive.display())?;
+    writeln!(out, "  endpoint:    {}  (region {})", banner.endpoint, banner.region)?;
+    if let Some(url) = &banner.storage_url {
+        writeln!(out, "  storage URL: {url}")?;
+        writeln!(
+            out,
+            "               (BR/TiKV: put a backup under a prefix, s3://{}/NAME?...)",
+            banner.bucket.as_deref().unwrap_or("")
+        )?;
+    }
+    writeln!(out, "  credentials (fresh for this run, stored nowhere):")?;
+    writeln!(
+        out,
+        "    export AWS_ACCESS_KEY_ID={} AWS_SECRET_ACCESS_KEY={}",
+        banner.access_key, banner.secret_key
+    )?;
+    if let Some(bundle) = &banner.bundle_file {
+        writeln!(out, "    export SSL_CERT_FILE={}", bundle.display())?;
+    }
+    if let Some(ca) = &banner.ca_file {
+        writeln!(out, "  CA certificate: {} (copy it to every node)", ca.display())?;
+    }
+    writeln!(
+        out,
+        "  agents:      depot-agent serve --coordinator {} --join-token {} ...",
+        banner.registry, banner.join_token
+    )?;
+    if let Some(log) = &banner.log_file {
+        writeln!(out, "  log file:    {}", log.display())?;
+    }
+    if swept > 0 {
+        writeln!(out, "  removed {swept} temp files left by an interrupted run")?;
+    }
+    writeln!(out, "Press Ctrl-C to stop.")?;
+    out.flush()?;
+    Ok(())
+}
+
+fn print_summary(summary: &Summary, json: bool) {
+    // With --json, stdout carries exactly the one banner line; the summary goes to stderr.
+    if json {
+        eprintln!("{summary}");
+    } else {
+        println!("{summary}");
+    }
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = ctrl_c.await;
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! What Depot remembers about an object beyond its bytes.
+//!
+//! Stored as JSON in the file's `user.depot` extended attribute, set on the temp file before
+//! it is renamed into place, so the record and the bytes appear together or not at all. The
+//! record carries the size and mtime it describes; a file changed behind Depot's back (or
+//! placed there by hand) has no valid record and gets a [`ObjectMeta::synthesized`] one.
+//!
+//! ETags: an MD5 (as S3 gives) when the client sent Content-MD5 and so can check it;
+//! otherwise the object's CRC64-NVME as 16 hex digits, which no tool mistakes for an MD5 —
+//! hashing every byte with MD5 would cap uploads near 700 MB/s, below a fast disk.
+
+use std::collections::BTreeMap;
+use std::fs::{File, Metadata};
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use xattr::FileExt;
+
+/// The extended attribute holding the record.
+const XATTR: &str = "user.depot";
+
+/// Set once a file system refused extended attributes, so the warning is logged once.
+static XATTR_UNSUPPORTED: AtomicBool = AtomicBool::new(false);
+
+/// The metadata of one object (or one multipart part).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectMeta {
+    /// Size the record describes; a mismatch means the file changed since.
+    pub size: u64,
+    /// Modification time (ns since the epoch) the record describes.
+    pub mtime_ns: i128,
+    /// The ETag without quotes.
+    pub etag: String,
+    /// Standard headers that round-trip.
+    #[serde(default, skip_serializing_if = "Headers::is_empty")]
+    pub headers: Headers,
+    /// `x-amz-meta-*` user metadata (keys without the prefix, lowercase).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub user: BTreeMap<String, String>,
+    /// The object's checksum (algorithm, base64 value), as S3 reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<StoredChecksum>,
+    /// Number of parts, for an object made by a multipart upload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parts: Option<u32>,
+}
+
+/// The standard headers S3 stores with an object.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Headers {
+    /// `Content-Type`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+    /// `Content-Encoding`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_encoding: Option<String>,
+    /// `Content-Disposition`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_disposition: Option<String>,
+    /// `Content-Language`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_language: Option<String>,
+    /// `Cache-Control`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_control: Option<String>,
+}
+
+impl Headers {
+    fn is_empty(&self) -> bool {
+        self == &Self::default()
+    }
+}
+
+/// A checksum as S3 reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredChecksum {
+    /// `CRC32`, `CRC32C`, `CRC64NVME`, `SHA1` or `SHA256`.
+    pub algorithm: String,
+    /// Base64 digest; composite (multipart) values end in `-N`.
+    pub value: String,
+    /// `FULL_OBJECT` or `COMPOSITE`.
+    pub kind: String,
+}
+
+/// Nanoseconds since the epoch of a file's mtime.
+pub fn mtime_ns(meta: &Metadata) -> i128 {
+    i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec())
+}
+
+impl ObjectMeta {
+    /// Reads the record of the file at `path` whose metadata is `fs_meta`; `None` when there
+    /// is none or it describes other bytes.
+    pub fn load(path: &Path, fs_meta: &Metadata) -> Option<Self> {
+        let raw = xattr::get(path, XATTR).ok()??;
+        let meta: Self = serde_json::from_slice(&raw).ok()?;
+        (meta.size == fs_meta.len() && meta.mtime_ns == mtime_ns(fs_meta)).then_some(meta)
+    }
+
+    /// The record of a file Depot did not write: a stable ETag from (size, mtime, inode),
+    /// no headers or checksum.
+    pub fn synthesized(fs_meta: &Metadata) -> Self {
+        let mut hash = Sha256::new();
+        hash.update(fs_meta.len().to_le_bytes());
+        hash.update(mtime_ns(fs_meta).to_le_bytes());
+        hash.update(fs_meta.ino().to_le_bytes());
+        let digest = hash.finalize();
+        Self {
+            size: fs_meta.len(),
+            mtime_ns: mtime_ns(fs_meta),
+            etag: hex::encode(&digest[..8]),
+            ..Self::default()
+        }
+    }
+
+    /// The record of `path`, real or synthesized.
+    pub fn load_or_synthesize(path: &Path, fs_meta: &Metadata) -> Self {
+        Self::load(path, fs_meta).unwrap_or_else(|| Self::synthesized(fs_meta))
+    }
+
+    /// Binds the record to `file`'s current size and mtime and stores it on the file. Call
+    /// after the last data write and before the commit. A file system without extended
+    /// attributes is tolerated (warned about once): the object then behaves like one placed
+    /// by hand.
+    ///
+    /// # Errors
+    /// Any other I/O error.
+    pub fn store(&mut self, file: &File) -> io::Result<()> {
+        let fs_meta = file.metadata()?;
+        self.size = fs_meta.len();
+        self.mtime_ns = mtime_ns(&fs_meta);
+        let json = serde_json::to_vec(self).map_err(io::Error::other)?;
+        match file.set_xattr(XATTR, &json) {
+            Ok(()) => Ok(()),
+            Err(err) if err.kind() == io::ErrorKind::Unsupported || err.raw_os_error() == Some(95) => {
+                if !XATTR_UNSUPPORTED.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        "the archive's file system has no user extended attributes: \
+                         Content-Type, user metadata and checksums will not be kept"
+                    );
+                }
+                Ok(())
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Last-Modified: the file's mtime.
+    pub fn last_modified(&self) -> SystemTime {
+        let secs = u64::try_from(self.mtime_ns.div_euclid(1_000_000_000)).unwrap_or(0);
+        let nanos = u32::try_from(self.mtime_ns.rem_euclid(1_000_000_000)).unwrap_or(0);
+        SystemTime::UNIX_EPOCH + std::time::Duration::new(secs, nanos)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn a_record_round_trips_and_is_dropped_when_the_file_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("obj");
+        let mut file = File::create(&path).unwrap();
+        file.write_all(b"hello").unwrap();
+        let mut meta = ObjectMeta {
+            etag: "abc".into(),
+            ..ObjectMeta::default()
+        };
+        meta.headers.content_type = Some("text/plain".into());
+        meta.user.insert("owner".into(), "me".into());
+        meta.store(&file).unwrap();
+        drop(file);
+
+        let loaded = ObjectMeta::load(&path, &path.metadata().unwrap()).expect("record");
+        assert_eq!(loaded, meta);
+        assert_eq!(loaded.size, 5);
+
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"!")
+            .unwrap();
+        let fs_meta = path.metadata().unwrap();
+        assert!(ObjectMeta::load(&path, &fs_meta).is_none());
+        let synthesized = ObjectMeta::load_or_synthesize(&path, &fs_meta);
+        assert_eq!(synthesized.size, 6);
+        assert_eq!(synthesized.etag.len(), 16);
+        assert_eq!(synthesized, ObjectMeta::synthesized(&fs_meta), "stable");
+    }
+}

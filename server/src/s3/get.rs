@@ -1,0 +1,278 @@
+//! GetObject and HeadObject: whole objects, ranges (206 / 416) and conditional requests.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use futures::Stream;
+use s3s::dto::*;
+use s3s::stream::{ByteStream, RemainingLength};
+use s3s::{S3Request, S3Response, StdError};
+use tokio::sync::mpsc;
+
+use super::put::set_checksum_fields;
+use super::{Depot, respond};
+use crate::error::{Error, Result};
+use crate::meta::ObjectMeta;
+use crate::stats::Stats;
+
+/// Bytes read from disk per chunk of a GET body.
+const READ_CHUNK: usize = 512 * 1024;
+/// Chunks read ahead of the network.
+const READ_AHEAD: usize = 4;
+
+/// The request fields GetObject and HeadObject share.
+struct Lookup<'a> {
+    bucket: &'a str,
+    key: &'a str,
+    range: Option<&'a Range>,
+    part_number: Option<i32>,
+    if_match: Option<&'a ETagCondition>,
+    if_none_match: Option<&'a ETagCondition>,
+    if_modified_since: Option<&'a Timestamp>,
+    if_unmodified_since: Option<&'a Timestamp>,
+}
+
+/// An object found, its metadata checked against the conditions, its range resolved.
+struct Found {
+    file: File,
+    meta: ObjectMeta,
+    size: u64,
+    range: Option<std::ops::Range<u64>>,
+}
+
+impl Found {
+    fn content_length(&self) -> u64 {
+        self.range.as_ref().map_or(self.size, |r| r.end - r.start)
+    }
+
+    fn content_range(&self) -> Option<String> {
+        self.range
+            .as_ref()
+            .map(|r| format!("bytes {}-{}/{}", r.start, r.end - 1, self.size))
+    }
+}
+
+fn find(s3: &Depot, lookup: &Lookup<'_>) -> Result<Found> {
+    let bucket = s3.archive.bucket(lookup.bucket)?;
+    let path = bucket.path_of(lookup.key)?;
+    let (file, fs_meta) = open(&path, lookup.key)?;
+    let meta = ObjectMeta::load_or_synthesize(&path, &fs_meta);
+    check_conditions(&meta, lookup)?;
+    let size = fs_meta.len();
+    if let Some(part) = lookup.part_number
+        && (part != 1 || meta.parts.is_some_and(|n| n > 1))
+    {
+        return Err(Error::InvalidRequest(
+            "reading one part of a multipart object (partNumber) is not supported".into(),
+        ));
+    }
+    let range = match lookup.range {
+        Some(range) => Some(range.check(size).map_err(|_| Error::InvalidRange {
+            range: range.to_header_string(),
+            size,
+        })?),
+        None => None,
+    };
+    Ok(Found {
+        file,
+        meta,
+        size,
+        range,
+    })
+}
+
+/// Opens the file of `key`; a missing file, or a directory (a prefix, not an object), is
+/// `NoSuchKey`.
+fn open(path: &Path, key: &str) -> Result<(File, std::fs::Metadata)> {
+    let missing = || Error::NoSuchKey { key: key.to_owned() };
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => return Err(missing()),
+        Err(e) => return Err(Error::io(path)(e)),
+    };
+    let fs_meta = file.metadata().map_err(Error::io(path))?;
+    if !fs_meta.is_file() {
+        return Err(missing());
+    }
+    Ok((file, fs_meta))
+}
+
+/// RFC 9110 conditional requests as S3 applies them.
+fn check_conditions(meta: &ObjectMeta, lookup: &Lookup<'_>) -> Result<()> {
+    let matches = |cond: &ETagCondition| match cond {
+        ETagCondition::Any => true,
+        ETagCondition::ETag(tag) => tag.value() == meta.etag,
+    };
+    // HTTP dates have whole seconds.
+    let modified = time::OffsetDateTime::from(meta.last_modified())
+        .replace_nanosecond(0)
+        .expect("0 is valid");
+    let at = |t: &Timestamp| time::OffsetDateTime::from(t.clone());
+    match lookup.if_match {
+        Some(cond) if !matches(cond) => return Err(Error::PreconditionFailed),
+        Some(_) => {}
+        None => {
+            if lookup.if_unmodified_since.is_some_and(|t| modified > at(t)) {
+                return Err(Error::PreconditionFailed);
+            }
+        }
+    }
+    match lookup.if_none_match {
+        Some(cond) if matches(cond) => return Err(Error::NotModified),
+        Some(_) => {}
+        None => {
+            if lookup.if_modified_since.is_some_and(|t| modified <= at(t)) {
+                return Err(Error::NotModified);
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn get_object(s3: &Depot, req: S3Request<GetObjectInput>) -> Result<S3Response<GetObjectOutput>> {
+    let input = &req.input;
+    let lookup = Lookup {
+        bucket: &input.bucket,
+        key: &input.key,
+        range: input.range.as_ref(),
+        part_number: input.part_number,
+        if_match: input.if_match.as_ref(),
+        if_none_match: input.if_none_match.as_ref(),
+        if_modified_since: input.if_modified_since.as_ref(),
+        if_unmodified_since: input.if_unmodified_since.as_ref(),
+    };
+    let found = find(s3, &lookup)?;
+    let checksum_wanted = input
+        .checksum_mode
+        .as_ref()
+        .is_some_and(|m| m.as_str() == ChecksumMode::ENABLED);
+    let mut output = GetObjectOutput {
+        content_length: Some(found.content_length() as i64),
+        content_range: found.content_range(),
+        ..Default::default()
+    };
+    describe(&found, &mut output);
+    if checksum_wanted
+        && found.range.is_none()
+        && let Some(checksum) = &found.meta.checksum
+    {
+        set_checksum_fields(checksum, &mut output);
+    }
+    let start = found.range.as_ref().map_or(0, |r| r.start);
+    let len = found.content_length();
+    s3.stats.object_read();
+    output.body = Some(file_body(found.file, start, len, Arc::clone(&s3.stats)));
+    Ok(respond(output))
+}
+
+pub async fn head_object(s3: &Depot, req: S3Request<HeadObjectInput>) -> Result<S3Response<HeadObjectOutput>> {
+    let input = &req.input;
+    let lookup = Lookup {
+        bucket: &input.bucket,
+        key: &input.key,
+        range: input.range.as_ref(),
+        part_number: input.part_number,
+        if_match: input.if_match.as_ref(),
+        if_none_match: input.if_none_match.as_ref(),
+        if_modified_since: input.if_modified_since.as_ref(),
+        if_unmodified_since: input.if_unmodified_since.as_ref(),
+    };
+    let found = find(s3, &lookup)?;
+    let checksum_wanted = input
+        .checksum_mode
+        .as_ref()
+        .is_some_and(|m| m.as_str() == ChecksumMode::ENABLED);
+    let mut output = HeadObjectOutput {
+        content_length: Some(found.content_length() as i64),
+        content_range: found.content_range(),
+        accept_ranges: Some("bytes".into()),
+        e_tag: Some(ETag::Strong(found.meta.etag.clone())),
+        last_modified: Some(Timestamp::from(found.meta.last_modified())),
+        content_type: found.meta.headers.content_type.clone(),
+        content_encoding: found.meta.headers.content_encoding.clone(),
+        content_disposition: found.meta.headers.content_disposition.clone(),
+        content_language: found.meta.headers.content_language.clone(),
+        cache_control: found.meta.headers.cache_control.clone(),
+        metadata: user_metadata(&found.meta),
+        parts_count: found.meta.parts.map(|n| n as i32),
+        ..Default::default()
+    };
+    if checksum_wanted && let Some(checksum) = &found.meta.checksum {
+        set_checksum_fields(checksum, &mut output);
+    }
+    Ok(respond(output))
+}
+
+/// The descriptive headers of a GET response.
+fn describe(found: &Found, output: &mut GetObjectOutput) {
+    let meta = &found.meta;
+    output.accept_ranges = Some("bytes".into());
+    output.e_tag = Some(ETag::Strong(meta.etag.clone()));
+    output.last_modified = Some(Timestamp::from(meta.last_modified()));
+    output.content_type = meta.headers.content_type.clone();
+    output.content_encoding = meta.headers.content_encoding.clone();
+    output.content_disposition = meta.headers.content_disposition.clone();
+    output.content_language = meta.headers.content_language.clone();
+    output.cache_control = meta.headers.cache_control.clone();
+    output.metadata = user_metadata(meta);
+    output.parts_count = meta.parts.map(|n| n as i32);
+}
+
+fn user_metadata(meta: &ObjectMeta) -> Option<Metadata> {
+    (!meta.user.is_empty()).then(|| meta.user.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+}
+
+/// `len` bytes of `file` from `offset`, read ahead by a blocking thread.
+fn file_body(file: File, offset: u64, len: u64, stats: Arc<Stats>) -> StreamingBlob {
+    let (tx, rx) = mpsc::channel(READ_AHEAD);
+    tokio::task::spawn_blocking(move || {
+        let mut pos = offset;
+        let end = offset + len;
+        while pos < end {
+            let n = usize::try_from(end - pos).unwrap_or(usize::MAX).min(READ_CHUNK);
+            let mut buf = BytesMut::zeroed(n);
+            let chunk = file.read_exact_at(&mut buf, pos).map(|()| buf.freeze());
+            let failed = chunk.is_err();
+            if tx.blocking_send(chunk).is_err() || failed {
+                return; // the client went away, or the file shrank under us
+            }
+            stats.bytes_sent(n as u64);
+            pos += n as u64;
+        }
+    });
+    StreamingBlob::new(FileBody { rx, remaining: len })
+}
+
+/// The receiving end of [`file_body`], with an exact length so the response has one.
+struct FileBody {
+    rx: mpsc::Receiver<io::Result<Bytes>>,
+    remaining: u64,
+}
+
+impl Stream for FileBody {
+    type Item = Result<Bytes, StdError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.rx.poll_recv(cx).map(|item| {
+            item.map(|chunk| match chunk {
+                Ok(bytes) => {
+                    self.remaining -= bytes.len() as u64;
+                    Ok(bytes)
+                }
+                Err(err) => Err(Box::new(err) as StdError),
+            })
+        })
+    }
+}
+
+impl ByteStream for FileBody {
+    fn remaining_length(&self) -> RemainingLength {
+        RemainingLength::new_exact(usize::try_from(self.remaining).unwrap_or(usize::MAX))
+    }
+}

@@ -1,0 +1,157 @@
+//! ListObjects (V1) and ListObjectsV2 over [`crate::listing`].
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as TOKEN;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use s3s::dto::*;
+use s3s::{S3Request, S3Response};
+
+use super::{Depot, respond};
+use crate::error::{Error, Result};
+use crate::listing::{self, Page, Query};
+
+/// S3's cap on keys per page.
+const MAX_KEYS: i32 = 1000;
+
+/// Characters left as they are under `encoding-type=url`: unreserved ones and `/`. Encoding
+/// everything else means any URL decoder (with or without `+` as space) restores the key.
+const KEY_ENCODE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~')
+    .remove(b'/');
+
+/// Applies `encoding-type=url` when asked.
+struct Encoder(bool);
+
+impl Encoder {
+    fn new(encoding: Option<&EncodingType>) -> Result<Self> {
+        match encoding.map(EncodingType::as_str) {
+            None => Ok(Self(false)),
+            Some("url") => Ok(Self(true)),
+            Some(other) => Err(Error::InvalidRequest(format!(
+                "unsupported encoding-type {other:?}; only \"url\" is"
+            ))),
+        }
+    }
+
+    fn apply(&self, value: String) -> String {
+        if self.0 {
+            utf8_percent_encode(&value, KEY_ENCODE).to_string()
+        } else {
+            value
+        }
+    }
+}
+
+async fn run(s3: &Depot, bucket: &str, query: Query) -> Result<Page> {
+    let bucket = s3.archive.bucket(bucket)?;
+    tokio::task::spawn_blocking(move || listing::list(&bucket.root, &query))
+        .await
+        .map_err(|e| Error::io("<listing task>")(std::io::Error::other(e)))
+}
+
+fn max_keys(requested: Option<i32>) -> Result<usize> {
+    match requested {
+        Some(n) if n < 0 => Err(Error::InvalidRequest("max-keys cannot be negative".into())),
+        Some(n) => Ok(n.min(MAX_KEYS) as usize),
+        None => Ok(MAX_KEYS as usize),
+    }
+}
+
+fn contents(page: &Page, enc: &Encoder) -> (Vec<Object>, Vec<CommonPrefix>) {
+    let objects = page
+        .objects
+        .iter()
+        .map(|o| Object {
+            key: Some(enc.apply(o.key.clone())),
+            size: Some(o.size as i64),
+            e_tag: Some(ETag::Strong(o.etag.clone())),
+            last_modified: Some(Timestamp::from(o.last_modified)),
+            storage_class: Some(ObjectStorageClass::from_static(ObjectStorageClass::STANDARD)),
+            ..Default::default()
+        })
+        .collect();
+    let prefixes = page
+        .prefixes
+        .iter()
+        .map(|p| CommonPrefix {
+            prefix: Some(enc.apply(p.clone())),
+        })
+        .collect();
+    (objects, prefixes)
+}
+
+pub async fn list_objects(s3: &Depot, req: S3Request<ListObjectsInput>) -> Result<S3Response<ListObjectsOutput>> {
+    let input = req.input;
+    let enc = Encoder::new(input.encoding_type.as_ref())?;
+    let query = Query {
+        prefix: input.prefix.clone().unwrap_or_default(),
+        delimiter: input.delimiter.clone(),
+        after: input.marker.clone().unwrap_or_default(),
+        max_keys: max_keys(input.max_keys)?,
+    };
+    let page = run(s3, &input.bucket, query).await?;
+    let (objects, prefixes) = contents(&page, &enc);
+    Ok(respond(ListObjectsOutput {
+        name: Some(input.bucket),
+        prefix: Some(enc.apply(input.prefix.unwrap_or_default())),
+        marker: Some(enc.apply(input.marker.unwrap_or_default())),
+        max_keys: Some(input.max_keys.unwrap_or(MAX_KEYS)),
+        is_truncated: Some(page.truncated),
+        next_marker: page
+            .truncated
+            .then(|| page.last.clone().map(|l| enc.apply(l)))
+            .flatten(),
+        delimiter: input.delimiter.map(|d| enc.apply(d)),
+        encoding_type: input.encoding_type,
+        contents: Some(objects),
+        common_prefixes: Some(prefixes),
+        ..Default::default()
+    }))
+}
+
+pub async fn list_objects_v2(
+    s3: &Depot,
+    req: S3Request<ListObjectsV2Input>,
+) -> Result<S3Response<ListObjectsV2Output>> {
+    let input = req.input;
+    let enc = Encoder::new(input.encoding_type.as_ref())?;
+    // The continuation token is the last key or prefix returned, encoded so it stays opaque.
+    let after = match &input.continuation_token {
+        Some(token) => TOKEN
+            .decode(token)
+            .ok()
+            .and_then(|bytes| String::from_utf8(bytes).ok())
+            .ok_or_else(|| Error::InvalidRequest("the continuation token is not one this server issued".into()))?,
+        None => input.start_after.clone().unwrap_or_default(),
+    };
+    let query = Query {
+        prefix: input.prefix.clone().unwrap_or_default(),
+        delimiter: input.delimiter.clone(),
+        after,
+        max_keys: max_keys(input.max_keys)?,
+    };
+    let page = run(s3, &input.bucket, query).await?;
+    let (objects, prefixes) = contents(&page, &enc);
+    let key_count = (objects.len() + prefixes.len()) as i32;
+    Ok(respond(ListObjectsV2Output {
+        name: Some(input.bucket),
+        prefix: Some(enc.apply(input.prefix.unwrap_or_default())),
+        max_keys: Some(input.max_keys.unwrap_or(MAX_KEYS)),
+        key_count: Some(key_count),
+        continuation_token: input.continuation_token,
+        is_truncated: Some(page.truncated),
+        next_continuation_token: page
+            .truncated
+            .then(|| page.last.as_ref().map(|l| TOKEN.encode(l)))
+            .flatten(),
+        delimiter: input.delimiter.map(|d| enc.apply(d)),
+        encoding_type: input.encoding_type,
+        start_after: input.start_after.map(|s| enc.apply(s)),
+        contents: Some(objects),
+        common_prefixes: Some(prefixes),
+        ..Default::default()
+    }))
+}

@@ -1,0 +1,88 @@
+//! The `s3s::S3` implementation: the archive as an S3 service.
+//!
+//! One module per operation family (as Garage's `api/s3/`); this file only delegates, and
+//! operations Depot does not implement keep s3s's `NotImplemented` default.
+//!
+//! - [`bucket`]: ListBuckets, CreateBucket, DeleteBucket, HeadBucket, GetBucketLocation,
+//!   GetBucketVersioning, GetObjectLockConfiguration.
+//! - [`put`]: PutObject, and [`put::install`], the one commit path of every write.
+//! - [`get`]: GetObject and HeadObject (ranges, conditional requests).
+//! - [`list`]: ListObjects (V1) and ListObjectsV2.
+//! - [`delete`]: DeleteObject and DeleteObjects.
+//! - [`copy`]: server-side CopyObject.
+//! - [`multipart`]: Create, UploadPart, ListParts, Complete, Abort, ListMultipartUploads.
+
+mod bucket;
+mod copy;
+mod delete;
+mod get;
+mod list;
+mod multipart;
+mod put;
+
+use std::sync::Arc;
+
+use s3s::dto::*;
+use s3s::{S3, S3Error, S3Request, S3Response, S3Result};
+
+use crate::archive::Archive;
+use crate::stats::Stats;
+
+/// The S3 service over an [`Archive`]. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Depot {
+    archive: Arc<Archive>,
+    stats: Arc<Stats>,
+    /// Reported by HeadBucket (`x-amz-bucket-region`) and GetBucketLocation.
+    region: String,
+}
+
+impl Depot {
+    /// Serves `archive`, reporting `region`, counting into `stats`.
+    pub fn new(archive: Arc<Archive>, stats: Arc<Stats>, region: String) -> Self {
+        Self { archive, stats, region }
+    }
+}
+
+/// Wraps an output in a default response.
+fn respond<T>(output: T) -> S3Response<T> {
+    S3Response::new(output)
+}
+
+macro_rules! delegate {
+    ($($op:ident => $module:ident, $input:ident, $output:ident;)*) => {
+        #[async_trait::async_trait]
+        impl S3 for Depot {
+            $(
+                #[tracing::instrument(level = "debug", skip_all)]
+                async fn $op(&self, req: S3Request<$input>) -> S3Result<S3Response<$output>> {
+                    $module::$op(self, req).await.map_err(S3Error::from)
+                }
+            )*
+        }
+    };
+}
+
+delegate! {
+    list_buckets => bucket, ListBucketsInput, ListBucketsOutput;
+    create_bucket => bucket, CreateBucketInput, CreateBucketOutput;
+    delete_bucket => bucket, DeleteBucketInput, DeleteBucketOutput;
+    head_bucket => bucket, HeadBucketInput, HeadBucketOutput;
+    get_bucket_location => bucket, GetBucketLocationInput, GetBucketLocationOutput;
+    get_bucket_versioning => bucket, GetBucketVersioningInput, GetBucketVersioningOutput;
+    get_object_lock_configuration => bucket, GetObjectLockConfigurationInput, GetObjectLockConfigurationOutput;
+    put_object => put, PutObjectInput, PutObjectOutput;
+    get_object => get, GetObjectInput, GetObjectOutput;
+    head_object => get, HeadObjectInput, HeadObjectOutput;
+    list_objects => list, ListObjectsInput, ListObjectsOutput;
+    list_objects_v2 => list, ListObjectsV2Input, ListObjectsV2Output;
+    delete_object => delete, DeleteObjectInput, DeleteObjectOutput;
+    delete_objects => delete, DeleteObjectsInput, DeleteObjectsOutput;
+    copy_object => copy, CopyObjectInput, CopyObjectOutput;
+    create_multipart_upload => multipart, CreateMultipartUploadInput, CreateMultipartUploadOutput;
+    upload_part => multipart, UploadPartInput, UploadPartOutput;
+    list_parts => multipart, ListPartsInput, ListPartsOutput;
+    complete_multipart_upload => multipart, CompleteMultipartUploadInput, CompleteMultipartUploadOutput;
+    abort_multipart_upload => multipart, AbortMultipartUploadInput, AbortMultipartUploadOutput;
+    list_multipart_uploads => multipart, ListMultipartUploadsInput, ListMultipartUploadsOutput;
+}

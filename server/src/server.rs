@@ -1,0 +1,127 @@
+//! The connection loop: TLS, HTTP/1.1 and HTTP/2, gRPC vs S3 dispatch, a bounded drain.
+//!
+//! One port serves both the S3 API and the agents' registry: gRPC requests are recognised by
+//! their `application/grpc` content type (a firewall in an air-gapped cluster needs one hole,
+//! not two). Shaped after mini-redis's `run(listener, shutdown)`: the caller binds, the loop
+//! accepts until `shutdown` completes, then waits a bounded time for requests in flight.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response};
+use http_body_util::Either;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tower::Service as _;
+
+use crate::stats::Stats;
+
+/// The body of any response: S3 (s3s) or gRPC (tonic).
+pub type ResponseBody = Either<s3s::Body, tonic::body::Body>;
+
+/// How long a client may take to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Everything a connection needs to answer requests. Cheap to clone.
+#[derive(Clone)]
+pub struct App {
+    /// The S3 API.
+    pub s3: s3s::service::S3Service,
+    /// The registry (gRPC).
+    pub grpc: tonic::service::Routes,
+    /// Response counters.
+    pub stats: Arc<Stats>,
+}
+
+impl App {
+    async fn handle(self, req: Request<Incoming>) -> Result<Response<ResponseBody>, s3s::HttpError> {
+        let grpc = req
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        if grpc {
+            let mut routes = self.grpc;
+            let response = match routes.call(req).await {
+                Ok(response) => response,
+                Err(never) => match never {},
+            };
+            return Ok(response.map(Either::Right));
+        }
+        let response = self.s3.call(req.map(s3s::Body::from)).await?;
+        self.stats.response(response.status());
+        Ok(response.map(Either::Left))
+    }
+}
+
+/// Accepts connections on `listener` until `shutdown` completes, then waits up to `drain`
+/// for requests in flight before returning.
+pub async fn run(
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    app: App,
+    shutdown: impl Future<Output = ()>,
+    drain: Duration,
+) {
+    let graceful = GracefulShutdown::new();
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(err) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(%err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let watcher = graceful.watcher();
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| app.clone().handle(req));
+            let builder = Builder::new(TokioExecutor::new());
+            let result = match acceptor {
+                None => {
+                    watcher
+                        .watch(builder.serve_connection(TokioIo::new(stream), service).into_owned())
+                        .await
+                }
+                Some(acceptor) => {
+                    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(err)) => {
+                            tracing::debug!(%peer, %err, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    watcher
+                        .watch(builder.serve_connection(TokioIo::new(stream), service).into_owned())
+                        .await
+                }
+            };
+            if let Err(err) = result {
+                tracing::debug!(%peer, %err, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(drain) => {
+            tracing::warn!(?drain, "requests still in flight after the drain timeout; stopping anyway");
+        }
+    }
+}

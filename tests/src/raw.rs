@@ -1,0 +1,258 @@
+//! Hand-made S3 requests, for what the AWS SDK never sends: each payload encoding of the
+//! compatibility contract (hex hash, `UNSIGNED-PAYLOAD`, signed aws-chunked with and without
+//! trailers, unsigned aws-chunked with a trailer), wrong digests, unsafe keys, anonymous
+//! requests. Signing uses the AWS SDK's own `aws-sigv4`; only the aws-chunked framing is
+//! written here, as other clients (aws-sdk-go-v2, Java) send it.
+
+use std::time::SystemTime;
+
+use aws_credential_types::Credentials;
+use aws_sigv4::http_request::{
+    PayloadChecksumKind, PercentEncodingMode, SignableBody, SignableRequest, SigningSettings, UriPathNormalizationMode,
+    sign,
+};
+use aws_sigv4::sign::v4;
+use aws_smithy_runtime_api::client::identity::Identity;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use sha2::{Digest, Sha256};
+
+/// Who signs, and for which region.
+#[derive(Debug, Clone)]
+pub struct Signer {
+    /// Access key id.
+    pub access_key: String,
+    /// Secret key.
+    pub secret_key: String,
+    /// Region in the credential scope.
+    pub region: String,
+}
+
+/// How the body is sent and signed.
+#[derive(Debug, Clone)]
+pub enum Payload {
+    /// `x-amz-content-sha256: <hex sha256 of the body>`.
+    Hex(Vec<u8>),
+    /// A hex hash of other bytes than those sent (a corrupted body).
+    WrongHex { sent: Vec<u8>, hashed: Vec<u8> },
+    /// `UNSIGNED-PAYLOAD`.
+    Unsigned(Vec<u8>),
+    /// `STREAMING-AWS4-HMAC-SHA256-PAYLOAD[-TRAILER]`: signed chunks, optional signed trailer.
+    SignedChunks {
+        data: Vec<u8>,
+        chunk: usize,
+        trailer: Option<(String, String)>,
+    },
+    /// `STREAMING-UNSIGNED-PAYLOAD-TRAILER`: plain chunks and a trailer.
+    UnsignedTrailer {
+        data: Vec<u8>,
+        chunk: usize,
+        trailer: (String, String),
+    },
+}
+
+/// A response, read whole.
+#[derive(Debug)]
+pub struct Response {
+    /// Status code.
+    pub status: u16,
+    /// Headers.
+    pub headers: http::HeaderMap,
+    /// Body.
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// The body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+fn settings() -> SigningSettings {
+    let mut settings = SigningSettings::default();
+    settings.percent_encoding_mode = PercentEncodingMode::Single;
+    settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
+    settings.uri_path_normalization_mode = UriPathNormalizationMode::Disabled;
+    settings
+}
+
+/// Sends one request to `endpoint` (`http://host:port`) for `path_and_query` (sent as given,
+/// so it may carry any percent-encoding), signed by `signer` unless it is `None`.
+///
+/// # Panics
+/// On connection or signing failures (the tests want to see them).
+pub async fn send(
+    endpoint: &str,
+    signer: Option<&Signer>,
+    method: &str,
+    path_and_query: &str,
+    headers: &[(&str, &str)],
+    payload: Payload,
+) -> Response {
+    let authority = endpoint.trim_start_matches("http://").trim_end_matches('/');
+    let uri = format!("{endpoint}{path_and_query}");
+    let mut builder = http::Request::builder()
+        .method(method)
+        .uri(path_and_query)
+        .header("host", authority);
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    let (content_sha, wire_body, extra): (String, Vec<u8>, Vec<(String, String)>) = match &payload {
+        Payload::Hex(data) => (sha256_hex(data), data.clone(), vec![]),
+        Payload::WrongHex { sent, hashed } => (sha256_hex(hashed), sent.clone(), vec![]),
+        Payload::Unsigned(data) => ("UNSIGNED-PAYLOAD".into(), data.clone(), vec![]),
+        Payload::SignedChunks { data, trailer, .. } => {
+            let mode = if trailer.is_some() {
+                "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER"
+            } else {
+                "STREAMING-AWS4-HMAC-SHA256-PAYLOAD"
+            };
+            let mut extra = vec![
+                ("content-encoding".into(), "aws-chunked".into()),
+                ("x-amz-decoded-content-length".into(), data.len().to_string()),
+            ];
+            if let Some((name, _)) = trailer {
+                extra.push(("x-amz-trailer".into(), name.clone()));
+            }
+            (mode.into(), Vec::new(), extra)
+        }
+        Payload::UnsignedTrailer { data, trailer, chunk } => {
+            let extra = vec![
+                ("content-encoding".into(), "aws-chunked".into()),
+                ("x-amz-decoded-content-length".into(), data.len().to_string()),
+                ("x-amz-trailer".into(), trailer.0.clone()),
+            ];
+            (
+                "STREAMING-UNSIGNED-PAYLOAD-TRAILER".into(),
+                unsigned_chunks(data, *chunk, trailer),
+                extra,
+            )
+        }
+    };
+    for (name, value) in &extra {
+        builder = builder.header(name.as_str(), value.as_str());
+    }
+    let mut request = builder.body(()).expect("valid request");
+
+    let mut seed_signature = String::new();
+    let time = SystemTime::now();
+    let identity: Identity = Credentials::new(
+        signer.map_or("", |s| s.access_key.as_str()),
+        signer.map_or("", |s| s.secret_key.as_str()),
+        None,
+        None,
+        "raw",
+    )
+    .into();
+    let region = signer.map_or("us-east-1".to_owned(), |s| s.region.clone());
+    let make_params = || {
+        v4::SigningParams::builder()
+            .identity(&identity)
+            .region(&region)
+            .name("s3")
+            .time(time)
+            .settings(settings())
+            .build()
+            .expect("signing params")
+    };
+    let params = make_params();
+    if signer.is_some() {
+        let header_pairs: Vec<(String, String)> = request
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or_default().to_owned()))
+            .collect();
+        let signable = SignableRequest::new(
+            method,
+            &uri,
+            header_pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            SignableBody::Precomputed(content_sha.clone()),
+        )
+        .expect("signable");
+        let (instructions, signature) = sign(signable, &make_params().into()).expect("sign").into_parts();
+        instructions.apply_to_request_http1x(&mut request);
+        seed_signature = signature;
+    } else {
+        request
+            .headers_mut()
+            .insert("x-amz-content-sha256", content_sha.parse().expect("header"));
+    }
+
+    let wire_body = match payload {
+        Payload::SignedChunks { data, chunk, trailer } => {
+            signed_chunks(&data, chunk, trailer.as_ref(), &seed_signature, &params)
+        }
+        _ => wire_body,
+    };
+    request
+        .headers_mut()
+        .insert("content-length", wire_body.len().to_string().parse().expect("header"));
+    let (parts, ()) = request.into_parts();
+    let request = http::Request::from_parts(parts, Full::new(Bytes::from(wire_body)));
+
+    let stream = tokio::net::TcpStream::connect(authority).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let response = sender.send_request(request).await.expect("send");
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.map(|b| b.to_bytes().to_vec()).unwrap_or_default();
+    Response {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body,
+    }
+}
+
+fn unsigned_chunks(data: &[u8], chunk: usize, trailer: &(String, String)) -> Vec<u8> {
+    let mut out = Vec::new();
+    for piece in data.chunks(chunk.max(1)) {
+        out.extend(format!("{:x}\r\n", piece.len()).as_bytes());
+        out.extend(piece);
+        out.extend(b"\r\n");
+    }
+    out.extend(format!("0\r\n{}:{}\r\n\r\n", trailer.0, trailer.1).as_bytes());
+    out
+}
+
+fn signed_chunks(
+    data: &[u8],
+    chunk: usize,
+    trailer: Option<&(String, String)>,
+    seed: &str,
+    params: &v4::SigningParams<'_, SigningSettings>,
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut previous = seed.to_owned();
+    let pieces: Vec<&[u8]> = data.chunks(chunk.max(1)).chain(std::iter::once(&[][..])).collect();
+    for piece in pieces {
+        let signature = v4::sign_chunk(&Bytes::copy_from_slice(piece), &previous, params)
+            .expect("chunk")
+            .into_parts()
+            .1;
+        out.extend(format!("{:x};chunk-signature={signature}\r\n", piece.len()).as_bytes());
+        out.extend(piece);
+        if !piece.is_empty() || trailer.is_none() {
+            out.extend(b"\r\n");
+        }
+        previous = signature;
+    }
+    if let Some((name, value)) = trailer {
+        let mut headers = aws_smithy_runtime_api::http::Headers::new();
+        headers.insert(name.clone(), value.clone());
+        let signature = v4::sign_trailer(&headers, &previous, params)
+            .expect("trailer")
+            .into_parts()
+            .1;
+        out.extend(format!("{name}:{value}\r\nx-amz-trailer-signature:{signature}\r\n\r\n").as_bytes());
+    }
+    out
+}
