@@ -108,6 +108,9 @@ struct ServeArgs {
     /// Append logs to this file (default: stderr).
     #[arg(long, value_name = "FILE")]
     log_file: Option<PathBuf>,
+    /// Cap on the bytes per second served to peers, all transfers together (e.g. 100MiB).
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    max_rate: Option<u64>,
     /// ReadFile chunk size in bytes.
     #[arg(long, default_value_t = depot_agent::service::DEFAULT_CHUNK_SIZE, hide = true)]
     chunk_size: usize,
@@ -222,6 +225,32 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(value * scale))
 }
 
+/// Parses `4096`, `512K`/`512KiB`, `100M`/`100MiB`, `1G`/`1GiB` (powers of 1024).
+fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (e.g. 4096, 512K, 100MiB, 1G)"))?;
+    let scale: u64 = match unit
+        .trim()
+        .to_ascii_lowercase()
+        .trim_end_matches("ib")
+        .trim_end_matches('b')
+    {
+        "" => 1,
+        "k" => 1 << 10,
+        "m" => 1 << 20,
+        "g" => 1 << 30,
+        _ => return Err(format!("{text:?}: unknown unit (use K, M or G)")),
+    };
+    match number.checked_mul(scale) {
+        Some(0) | None => Err(format!("{text:?} must be between 1 byte and 16 EiB")),
+        Some(n) => Ok(n),
+    }
+}
+
 /// Sends logs to `file` (appending; parents created) or to stderr at `stderr_level`.
 fn init_logging(file: Option<&Path>, stderr_level: &str) -> anyhow::Result<()> {
     use tracing_subscriber::EnvFilter;
@@ -298,6 +327,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<u8> {
         join_token: Secret::new(join_token),
         ca,
         chunk_size: args.chunk_size,
+        max_rate: args.max_rate,
     };
     let json = args.json;
     let report = node::serve(
@@ -473,6 +503,16 @@ mod tests {
         assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("0s").is_err());
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert_eq!(parse_size("512K").unwrap(), 512 * 1024);
+        assert_eq!(parse_size("100MiB").unwrap(), 100 << 20);
+        assert_eq!(parse_size("1g").unwrap(), 1 << 30);
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("12 parsecs").is_err());
     }
 
     #[test]

@@ -48,6 +48,8 @@ pub struct ServeOptions {
     pub ca: Option<ExtraCa>,
     /// `ReadFile` chunk size.
     pub chunk_size: usize,
+    /// Cap on the bytes per second served to peers, all streams together.
+    pub max_rate: Option<u64>,
 }
 
 /// A started agent, as reported once ready (`--json` prints it).
@@ -184,11 +186,15 @@ pub async fn serve(
         .await?;
     let tokens = TokenSlot::default();
     tokens.set(registration.peer_token.clone());
-    if let Err(err) = std::fs::write(root.state_dir().join(NODE_ID_FILE), format!("{node_id}\n")) {
+    let recorded = std::fs::create_dir_all(root.state_dir())
+        .and_then(|()| std::fs::write(root.state_dir().join(NODE_ID_FILE), format!("{node_id}\n")));
+    if let Err(err) = recorded {
         tracing::warn!(%err, "cannot record the node id under .depot/");
     }
 
-    let service = NodeAgentService::new(root.clone()).with_chunk_size(options.chunk_size);
+    let service = NodeAgentService::new(root.clone())
+        .with_chunk_size(options.chunk_size)
+        .with_rate_limit(options.max_rate);
     let stats: Arc<ServeStats> = service.stats();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server = {

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use depot_fs::{NameRule, Root, UnsafeName};
 use depot_proto::agent::node_agent_server::{NodeAgent, NodeAgentServer};
@@ -112,10 +112,47 @@ pub struct ServeStats {
     pub refused: AtomicU64,
 }
 
+/// A cap on the bytes per second all `ReadFile` streams of an agent send together, so a
+/// node serving its peers keeps disk and network for its own work (and tests can make a
+/// transfer last long enough to interrupt it).
+#[derive(Debug)]
+pub struct RateLimit {
+    bytes_per_second: f64,
+    /// When the next byte may go out: every chunk reserves its share of time after it.
+    next: std::sync::Mutex<Instant>,
+}
+
+impl RateLimit {
+    /// At most `bytes_per_second` (at least 1).
+    #[must_use]
+    pub fn new(bytes_per_second: u64) -> Self {
+        Self {
+            bytes_per_second: bytes_per_second.max(1) as f64,
+            next: std::sync::Mutex::new(Instant::now()),
+        }
+    }
+
+    /// Blocks until `bytes` more may be sent. Called from the reader threads.
+    fn wait(&self, bytes: usize) {
+        let wait = {
+            let mut next = self.next.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let now = Instant::now();
+            let start = (*next).max(now);
+            *next = start + Duration::from_secs_f64(bytes as f64 / self.bytes_per_second);
+            start - now
+        };
+        if !wait.is_zero() {
+            std::thread::sleep(wait);
+        }
+    }
+}
+
 /// The `NodeAgent` implementation over one root directory. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct NodeAgentService {
     root: Root,
+    /// Optional cap on the bytes per second sent by all streams together.
+    rate: Option<Arc<RateLimit>>,
     /// Digests for `Stat`, so `verify` costs one hash per file version, not one per call.
     digests: Arc<DigestCache>,
     /// Bounds concurrent hashing (see [`HASHING_PERMITS`]).
@@ -130,6 +167,7 @@ impl NodeAgentService {
     pub fn new(root: Root) -> Self {
         Self {
             root,
+            rate: None,
             digests: Arc::default(),
             hashing: Arc::new(Semaphore::new(HASHING_PERMITS)),
             chunk_size: DEFAULT_CHUNK_SIZE,
@@ -141,6 +179,13 @@ impl NodeAgentService {
     #[must_use]
     pub fn with_chunk_size(mut self, bytes: usize) -> Self {
         self.chunk_size = bytes.clamp(4096, 4 * 1024 * 1024);
+        self
+    }
+
+    /// Caps the bytes per second all `ReadFile` streams send together.
+    #[must_use]
+    pub fn with_rate_limit(mut self, bytes_per_second: Option<u64>) -> Self {
+        self.rate = bytes_per_second.map(|r| Arc::new(RateLimit::new(r)));
         self
     }
 
@@ -202,7 +247,8 @@ impl NodeAgent for NodeAgentService {
         let (tx, rx) = mpsc::channel(READ_AHEAD_CHUNKS);
         let chunk_size = self.chunk_size;
         let stats = self.stats.clone();
-        tokio::task::spawn_blocking(move || stream_file(opened, &name, chunk_size, &tx, &stats));
+        let rate = self.rate.clone();
+        tokio::task::spawn_blocking(move || stream_file(opened, &name, chunk_size, rate.as_deref(), &tx, &stats));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -275,6 +321,7 @@ fn stream_file(
     mut opened: Opened,
     name: &str,
     chunk_size: usize,
+    rate: Option<&RateLimit>,
     tx: &mpsc::Sender<Result<FileChunk, Status>>,
     stats: &ServeStats,
 ) {
@@ -304,6 +351,9 @@ fn stream_file(
         }
         data.truncate(filled);
         opened.remaining -= filled as u64;
+        if let Some(rate) = rate {
+            rate.wait(filled);
+        }
         if tx.blocking_send(Ok(FileChunk { data })).is_err() {
             return;
         }

@@ -133,6 +133,7 @@ async fn unsafe_paths_are_refused_and_nothing_outside_is_read() {
     let mut c = client(&url, PEER).await;
     // Depot's own state directory exists under every root.
     let tmp = depot_fs::Root::open(dir.path()).unwrap();
+    std::fs::create_dir_all(tmp.state_dir()).unwrap();
     std::fs::write(tmp.state_dir().join("node-id"), b"x").unwrap();
 
     let absolute = outside.path().join("secret").display().to_string();

@@ -1,4 +1,5 @@
 //! End-to-end tests: the real `depot` (and `depot-agent`) binaries on loopback, driven by
 //! real clients. One test binary, one module per topic.
 
+mod agent_fetch;
 mod s3_contract;
