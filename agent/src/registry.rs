@@ -159,7 +159,8 @@ pub struct Coordinator {
 
 impl Coordinator {
     /// A client of the registry at `url` (`http://` or `https://`), presenting `join_token`.
-    /// Connects lazily: an unreachable coordinator shows up at the first call.
+    /// Connects lazily: an unreachable coordinator shows up at the first call. Must be called
+    /// within a Tokio runtime (the connection is driven by a task).
     ///
     /// # Errors
     /// [`RegistryError::BadUrl`] for a URL tonic cannot use.

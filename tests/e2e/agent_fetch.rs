@@ -70,7 +70,7 @@ fn fetch_collects_a_scattered_backup_and_leaves_present_files_alone() {
     );
 
     let again = run(
-        &mut cluster.fetch_command("c", &meta, &[]).envs(cluster.aws_env()),
+        cluster.fetch_command("c", &meta, &[]).envs(cluster.aws_env()),
         Duration::from_secs(60),
     );
     assert_eq!(again.code, Some(0), "{again:?}");

@@ -58,13 +58,17 @@ impl Cluster {
         dir
     }
 
-    /// Starts an agent for node `id` serving [`Cluster::node_dir`], plus `extra` arguments.
+    /// Starts an agent for node `id` serving [`Cluster::node_dir`] on a free port (unless
+    /// `extra` has a `--listen`), plus `extra` arguments.
     ///
     /// # Panics
     /// When it does not become ready.
     pub fn agent(&self, id: &str, extra: &[&str]) -> Agent {
         let root = self.node_dir(id);
-        let mut args = vec!["--node-id", id, "--listen", "127.0.0.1:0"];
+        let mut args = vec!["--node-id", id];
+        if !extra.contains(&"--listen") {
+            args.extend(["--listen", "127.0.0.1:0"]);
+        }
         args.extend_from_slice(extra);
         Agent::start(&self.dir, &root, &self.registry, &self.join_token, &args)
             .unwrap_or_else(|run| panic!("agent {id} did not start: exit {:?}\n{}", run.code, run.stderr))
@@ -181,7 +185,11 @@ impl Agent {
             }
         });
         let ready = rx.recv_timeout(Duration::from_secs(10)).ok();
-        let banner: Option<serde_json::Value> = ready.as_deref().and_then(|l| serde_json::from_str(l).ok());
+        // An agent that fails prints `{"error": ..}` instead of its ready line.
+        let banner: Option<serde_json::Value> = ready
+            .as_deref()
+            .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|b| b.get("node_id").is_some());
         let Some(banner) = banner else {
             let status = wait_timeout(&mut child, Duration::from_secs(10));
             let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
