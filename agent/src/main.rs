@@ -26,6 +26,12 @@ use depot_agent::progress::Bar;
 use depot_agent::registry::Coordinator;
 use depot_agent::trust::ExtraCa;
 
+/// mimalloc instead of the system allocator: transfers allocate and free a megabyte-sized
+/// buffer per chunk on different threads, which glibc's malloc answers with `mmap`/`munmap`
+/// and page faults; measured on loopback, ReadFile runs about 1.5x faster with mimalloc.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const EXIT_MISSING: u8 = 1;
 const EXIT_FAILURE: u8 = 2;
 const EXIT_INTERRUPTED: u8 = 130;

@@ -33,8 +33,10 @@ pub struct Peer {
 }
 
 impl Peer {
-    /// A client for one call.
-    pub(crate) fn client(&self) -> Option<PeerClient> {
+    /// A client for calls to this peer, over the shared connection and carrying the peer
+    /// credential; `None` if the peer's address is unusable.
+    #[must_use]
+    pub fn client(&self) -> Option<PeerClient> {
         self.client.clone()
     }
 }

@@ -371,6 +371,13 @@ impl PeerReader {
     /// # Errors
     /// [`FetchError`].
     pub async fn fetch_resuming(&self, entry: &FileEntry, mut partial: Partial) -> Result<Fetched, FetchError> {
+        let result = self.fetch_into(entry, &mut partial).await;
+        // On success the bytes were committed; otherwise the temp file goes, before returning.
+        partial.discard().await;
+        result
+    }
+
+    async fn fetch_into(&self, entry: &FileEntry, partial: &mut Partial) -> Result<Fetched, FetchError> {
         let name = entry.name.as_str();
         let dest = self.root.resolve(name)?;
         // Holders whose bytes failed the check: never asked again for this file.
@@ -403,7 +410,7 @@ impl PeerReader {
                         });
                     }
                     match self
-                        .try_holders(entry, &dest, &holders, &mut partial, &mut corrupt, &mut received)
+                        .try_holders(entry, &dest, &holders, partial, &mut corrupt, &mut received)
                         .await?
                     {
                         Ok(fetched) => return Ok(fetched),
@@ -474,7 +481,11 @@ impl PeerReader {
                     ));
                 }
                 Ok(()) => {
-                    let digest = partial.finish_digest();
+                    let digest = partial.finish_digest().await.map_err(|err| FetchError::Local {
+                        name: name.to_owned(),
+                        path: self.root.tmp_dir(),
+                        message: err.to_string(),
+                    })?;
                     let good = partial.len() == size && entry.sha256.is_none_or(|want| want == digest);
                     if good {
                         let taken = std::mem::take(partial);
@@ -493,6 +504,7 @@ impl PeerReader {
                     let discarded = std::mem::take(partial);
                     self.progress.rewind(discarded.len());
                     let blame = discarded.contributors().len() == 1;
+                    discarded.discard().await;
                     tracing::warn!(
                         name,
                         node = peer.node_id,
@@ -507,6 +519,7 @@ impl PeerReader {
                 Err(TransferFailure::Oversize) => {
                     let discarded = std::mem::take(partial);
                     self.progress.rewind(discarded.len());
+                    discarded.discard().await;
                     tracing::warn!(name, node = peer.node_id, "sent more bytes than the file has");
                     corrupt.push(peer.node_id.clone());
                     last = Some(format!("{}: sent more bytes than the file has", peer.node_id));
