@@ -275,3 +275,35 @@ fn agents_register_again_after_a_coordinator_restart() {
     let _ = depot.kill();
     let _ = wait_timeout(&mut depot, Duration::from_secs(5));
 }
+
+/// Ctrl-C during a fetch: exit code 130, and nothing partial is left, neither under the
+/// file's name nor in `.depot/tmp/`.
+#[test]
+fn an_interrupted_fetch_leaves_nothing_partial() {
+    let dir = test_dir();
+    let cluster = Cluster::start(dir.path(), "500ms");
+    let big = DataFile::new("i/1.sst", 16 << 20);
+    let manifest = dir.path().join("manifest.jsonl");
+    write_jsonl(&manifest, std::slice::from_ref(&big));
+    big.write_to(&cluster.node_dir("slow"));
+    let _slow = cluster.agent("slow", &["--max-rate", "4MiB"]);
+    let me = cluster.node_dir("me");
+    let started = Instant::now();
+    let child = cluster
+        .fetch_command("me", manifest.to_str().unwrap(), &[])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(eventually(Duration::from_secs(20), || partial_bytes(&me) >= 1 << 20));
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = finish(child, Duration::from_secs(10), started);
+    assert_eq!(out.code, Some(130), "{out:?}");
+    assert!(out.stderr.contains("interrupted"), "{}", out.stderr);
+    assert!(!me.join("i/1.sst").exists());
+    assert_eq!(temp_files(&me), 0, "the partial temp file is gone");
+}

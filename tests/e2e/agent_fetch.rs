@@ -179,3 +179,96 @@ fn verify_reports_holders_and_files_held_by_nobody() {
     assert_eq!(out.code, Some(0), "{out:?}");
     assert_eq!(out.json()["missing"], serde_json::json!([]));
 }
+
+/// Everything over TLS with Depot's generated CA: agents register with an `https://`
+/// coordinator (`--ca-file`), and fetch reads the manifest over HTTPS trusting the CA from
+/// `SSL_CERT_FILE`, as TiKV would.
+#[test]
+fn works_against_an_https_coordinator_with_its_generated_ca() {
+    let dir = test_dir();
+    let depot = depot_tests::Depot::start(&dir.path().join("archive"), &["--tls", "on"]);
+    let registry = depot.field("registry");
+    assert!(registry.starts_with("https://"), "{registry}");
+    let ca = depot.field("ca_file");
+    let token = depot.field("join_token");
+    let file = DataFile::new("tls/1.sst", 70_000);
+    let holder = dir.path().join("nodes/h");
+    std::fs::create_dir_all(&holder).unwrap();
+    file.write_to(&holder);
+    let _h = depot_tests::agents::Agent::start(
+        dir.path(),
+        &holder,
+        &registry,
+        &token,
+        &["--node-id", "h", "--listen", "127.0.0.1:0", "--ca-file", &ca],
+    )
+    .unwrap_or_else(|run| panic!("agent over TLS: {run:?}"));
+    std::fs::create_dir_all(dir.path().join("archive/backup")).unwrap();
+    write_jsonl(
+        &dir.path().join("archive/backup/manifest.jsonl"),
+        std::slice::from_ref(&file),
+    );
+    let meta = format!(
+        "s3://{}/backup/manifest.jsonl?endpoint={}&force-path-style=true&region={}",
+        depot.field("bucket"),
+        depot.field("endpoint"),
+        depot.field("region")
+    );
+    let me = dir.path().join("nodes/me");
+    std::fs::create_dir_all(&me).unwrap();
+    let out = run(
+        std::process::Command::new(depot_tests::bin("depot-agent"))
+            .arg("fetch")
+            .arg("--root")
+            .arg(&me)
+            .args(["--node-id", "me", "--coordinator", &registry, "--join-token", &token])
+            .args(["--meta", &meta, "--json"])
+            .env("SSL_CERT_FILE", &ca)
+            .env("AWS_ACCESS_KEY_ID", depot.field("access_key"))
+            .env("AWS_SECRET_ACCESS_KEY", depot.field("secret_key")),
+        Duration::from_secs(30),
+    );
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(file.is_in(&me));
+}
+
+/// The object store `fetch` reads manifests through (and checkpoints will be written through):
+/// put, get, list, delete against Depot's S3 endpoint, byte-exact; a missing key is NotFound.
+#[tokio::test]
+async fn the_object_store_round_trips_through_depot() {
+    use depot_agent::objstore::{ObjectStore, StoreError, StoreOptions};
+    let dir = test_dir();
+    let depot = depot_tests::Depot::start(&dir.path().join("archive"), &[]);
+    let url = format!(
+        "s3://{}/checkpoints/fetch?endpoint={}&force-path-style=true&region={}&access-key={}&secret-access-key={}",
+        depot.field("bucket"),
+        depot.field("endpoint"),
+        depot.field("region"),
+        depot.field("access_key"),
+        depot.field("secret_key"),
+    );
+    // Only when the test environment has no AWS credentials of its own do the URL's apply.
+    if std::env::var_os("AWS_ACCESS_KEY_ID").is_some() {
+        return;
+    }
+    let store = ObjectStore::open(&url, &StoreOptions::default()).unwrap();
+    let record = depot_tests::agents::content("record", 300_000);
+    store.put("data/1.cpt", record.clone()).await.unwrap();
+    store.put("data/2.cpt", b"two".to_vec()).await.unwrap();
+    store.put("checkpoint.meta", b"{}".to_vec()).await.unwrap();
+    assert_eq!(store.get("data/1.cpt").await.unwrap(), record);
+    assert_eq!(
+        std::fs::read(dir.path().join("archive/checkpoints/fetch/data/1.cpt")).unwrap(),
+        record,
+        "an ordinary file in the archive"
+    );
+    let listed: Vec<String> = store.list("data/").await.unwrap().into_iter().map(|o| o.key).collect();
+    assert_eq!(listed, ["data/1.cpt", "data/2.cpt"]);
+    store.delete("data/1.cpt").await.unwrap();
+    store.delete("data/1.cpt").await.unwrap();
+    assert!(matches!(
+        store.get("data/1.cpt").await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert_eq!(store.list("").await.unwrap().len(), 2);
+}
