@@ -2,3 +2,4 @@
 //! real clients. One test binary, one module per topic.
 
 mod s3_contract;
+mod s3_faults;

@@ -68,6 +68,21 @@ impl Response {
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
+
+    /// The `<Message>` of an S3 error body, XML entities decoded.
+    pub fn message(&self) -> String {
+        let text = self.text();
+        let message = text
+            .split_once("<Message>")
+            .and_then(|(_, rest)| rest.split_once("</Message>"))
+            .map_or("", |m| m.0);
+        message
+            .replace("&quot;", "\"")
+            .replace("&apos;", "'")
+            .replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&amp;", "&")
+    }
 }
 
 fn sha256_hex(data: &[u8]) -> String {
