@@ -276,7 +276,8 @@ async fn a_body_that_fails_its_digest_is_not_stored() {
     let data = body(100_000, 9);
     let md5_of_other = "XUFAKrxLKna5cZ2REBfFkg=="; // MD5("hello")
     let sha_of_other = "LPJNul+wow4m6DsqxbninhsWHlwfp0JecwQzYpOLmCQ="; // SHA-256("hello")
-    let cases: Vec<(&str, Vec<(&str, &str)>, Payload, &str)> = vec![
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, Payload, &'a str);
+    let cases: Vec<Case<'_>> = vec![
         (
             "md5",
             vec![("content-md5", md5_of_other)],
