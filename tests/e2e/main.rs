@@ -3,3 +3,4 @@
 
 mod s3_contract;
 mod s3_faults;
+mod serve_cli;

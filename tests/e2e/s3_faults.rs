@@ -534,3 +534,35 @@ async fn a_full_disk_fails_the_put_cleanly_and_the_server_keeps_serving() {
         .unwrap();
     assert_eq!(get_bytes(&s3, &bucket, "after").await, b"still serving");
 }
+
+#[tokio::test]
+async fn concurrent_puts_and_deletes_in_one_directory_never_fail() {
+    let dir = test_dir();
+    let archive = dir.path().join("archive");
+    let depot = Depot::start(&archive, &[]);
+    let s3 = depot.client();
+    let bucket = depot.field("bucket");
+    let mut tasks = Vec::new();
+    for worker in 0..16 {
+        let (s3, bucket) = (s3.clone(), bucket.clone());
+        tasks.push(tokio::spawn(async move {
+            for round in 0..12 {
+                // Two shared directories: deletes keep emptying them while puts fill them.
+                let key = format!("race/d{}/e/k{worker}-{round}", round % 2);
+                s3.put_object()
+                    .bucket(&bucket)
+                    .key(&key)
+                    .body(ByteStream::from_static(b"x"))
+                    .send()
+                    .await
+                    .unwrap();
+                s3.delete_object().bucket(&bucket).key(&key).send().await.unwrap();
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("no request failed");
+    }
+    assert!(!archive.join("race").exists(), "every emptied directory is gone");
+    assert_eq!(temp_files(&archive), 0);
+}
