@@ -94,20 +94,32 @@ impl TempFile {
             path: dest.to_path_buf(),
             what: "not a file path",
         })?;
-        create_dirs_durably(parent)?;
-        if let Err(err) = std::fs::rename(&self.path, dest) {
+        // Retried a few times: a concurrent delete may prune a parent directory (left empty)
+        // between its creation and the rename, and an empty directory at `dest` gives way.
+        for _ in 0..5 {
+            create_dirs_durably(parent)?;
+            let err = match std::fs::rename(&self.path, dest) {
+                Ok(()) => {
+                    self.committed = true;
+                    return sync_dir(parent).map_err(CommitError::io(parent));
+                }
+                Err(err) => err,
+            };
+            if err.kind() == io::ErrorKind::NotFound && self.path.exists() {
+                continue;
+            }
             if !dest.is_dir() {
                 return Err(CommitError::io(dest)(err));
             }
-            // Only an empty directory may give way; remove_dir fails on a non-empty one.
+            // remove_dir fails on a non-empty directory: a real conflict.
             std::fs::remove_dir(dest).map_err(|_| CommitError::Conflict {
                 path: dest.to_path_buf(),
                 what: "a directory that holds other files (a name cannot be both a file and a prefix)",
             })?;
-            std::fs::rename(&self.path, dest).map_err(CommitError::io(dest))?;
         }
-        self.committed = true;
-        sync_dir(parent).map_err(CommitError::io(parent))
+        Err(CommitError::io(dest)(io::Error::other(
+            "the target kept changing under concurrent writers",
+        )))
     }
 }
 

@@ -155,8 +155,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         if server.swept() > 0 {
             tracing::info!(files = server.swept(), "removed temp files left by an interrupted run");
         }
+        let shutdown = shutdown_signal()?;
         print_banner(server.banner(), args.json, server.swept())?;
-        let summary = server.run(shutdown_signal()).await;
+        let summary = server.run(shutdown).await;
         print_summary(&summary, args.json);
         Ok(())
     })
@@ -281,18 +282,16 @@ fn print_summary(summary: &Summary, json: bool) {
     }
 }
 
-/// Completes on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = ctrl_c => {}
-                _ = term.recv() => {}
-            }
+/// A future that completes on Ctrl-C or SIGTERM. The handlers are installed now, before the
+/// banner tells anyone the server is up, so an early SIGTERM is a clean stop, not a kill.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
         }
-        Err(_) => {
-            let _ = ctrl_c.await;
-        }
-    }
+    })
 }

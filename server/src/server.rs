@@ -51,10 +51,30 @@ impl App {
             };
             return Ok(response.map(Either::Right));
         }
-        let response = self.s3.call(req.map(s3s::Body::from)).await?;
+        let close = expects_continue_without_body(&req);
+        let mut response = self.s3.call(req.map(s3s::Body::from)).await?;
         self.stats.response(response.status());
+        if close {
+            response
+                .headers_mut()
+                .insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+        }
         Ok(response.map(Either::Left))
     }
+}
+
+/// An empty body sent with `Expect: 100-continue` is answered without a `100 Continue`
+/// (nothing needs to be sent). That is allowed, but botocore before 1.43.77 (which the AWS
+/// CLI still bundles) then misreads the next response on the connection and stalls for a
+/// minute (boto/botocore#3755); closing such connections avoids it at the cost of a reconnect.
+fn expects_continue_without_body<B>(req: &Request<B>) -> bool {
+    let headers = req.headers();
+    headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+        && headers
+            .get(http::header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() == b"0")
 }
 
 /// Accepts connections on `listener` until `shutdown` completes, then waits up to `drain`

@@ -5,3 +5,5 @@ mod agent_faults;
 mod agent_fetch;
 mod agent_security;
 mod s3_contract;
+mod s3_faults;
+mod serve_cli;

@@ -251,6 +251,33 @@ async fn item04_expect_100_continue() {
     let reply = String::from_utf8_lossy(&buf[..n]).into_owned();
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
     assert_eq!(get_bytes(&s3, &bucket, "continued").await, b"hello");
+
+    // An empty body with Expect gets no 100 and the connection closes (botocore#3755).
+    let url = s3
+        .put_object()
+        .bucket(&bucket)
+        .key("empty")
+        .presigned(PresigningConfig::expires_in(Duration::from_secs(60)).unwrap())
+        .await
+        .unwrap();
+    let uri: http::Uri = url.uri().parse().unwrap();
+    let mut tcp = tokio::net::TcpStream::connect(&authority).await.unwrap();
+    let head = format!(
+        "PUT {} HTTP/1.1\r\nHost: {authority}\r\nContent-Length: 0\r\nExpect: 100-continue\r\n\r\n",
+        uri.path_and_query().unwrap()
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let mut reply = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut reply))
+        .await
+        .unwrap()
+        .unwrap();
+    let reply = String::from_utf8_lossy(&reply).to_ascii_lowercase();
+    assert!(
+        reply.starts_with("http/1.1 200") && reply.contains("connection: close"),
+        "{reply}"
+    );
+    assert_eq!(get_bytes(&s3, &bucket, "empty").await, b"");
 }
 
 /// Item 5: multipart Create / UploadPart / ListParts / ListMultipartUploads / Complete /

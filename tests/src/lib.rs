@@ -53,6 +53,8 @@ pub struct Depot {
     pub banner: serde_json::Value,
     /// Where its stderr goes.
     pub stderr_path: PathBuf,
+    /// Lines printed on stdout after the banner.
+    stdout: mpsc::Receiver<String>,
 }
 
 impl Depot {
@@ -71,16 +73,33 @@ impl Depot {
     /// When the server does not start.
     pub fn start_with_env(archive: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
         let logs = archive.parent().expect("archive has a parent").join("logs");
-        std::fs::create_dir_all(&logs).expect("logs dir");
-        let n = std::fs::read_dir(&logs).map(|d| d.count()).unwrap_or(0);
+        let mut full: Vec<String> = vec![archive.to_str().expect("UTF-8 path").to_owned()];
+        full.extend(args.iter().map(|a| (*a).to_owned()));
+        if !args.contains(&"--log-file") {
+            let n = std::fs::read_dir(&logs).map(|d| d.count()).unwrap_or(0);
+            full.push("--log-file".into());
+            full.push(
+                logs.join(format!("depot-{n}.log"))
+                    .to_str()
+                    .expect("UTF-8 path")
+                    .to_owned(),
+            );
+        }
+        let full: Vec<&str> = full.iter().map(String::as_str).collect();
+        Self::spawn(&full, env, &logs)
+    }
+
+    /// Runs `depot serve --listen 127.0.0.1:0 --json ARGS` (no archive argument added), with
+    /// stderr in `logs`, and waits for the banner.
+    ///
+    /// # Panics
+    /// When the server does not start.
+    pub fn spawn(args: &[&str], env: &[(&str, &str)], logs: &Path) -> Self {
+        std::fs::create_dir_all(logs).expect("logs dir");
+        let n = std::fs::read_dir(logs).map(|d| d.count()).unwrap_or(0);
         let stderr_path = logs.join(format!("depot-{n}.stderr"));
         let mut cmd = Command::new(bin("depot"));
-        cmd.arg("serve")
-            .arg(archive)
-            .args(["--listen", "127.0.0.1:0", "--json"]);
-        if !args.contains(&"--log-file") {
-            cmd.arg("--log-file").arg(logs.join(format!("depot-{n}.log")));
-        }
+        cmd.arg("serve").args(["--listen", "127.0.0.1:0", "--json"]);
         cmd.args(args)
             .envs(env.iter().copied())
             .env_remove("RUST_LOG")
@@ -91,9 +110,12 @@ impl Depot {
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
         });
         let line = rx.recv_timeout(Duration::from_secs(10)).unwrap_or_default();
         let Ok(banner) = serde_json::from_str(&line) else {
@@ -108,6 +130,7 @@ impl Depot {
             child,
             banner,
             stderr_path,
+            stdout: rx,
         }
     }
 
@@ -140,20 +163,27 @@ impl Depot {
         )
     }
 
-    /// Sends SIGTERM and waits (10 s at most); returns the exit status and stderr.
-    ///
-    /// # Panics
-    /// When it does not stop in time.
-    pub fn stop(mut self) -> (std::process::ExitStatus, String) {
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(self.child.id().to_string())
             .status();
+    }
+
+    /// Sends SIGTERM and waits (10 s at most).
+    ///
+    /// # Panics
+    /// When it does not stop in time.
+    pub fn stop(mut self) -> Stopped {
+        self.terminate();
         let status =
             wait_timeout(&mut self.child, Duration::from_secs(10)).expect("depot stops within 10 s of SIGTERM");
         let mut stderr = String::new();
         let _ = std::fs::File::open(&self.stderr_path).and_then(|mut f| f.read_to_string(&mut stderr));
-        (status, stderr)
+        // The reader thread ends when the process's stdout closes.
+        let stdout = self.stdout.iter().collect();
+        Stopped { status, stderr, stdout }
     }
 
     /// `kill -9`: no cleanup, no summary.
@@ -168,6 +198,17 @@ impl Drop for Depot {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// How a server ended.
+#[derive(Debug)]
+pub struct Stopped {
+    /// Its exit status.
+    pub status: std::process::ExitStatus,
+    /// Everything it wrote to stderr.
+    pub stderr: String,
+    /// Lines it wrote to stdout after the banner.
+    pub stdout: Vec<String>,
 }
 
 /// Waits for a child to exit, at most `limit`.

@@ -68,6 +68,21 @@ impl Response {
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
+
+    /// The `<Message>` of an S3 error body, XML entities decoded.
+    pub fn message(&self) -> String {
+        let text = self.text();
+        let message = text
+            .split_once("<Message>")
+            .and_then(|(_, rest)| rest.split_once("</Message>"))
+            .map_or("", |m| m.0);
+        message
+            .replace("&quot;", "\"")
+            .replace("&apos;", "'")
+            .replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&amp;", "&")
+    }
 }
 
 fn sha256_hex(data: &[u8]) -> String {
@@ -96,7 +111,6 @@ pub async fn send(
     payload: Payload,
 ) -> Response {
     let authority = endpoint.trim_start_matches("http://").trim_end_matches('/');
-    let uri = format!("{endpoint}{path_and_query}");
     let mut builder = http::Request::builder()
         .method(method)
         .uri(path_and_query)
@@ -141,49 +155,19 @@ pub async fn send(
     }
     let mut request = builder.body(()).expect("valid request");
 
-    let mut seed_signature = String::new();
     let time = SystemTime::now();
-    let identity: Identity = Credentials::new(
-        signer.map_or("", |s| s.access_key.as_str()),
-        signer.map_or("", |s| s.secret_key.as_str()),
-        None,
-        None,
-        "raw",
-    )
-    .into();
-    let region = signer.map_or("us-east-1".to_owned(), |s| s.region.clone());
-    let make_params = || {
-        v4::SigningParams::builder()
-            .identity(&identity)
-            .region(&region)
-            .name("s3")
-            .time(time)
-            .settings(settings())
-            .build()
-            .expect("signing params")
+    let seed_signature = match signer {
+        Some(signer) => sign_request(&mut request, endpoint, signer, &content_sha, time),
+        None => {
+            request
+                .headers_mut()
+                .insert("x-amz-content-sha256", content_sha.parse().expect("header"));
+            String::new()
+        }
     };
-    let params = make_params();
-    if signer.is_some() {
-        let header_pairs: Vec<(String, String)> = request
-            .headers()
-            .iter()
-            .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or_default().to_owned()))
-            .collect();
-        let signable = SignableRequest::new(
-            method,
-            &uri,
-            header_pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-            SignableBody::Precomputed(content_sha.clone()),
-        )
-        .expect("signable");
-        let (instructions, signature) = sign(signable, &make_params().into()).expect("sign").into_parts();
-        instructions.apply_to_request_http1x(&mut request);
-        seed_signature = signature;
-    } else {
-        request
-            .headers_mut()
-            .insert("x-amz-content-sha256", content_sha.parse().expect("header"));
-    }
+    let identity = identity(signer);
+    let region = signer.map_or("us-east-1", |s| s.region.as_str());
+    let params = signing_params(&identity, region, time);
 
     let wire_body = match payload {
         Payload::SignedChunks { data, chunk, trailer } => {
@@ -210,6 +194,59 @@ pub async fn send(
         headers: parts.headers,
         body,
     }
+}
+
+fn identity(signer: Option<&Signer>) -> Identity {
+    let (access, secret) = signer.map_or(("", ""), |s| (s.access_key.as_str(), s.secret_key.as_str()));
+    Credentials::new(access, secret, None, None, "raw").into()
+}
+
+fn signing_params<'a>(
+    identity: &'a Identity,
+    region: &'a str,
+    time: SystemTime,
+) -> v4::SigningParams<'a, SigningSettings> {
+    v4::SigningParams::builder()
+        .identity(identity)
+        .region(region)
+        .name("s3")
+        .time(time)
+        .settings(settings())
+        .build()
+        .expect("signing params")
+}
+
+/// Signs `request` (its URI being the path and query, its `host` header set) for
+/// `endpoint`, with `x-amz-content-sha256: content_sha` (a hex hash, `UNSIGNED-PAYLOAD`, or a
+/// `STREAMING-*` mode). Returns the signature, which seeds chunk signatures.
+///
+/// # Panics
+/// When the request cannot be signed.
+pub fn sign_request<B>(
+    request: &mut http::Request<B>,
+    endpoint: &str,
+    signer: &Signer,
+    content_sha: &str,
+    time: SystemTime,
+) -> String {
+    let uri = format!("{endpoint}{}", request.uri());
+    let header_pairs: Vec<(String, String)> = request
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or_default().to_owned()))
+        .collect();
+    let signable = SignableRequest::new(
+        request.method().as_str(),
+        &uri,
+        header_pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        SignableBody::Precomputed(content_sha.to_owned()),
+    )
+    .expect("signable");
+    let identity = identity(Some(signer));
+    let params = signing_params(&identity, &signer.region, time);
+    let (instructions, signature) = sign(signable, &params.into()).expect("sign").into_parts();
+    instructions.apply_to_request_http1x(request);
+    signature
 }
 
 fn unsigned_chunks(data: &[u8], chunk: usize, trailer: &(String, String)) -> Vec<u8> {

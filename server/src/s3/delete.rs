@@ -29,8 +29,11 @@ fn delete_key(bucket: &Bucket, key: &str) -> Result<()> {
         Err(e) => return Err(Error::io(&path)(e)),
     }
     if let Some(parent) = path.parent() {
-        depot_fs::sync_dir(parent).map_err(Error::io(parent))?;
-        bucket.root.prune_empty_dirs(parent);
+        match depot_fs::sync_dir(parent) {
+            // A concurrent delete already removed the emptied directory.
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(Error::io(parent)(e)),
+            _ => bucket.root.prune_empty_dirs(parent),
+        }
     }
     Ok(())
 }

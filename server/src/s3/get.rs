@@ -2,13 +2,13 @@
 
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::Stream;
 use s3s::dto::*;
 use s3s::stream::{ByteStream, RemainingLength};
@@ -21,10 +21,11 @@ use crate::error::{Error, Result};
 use crate::meta::ObjectMeta;
 use crate::stats::Stats;
 
-/// Bytes read from disk per chunk of a GET body.
-const READ_CHUNK: usize = 512 * 1024;
+/// Bytes read from disk per chunk of a GET body: large, so the reading thread and the
+/// network task hand over rarely.
+const READ_CHUNK: usize = 256 * 1024;
 /// Chunks read ahead of the network.
-const READ_AHEAD: usize = 4;
+const READ_AHEAD: usize = 8;
 
 /// The request fields GetObject and HeadObject share.
 struct Lookup<'a> {
@@ -229,24 +230,63 @@ fn user_metadata(meta: &ObjectMeta) -> Option<Metadata> {
 }
 
 /// `len` bytes of `file` from `offset`, read ahead by a blocking thread.
-fn file_body(file: File, offset: u64, len: u64, stats: Arc<Stats>) -> StreamingBlob {
+///
+/// Chunk buffers come back to the reader when the network is done with them
+/// ([`PooledChunk`]), so a GET of any size touches a few MiB of warm memory instead of
+/// faulting in fresh pages for every chunk.
+fn file_body(mut file: File, offset: u64, len: u64, stats: Arc<Stats>) -> StreamingBlob {
     let (tx, rx) = mpsc::channel(READ_AHEAD);
     tokio::task::spawn_blocking(move || {
-        let mut pos = offset;
-        let end = offset + len;
-        while pos < end {
-            let n = usize::try_from(end - pos).unwrap_or(usize::MAX).min(READ_CHUNK);
-            let mut buf = BytesMut::zeroed(n);
-            let chunk = file.read_exact_at(&mut buf, pos).map(|()| buf.freeze());
+        if let Err(err) = file.seek(SeekFrom::Start(offset)) {
+            let _ = tx.blocking_send(Err(err));
+            return;
+        }
+        let (home, returned) = std::sync::mpsc::channel();
+        let mut remaining = len;
+        while remaining > 0 {
+            let n = remaining.min(READ_CHUNK as u64) as usize;
+            let mut buf = returned.try_recv().unwrap_or_else(|_| vec![0; READ_CHUNK]);
+            let chunk = match file.read_exact(&mut buf[..n]) {
+                Ok(()) => Ok(Bytes::from_owner(PooledChunk {
+                    buf,
+                    len: n,
+                    home: home.clone(),
+                })),
+                Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the file shrank while being read",
+                )),
+                Err(err) => Err(err),
+            };
             let failed = chunk.is_err();
             if tx.blocking_send(chunk).is_err() || failed {
-                return; // the client went away, or the file shrank under us
+                return; // the client went away, or the file could not be read
             }
             stats.bytes_sent(n as u64);
-            pos += n as u64;
+            remaining -= n as u64;
         }
     });
     StreamingBlob::new(FileBody { rx, remaining: len })
+}
+
+/// A chunk of a GET body whose buffer goes back to its reader when dropped.
+struct PooledChunk {
+    buf: Vec<u8>,
+    len: usize,
+    home: std::sync::mpsc::Sender<Vec<u8>>,
+}
+
+impl AsRef<[u8]> for PooledChunk {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl Drop for PooledChunk {
+    fn drop(&mut self) {
+        // The reader may be gone (last chunk): then the buffer is simply freed.
+        let _ = self.home.send(std::mem::take(&mut self.buf));
+    }
 }
 
 /// The receiving end of [`file_body`], with an exact length so the response has one.

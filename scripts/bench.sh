@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Depot's speed and memory figures, measured in one run next to the baselines they are
+# judged against (the machines are shared and noisy: compare ratios, not absolutes).
+# Release build; prints `name=value` lines.
+#
+#   scripts/bench.sh            # everything
+#   ROUNDS=5 scripts/bench.sh   # more rounds (best of each is reported)
+#
+# depot serve:
+#   dd_fdatasync_mb_s     1 GiB `dd conv=fdatasync` to the archive's disk (PUT baseline)
+#   tcp_loopback_mb_s     1 GiB over a raw loopback TCP connection (GET baseline)
+#   put_large_mb_s        1 GiB PUT, durable (fsynced) before the 200
+#   get_large_mb_s        1 GiB GET
+#   small_put_ops_s       5,000 x 4 KiB PUTs at concurrency 32
+#   small_get_ops_s       the same objects read back
+#   depot_peak_rss_mib    peak RSS (VmHWM) of `depot serve` over the whole run
+#   put_vs_dd, get_vs_tcp the ratios (targets: >= 0.8 and >= 0.7; RSS <= 64 MiB)
+# Then scripts/bench-agent.sh, when present, adds the agent's figures.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROUNDS=${ROUNDS:-3}
+SIZE=$((1024 * 1024 * 1024))
+
+cargo build --release --quiet -p depot-server -p depot-tests --bins
+target=${CARGO_TARGET_DIR:-target}/release
+work=$(mktemp -d "${CARGO_TARGET_DIR:-target}/bench.XXXXXX")
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+best() { sort -g | tail -1; }
+ratio() { python3 -c "import sys; print(f'{float(sys.argv[1]) / float(sys.argv[2]):.2f}')" "$1" "$2"; }
+
+# The TCP sink and the server run for the whole benchmark.
+"$target/depot-bench" tcp-sink >"$work/sink.out" &
+pids+=($!)
+"$target/depot" serve "$work/archive" --listen 127.0.0.1:0 --json --log-file "$work/depot.log" >"$work/banner.json" 2>"$work/depot.stderr" &
+depot_pid=$!
+pids+=("$depot_pid")
+for _ in $(seq 100); do
+    [[ -s "$work/banner.json" && -s "$work/sink.out" ]] && break
+    sleep 0.05
+done
+sink_port=$(sed -n 's/^port=//p' "$work/sink.out")
+field() { python3 -c "import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$work/banner.json" "$1"; }
+s3_args=(--endpoint "$(field endpoint)" --bucket "$(field bucket)" --access-key "$(field access_key)" --secret-key "$(field secret_key)")
+
+dd_runs=() tcp_runs=() put_runs=() get_runs=()
+for _ in $(seq "$ROUNDS"); do
+    dd_out=$(dd if=/dev/zero of="$work/dd.bin" bs=1M count=1024 conv=fdatasync 2>&1 | tail -1)
+    rm -f "$work/dd.bin"
+    seconds=$(awk '{print $(NF-3)}' <<<"$dd_out")
+    dd_runs+=("$(python3 -c "import sys; print(f'{$SIZE / 1e6 / float(sys.argv[1]):.0f}')" "$seconds")")
+    tcp_runs+=("$("$target/depot-bench" tcp-send --to "127.0.0.1:$sink_port" --bytes "$SIZE" | sed -n 's/^tcp_loopback_mb_s=//p')")
+    out=$("$target/depot-bench" s3 "${s3_args[@]}" --large "$SIZE" --small-count 0)
+    put_runs+=("$(sed -n 's/^put_large_mb_s=//p' <<<"$out")")
+    get_runs+=("$(sed -n 's/^get_large_mb_s=//p' <<<"$out")")
+done
+dd=$(printf '%s\n' "${dd_runs[@]}" | best)
+tcp=$(printf '%s\n' "${tcp_runs[@]}" | best)
+put=$(printf '%s\n' "${put_runs[@]}" | best)
+get=$(printf '%s\n' "${get_runs[@]}" | best)
+echo "rounds=$ROUNDS (best of each)"
+echo "dd_fdatasync_mb_s=$dd"
+echo "tcp_loopback_mb_s=$tcp"
+echo "put_large_mb_s=$put"
+echo "get_large_mb_s=$get"
+echo "put_vs_dd=$(ratio "$put" "$dd")"
+echo "get_vs_tcp=$(ratio "$get" "$tcp")"
+
+"$target/depot-bench" s3 "${s3_args[@]}" --large 0 --small-count 5000 --small-size 4096 --concurrency 32
+echo "depot_peak_rss_mib=$(awk '/VmHWM/ {printf "%.1f", $2 / 1024}' "/proc/$depot_pid/status")"
+
+if [[ -x scripts/bench-agent.sh ]]; then
+    scripts/bench-agent.sh
+fi

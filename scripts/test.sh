@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: unit and end-to-end tests (real `depot` and
+# `depot-agent` binaries on loopback, aws-sdk-s3), then the boto3 / AWS CLI smoke check
+# (which installs both into .venv/ on first use).
+#
+#   scripts/test.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# The end-to-end tests run the binaries; build them first so a partial `cargo test -p ...`
+# never runs a stale one.
+cargo build --workspace --bins
+cargo test --workspace
+scripts/smoke-python-clients.sh

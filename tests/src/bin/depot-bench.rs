@@ -1,0 +1,307 @@
+//! Load generator behind `scripts/bench.sh`; prints `name=value` lines.
+//!
+//! - `tcp-sink`: accepts connections and discards what they send (prints `port=N`).
+//! - `tcp-send --to ADDR --bytes N`: the raw loopback TCP baseline.
+//! - `s3 ...`: one large PUT then GET, then many small PUTs then GETs at a concurrency.
+//!
+//! The S3 requests are signed with `UNSIGNED-PAYLOAD` and sent with plain hyper, so the
+//! client spends as little CPU as a TCP sender would: the figures measure the server.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use clap::{Parser, Subcommand};
+use depot_tests::raw::{Signer, sign_request};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Discard everything sent to a port (prints `port=N`).
+    TcpSink,
+    /// Send N bytes to a sink and report MB/s.
+    TcpSend {
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        bytes: u64,
+    },
+    /// The S3 workload against a running `depot serve`.
+    S3 {
+        #[arg(long)]
+        endpoint: String,
+        #[arg(long)]
+        bucket: String,
+        #[arg(long)]
+        access_key: String,
+        #[arg(long)]
+        secret_key: String,
+        #[arg(long, default_value = "us-east-1")]
+        region: String,
+        /// Size of the large object (0 skips it).
+        #[arg(long, default_value_t = 1 << 30)]
+        large: u64,
+        /// Number of small objects (0 skips them).
+        #[arg(long, default_value_t = 5000)]
+        small_count: usize,
+        #[arg(long, default_value_t = 4096)]
+        small_size: usize,
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// Only GET the large object (stored by an earlier run).
+        #[arg(long)]
+        get_only: bool,
+    },
+}
+
+const CHUNK: usize = 1024 * 1024;
+
+fn mb_per_s(bytes: u64, seconds: f64) -> f64 {
+    bytes as f64 / 1e6 / seconds
+}
+
+/// A deterministic, incompressible-looking block.
+fn block(len: usize) -> Bytes {
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+/// A body of `remaining` bytes made of one block repeated (no copies).
+struct Repeat {
+    block: Bytes,
+    remaining: u64,
+}
+
+impl Body for Repeat {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.remaining == 0 {
+            return Poll::Ready(None);
+        }
+        let n = self.remaining.min(self.block.len() as u64) as usize;
+        self.remaining -= n as u64;
+        Poll::Ready(Some(Ok(Frame::data(self.block.slice(..n)))))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.remaining)
+    }
+}
+
+struct Client {
+    endpoint: String,
+    authority: String,
+    signer: Signer,
+}
+
+impl Client {
+    async fn connect(&self) -> hyper::client::conn::http1::SendRequest<Repeat> {
+        let tcp = tokio::net::TcpStream::connect(&self.authority).await.expect("connect");
+        tcp.set_nodelay(true).expect("nodelay");
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .expect("handshake");
+        tokio::spawn(conn);
+        sender
+    }
+
+    fn request(&self, method: &str, path: &str, body: Repeat) -> http::Request<Repeat> {
+        let len = body.remaining;
+        let mut req = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", &self.authority)
+            .header("content-length", len)
+            .body(body)
+            .expect("request");
+        sign_request(
+            &mut req,
+            &self.endpoint,
+            &self.signer,
+            "UNSIGNED-PAYLOAD",
+            SystemTime::now(),
+        );
+        req
+    }
+
+    /// Sends a request and drains the response; returns (status, body bytes).
+    async fn call(
+        &self,
+        conn: &mut hyper::client::conn::http1::SendRequest<Repeat>,
+        req: http::Request<Repeat>,
+    ) -> (u16, u64) {
+        conn.ready().await.expect("connection ready");
+        let resp = conn.send_request(req).await.expect("response");
+        let status = resp.status().as_u16();
+        let mut body = resp.into_body();
+        let mut n = 0u64;
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame.expect("body").into_data() {
+                n += data.len() as u64;
+            }
+        }
+        (status, n)
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    match Cli::parse().command {
+        Command::TcpSink => {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            println!("port={}", listener.local_addr().expect("addr").port());
+            loop {
+                let (mut tcp, _) = listener.accept().await.expect("accept");
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; CHUNK];
+                    while tcp.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+                    let _ = tcp.write_all(b"done").await;
+                });
+            }
+        }
+        Command::TcpSend { to, bytes } => {
+            let mut tcp = tokio::net::TcpStream::connect(&to).await.expect("connect");
+            let data = block(CHUNK);
+            let start = Instant::now();
+            let mut sent = 0u64;
+            while sent < bytes {
+                let n = (bytes - sent).min(CHUNK as u64) as usize;
+                tcp.write_all(&data[..n]).await.expect("send");
+                sent += n as u64;
+            }
+            tcp.shutdown().await.expect("shutdown");
+            let mut ack = [0u8; 4];
+            tcp.read_exact(&mut ack).await.expect("ack");
+            println!(
+                "tcp_loopback_mb_s={:.0}",
+                mb_per_s(bytes, start.elapsed().as_secs_f64())
+            );
+        }
+        Command::S3 {
+            endpoint,
+            bucket,
+            access_key,
+            secret_key,
+            region,
+            large,
+            small_count,
+            small_size,
+            concurrency,
+            get_only,
+        } => {
+            let authority = endpoint.trim_start_matches("http://").to_owned();
+            let client = Arc::new(Client {
+                endpoint,
+                authority,
+                signer: Signer {
+                    access_key,
+                    secret_key,
+                    region,
+                },
+            });
+            if large > 0 {
+                let mut conn = client.connect().await;
+                let path = format!("/{bucket}/bench/large");
+                if !get_only {
+                    let start = Instant::now();
+                    let (status, _) = client
+                        .call(
+                            &mut conn,
+                            client.request(
+                                "PUT",
+                                &path,
+                                Repeat {
+                                    block: block(CHUNK),
+                                    remaining: large,
+                                },
+                            ),
+                        )
+                        .await;
+                    let put = start.elapsed().as_secs_f64();
+                    assert_eq!(status, 200, "large PUT");
+                    println!("put_large_mb_s={:.0}", mb_per_s(large, put));
+                }
+                let start = Instant::now();
+                let (status, got) = client
+                    .call(
+                        &mut conn,
+                        client.request(
+                            "GET",
+                            &path,
+                            Repeat {
+                                block: Bytes::new(),
+                                remaining: 0,
+                            },
+                        ),
+                    )
+                    .await;
+                let get = start.elapsed().as_secs_f64();
+                assert_eq!((status, got), (200, large), "large GET");
+                println!("get_large_mb_s={:.0}", mb_per_s(large, get));
+            }
+            if small_count > 0 {
+                let data = block(small_size);
+                for method in ["PUT", "GET"] {
+                    let next = Arc::new(AtomicUsize::new(0));
+                    let start = Instant::now();
+                    let mut workers = Vec::new();
+                    for _ in 0..concurrency {
+                        let (client, next, data, bucket) =
+                            (Arc::clone(&client), Arc::clone(&next), data.clone(), bucket.clone());
+                        workers.push(tokio::spawn(async move {
+                            let mut conn = client.connect().await;
+                            loop {
+                                let i = next.fetch_add(1, Ordering::Relaxed);
+                                if i >= small_count {
+                                    break;
+                                }
+                                let path = format!("/{bucket}/bench/small/{:02}/{i:06}", i % 64);
+                                let body = if method == "PUT" {
+                                    Repeat {
+                                        block: data.clone(),
+                                        remaining: data.len() as u64,
+                                    }
+                                } else {
+                                    Repeat {
+                                        block: Bytes::new(),
+                                        remaining: 0,
+                                    }
+                                };
+                                let (status, _) = client.call(&mut conn, client.request(method, &path, body)).await;
+                                assert_eq!(status, 200, "{method} {path}");
+                            }
+                        }));
+                    }
+                    for worker in workers {
+                        worker.await.expect("worker");
+                    }
+                    let rate = small_count as f64 / start.elapsed().as_secs_f64();
+                    println!("small_{}_ops_s={rate:.0}", method.to_ascii_lowercase());
+                }
+            }
+        }
+    }
+}
