@@ -478,3 +478,76 @@ impl std::fmt::Display for FetchSummary {
         write!(f, "  total time {:.2} s", self.seconds)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use sha2::Digest;
+
+    use super::*;
+    use crate::manifest::Format;
+
+    fn manifest(names: &[&str]) -> Manifest {
+        Manifest {
+            source: "test-manifest".into(),
+            format: Format::JsonLines,
+            files: names
+                .iter()
+                .map(|n| FileEntry {
+                    name: (*n).into(),
+                    size: 3,
+                    sha256: Some(sha2::Sha256::digest(b"abc").into()),
+                })
+                .collect(),
+            end_version: None,
+            digest: [0; 32],
+        }
+    }
+
+    #[test]
+    fn files_from_selects_in_manifest_order_and_refuses_unknown_names() {
+        let m = manifest(&["a", "b", "c"]);
+        let picked = select(&m, Some(&["c".to_owned(), "a".to_owned()])).unwrap();
+        assert_eq!(picked.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(), ["a", "c"]);
+        let err = select(&m, Some(&["a".to_owned(), "zz".to_owned()])).unwrap_err();
+        assert!(
+            err.to_string().contains("\"zz\"") && err.to_string().contains("test-manifest"),
+            "{err}"
+        );
+        assert_eq!(select(&m, None).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn local_files_are_classified_by_size_and_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Root::open(dir.path()).unwrap();
+        let m = manifest(&["good", "wrong", "short", "absent", "dir"]);
+        std::fs::write(dir.path().join("good"), b"abc").unwrap();
+        std::fs::write(dir.path().join("wrong"), b"abd").unwrap();
+        std::fs::write(dir.path().join("short"), b"ab").unwrap();
+        std::fs::create_dir(dir.path().join("dir")).unwrap();
+        let states: Vec<&str> = m
+            .files
+            .iter()
+            .map(|f| match check_local(&root, f) {
+                Local::Present(_) => "present",
+                Local::Absent => "absent",
+                Local::Wrong => "wrong",
+                Local::Unusable(_) => "unusable",
+            })
+            .collect();
+        assert_eq!(states, ["present", "wrong", "wrong", "absent", "unusable"]);
+    }
+
+    #[test]
+    fn only_stale_temp_files_are_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Root::open(dir.path()).unwrap();
+        let fresh = root.temp_file().unwrap();
+        std::fs::write(root.tmp_dir().join("old.tmp"), b"left by a crash").unwrap();
+        assert_eq!(sweep_stale_temp_files(&root, Duration::from_secs(3600)), 0);
+        assert_eq!(sweep_stale_temp_files(&root, Duration::ZERO), 2);
+        drop(fresh);
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(12), "12 B");
+    }
+}

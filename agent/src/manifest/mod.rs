@@ -155,7 +155,7 @@ pub enum ManifestError {
         /// Actual digest (hex).
         actual: String,
     },
-    /// The index nests deeper than [`MAX_INDEX_DEPTH`] (a loop, or a damaged index).
+    /// The index nests deeper than eight levels (a loop, or a damaged index).
     #[error("{file}: the meta file index nests deeper than {MAX_INDEX_DEPTH} levels; the backupmeta is damaged")]
     TooDeep {
         /// The index object.
