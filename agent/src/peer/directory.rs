@@ -13,9 +13,9 @@ use crate::auth::{Bearer, Secret};
 use crate::registry::{Coordinator, PeerInfo, RegistryError};
 use crate::service::{CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW};
 
-/// How long a peer list is reused before asking the coordinator again (unless a caller asks
-/// for a fresh one): short enough that a new agent is seen quickly, long enough that thousands
-/// of concurrent file fetches do not each call `ListPeers`.
+/// How long a peer list is reused before asking the coordinator again: short enough that a
+/// new agent is seen quickly, long enough that thousands of concurrent file fetches do not each
+/// call `ListPeers`.
 const LIST_MAX_AGE: Duration = Duration::from_secs(2);
 
 /// A client of one peer's `NodeAgent`, carrying the peer credential.
@@ -91,19 +91,26 @@ impl PeerDirectory {
         self.self_id.as_deref()
     }
 
-    /// The live peers. `fresh` forces a new `ListPeers` (after failures, to see peers that came
-    /// or went); otherwise a list younger than two seconds is reused.
+    /// The live peers. `fresh` asks for a list fetched after this call (after failures, to see
+    /// peers that came or went; callers waiting together share one `ListPeers`); otherwise a
+    /// list younger than two seconds is reused.
     ///
     /// # Errors
     /// The [`RegistryError`] of `ListPeers`.
     pub async fn peers(&self, fresh: bool) -> Result<Arc<Vec<Peer>>, RegistryError> {
+        let asked = Instant::now();
         let mut cached = self.cached.lock().await;
         if let Some((at, peers)) = cached.as_ref()
-            && !fresh
-            && at.elapsed() < LIST_MAX_AGE
+            && (if fresh {
+                *at >= asked
+            } else {
+                at.elapsed() < LIST_MAX_AGE
+            })
         {
             return Ok(peers.clone());
         }
+        // Stamped with when the request went out: a list asked for after `asked` is fresh.
+        let sent = Instant::now();
         let (infos, token) = match &self.source {
             Source::Coordinator(coordinator) => {
                 let list = coordinator.list_peers().await?;
@@ -135,7 +142,7 @@ impl PeerDirectory {
             })
             .collect();
         let peers = Arc::new(peers);
-        *cached = Some((Instant::now(), peers.clone()));
+        *cached = Some((sent, peers.clone()));
         Ok(peers)
     }
 
