@@ -23,9 +23,9 @@ use crate::stats::Stats;
 
 /// Bytes read from disk per chunk of a GET body: large, so the reading thread and the
 /// network task hand over rarely.
-const READ_CHUNK: usize = 256 * 1024;
+const READ_CHUNK: usize = 1024 * 1024;
 /// Chunks read ahead of the network.
-const READ_AHEAD: usize = 8;
+const READ_AHEAD: usize = 2;
 
 /// The request fields GetObject and HeadObject share.
 struct Lookup<'a> {
@@ -245,7 +245,8 @@ fn file_body(mut file: File, offset: u64, len: u64, stats: Arc<Stats>) -> Stream
         let mut remaining = len;
         while remaining > 0 {
             let n = remaining.min(READ_CHUNK as u64) as usize;
-            let mut buf = returned.try_recv().unwrap_or_else(|_| vec![0; READ_CHUNK]);
+            // Small objects get small buffers: 32 GETs of 4 KiB must not hold 32 MiB.
+            let mut buf = returned.try_recv().unwrap_or_else(|_| vec![0; n]);
             let chunk = match file.read_exact(&mut buf[..n]) {
                 Ok(()) => Ok(Bytes::from_owner(PooledChunk {
                     buf,
