@@ -122,9 +122,7 @@ impl Client {
     async fn connect(&self) -> hyper::client::conn::http1::SendRequest<Repeat> {
         let tcp = tokio::net::TcpStream::connect(&self.authority).await.expect("connect");
         tcp.set_nodelay(true).expect("nodelay");
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-            .await
-            .expect("handshake");
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.expect("handshake");
         tokio::spawn(conn);
         sender
     }
@@ -138,13 +136,7 @@ impl Client {
             .header("content-length", len)
             .body(body)
             .expect("request");
-        sign_request(
-            &mut req,
-            &self.endpoint,
-            &self.signer,
-            "UNSIGNED-PAYLOAD",
-            SystemTime::now(),
-        );
+        sign_request(&mut req, &self.endpoint, &self.signer, "UNSIGNED-PAYLOAD", SystemTime::now());
         req
     }
 
@@ -152,14 +144,7 @@ impl Client {
     /// just enough, the body read into a reused 1 MiB buffer and dropped. Returns (status,
     /// body bytes).
     async fn raw_get(&self, path: &str) -> (u16, u64) {
-        let req = self.request(
-            "GET",
-            path,
-            Repeat {
-                block: Bytes::new(),
-                remaining: 0,
-            },
-        );
+        let req = self.request("GET", path, Repeat { block: Bytes::new(), remaining: 0 });
         let mut head = format!("GET {} HTTP/1.1\r\n", req.uri());
         for (name, value) in req.headers() {
             head.push_str(&format!("{name}: {}\r\n", value.to_str().expect("ASCII header")));
@@ -240,10 +225,7 @@ async fn main() {
             tcp.shutdown().await.expect("shutdown");
             let mut ack = [0u8; 4];
             tcp.read_exact(&mut ack).await.expect("ack");
-            println!(
-                "tcp_loopback_mb_s={:.0}",
-                mb_per_s(bytes, start.elapsed().as_secs_f64())
-            );
+            println!("tcp_loopback_mb_s={:.0}", mb_per_s(bytes, start.elapsed().as_secs_f64()));
         }
         Command::S3 {
             endpoint,
@@ -258,32 +240,14 @@ async fn main() {
             get_only,
         } => {
             let authority = endpoint.trim_start_matches("http://").to_owned();
-            let client = Arc::new(Client {
-                endpoint,
-                authority,
-                signer: Signer {
-                    access_key,
-                    secret_key,
-                    region,
-                },
-            });
+            let client = Arc::new(Client { endpoint, authority, signer: Signer { access_key, secret_key, region } });
             if large > 0 {
                 let mut conn = client.connect().await;
                 let path = format!("/{bucket}/bench/large");
                 if !get_only {
                     let start = Instant::now();
                     let (status, _) = client
-                        .call(
-                            &mut conn,
-                            client.request(
-                                "PUT",
-                                &path,
-                                Repeat {
-                                    block: block(CHUNK),
-                                    remaining: large,
-                                },
-                            ),
-                        )
+                        .call(&mut conn, client.request("PUT", &path, Repeat { block: block(CHUNK), remaining: large }))
                         .await;
                     let put = start.elapsed().as_secs_f64();
                     assert_eq!(status, 200, "large PUT");
@@ -313,15 +277,9 @@ async fn main() {
                                 }
                                 let path = format!("/{bucket}/bench/small/{:02}/{i:06}", i % 64);
                                 let body = if method == "PUT" {
-                                    Repeat {
-                                        block: data.clone(),
-                                        remaining: data.len() as u64,
-                                    }
+                                    Repeat { block: data.clone(), remaining: data.len() as u64 }
                                 } else {
-                                    Repeat {
-                                        block: Bytes::new(),
-                                        remaining: 0,
-                                    }
+                                    Repeat { block: Bytes::new(), remaining: 0 }
                                 };
                                 let (status, _) = client.call(&mut conn, client.request(method, &path, body)).await;
                                 assert_eq!(status, 200, "{method} {path}");
