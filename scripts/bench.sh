@@ -19,7 +19,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-ROUNDS=${ROUNDS:-3}
+ROUNDS=${ROUNDS:-5}
 SIZE=$((1024 * 1024 * 1024))
 
 cargo build --release --quiet -p depot-server -p depot-tests --bins

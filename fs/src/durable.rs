@@ -46,10 +46,7 @@ pub enum CommitError {
 
 impl CommitError {
     fn io(path: &Path) -> impl FnOnce(io::Error) -> Self + '_ {
-        move |source| Self::Io {
-            path: path.to_path_buf(),
-            source,
-        }
+        move |source| Self::Io { path: path.to_path_buf(), source }
     }
 }
 
@@ -62,11 +59,7 @@ impl TempFile {
         let name = format!("{:016x}.tmp", rand::rng().random::<u64>());
         let path = dir.join(name);
         let file = OpenOptions::new().write(true).read(true).create_new(true).open(&path)?;
-        Ok(Self {
-            file,
-            path,
-            committed: false,
-        })
+        Ok(Self { file, path, committed: false })
     }
 
     /// The open file, for writes at offsets, `set_len`, metadata or extended attributes.
@@ -90,10 +83,8 @@ impl TempFile {
     /// [`CommitError`]; on error nothing has changed at `dest` and the temp file is gone.
     pub fn commit(mut self, dest: &Path) -> Result<(), CommitError> {
         self.file.sync_all().map_err(CommitError::io(&self.path))?;
-        let parent = dest.parent().ok_or_else(|| CommitError::Conflict {
-            path: dest.to_path_buf(),
-            what: "not a file path",
-        })?;
+        let parent =
+            dest.parent().ok_or_else(|| CommitError::Conflict { path: dest.to_path_buf(), what: "not a file path" })?;
         // Retried a few times: a concurrent delete may prune a parent directory (left empty)
         // between its creation and the rename, and an empty directory at `dest` gives way.
         for _ in 0..5 {
@@ -117,9 +108,7 @@ impl TempFile {
                 what: "a directory that holds other files (a name cannot be both a file and a prefix)",
             })?;
         }
-        Err(CommitError::io(dest)(io::Error::other(
-            "the target kept changing under concurrent writers",
-        )))
+        Err(CommitError::io(dest)(io::Error::other("the target kept changing under concurrent writers")))
     }
 }
 
@@ -245,10 +234,7 @@ mod tests {
         std::fs::write(root.dir().join("a"), b"file").unwrap();
         let tmp = root.temp_file().unwrap();
         let err = tmp.commit(&root.dir().join("a/b")).unwrap_err();
-        assert!(
-            matches!(&err, CommitError::Conflict { path, .. } if path.ends_with("a")),
-            "{err}"
-        );
+        assert!(matches!(&err, CommitError::Conflict { path, .. } if path.ends_with("a")), "{err}");
 
         std::fs::create_dir_all(root.dir().join("d/e")).unwrap();
         std::fs::write(root.dir().join("d/e/f"), b"x").unwrap();

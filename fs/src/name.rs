@@ -122,15 +122,7 @@ mod tests {
 
     #[test]
     fn accepts_ordinary_names() {
-        for name in [
-            "a",
-            "a/b/c.sst",
-            "1/2_3_default.sst",
-            "backupmeta",
-            ".hidden",
-            "a..b",
-            "é/ü",
-        ] {
+        for name in ["a", "a/b/c.sst", "1/2_3_default.sst", "backupmeta", ".hidden", "a..b", "é/ü"] {
             assert_eq!(validate(name), Ok(()), "{name}");
         }
     }
@@ -161,18 +153,9 @@ mod tests {
 
     #[test]
     fn message_names_the_key_and_the_rule() {
-        let err = UnsafeName {
-            name: "../etc/passwd".into(),
-            rule: NameRule::DotSegment,
-        };
-        assert_eq!(
-            err.to_string(),
-            r#"unsafe name "../etc/passwd": it has a '.' or '..' segment"#
-        );
-        let long = UnsafeName {
-            name: "é".repeat(700),
-            rule: NameRule::TooLong { len: 1400 },
-        };
+        let err = UnsafeName { name: "../etc/passwd".into(), rule: NameRule::DotSegment };
+        assert_eq!(err.to_string(), r#"unsafe name "../etc/passwd": it has a '.' or '..' segment"#);
+        let long = UnsafeName { name: "é".repeat(700), rule: NameRule::TooLong { len: 1400 } };
         assert!(long.to_string().contains("(1400 bytes)"), "{long}");
     }
 }

@@ -42,14 +42,9 @@ impl Root {
     /// [`OpenRootError`] when `dir` is missing or not a directory.
     pub fn open(dir: impl AsRef<Path>) -> Result<Self, OpenRootError> {
         let asked = dir.as_ref();
-        let dir = asked.canonicalize().map_err(|source| OpenRootError::Open {
-            path: asked.to_path_buf(),
-            source,
-        })?;
+        let dir = asked.canonicalize().map_err(|source| OpenRootError::Open { path: asked.to_path_buf(), source })?;
         if !dir.is_dir() {
-            return Err(OpenRootError::NotADirectory {
-                path: asked.to_path_buf(),
-            });
+            return Err(OpenRootError::NotADirectory { path: asked.to_path_buf() });
         }
         Ok(Self { dir })
     }
@@ -81,10 +76,7 @@ impl Root {
     /// # Errors
     /// [`UnsafeName`] naming the broken rule.
     pub fn resolve(&self, name: &str) -> Result<PathBuf, UnsafeName> {
-        let refuse = |rule| UnsafeName {
-            name: name.to_owned(),
-            rule,
-        };
+        let refuse = |rule| UnsafeName { name: name.to_owned(), rule };
         validate(name).map_err(refuse)?;
         let mut prefix = self.dir.clone();
         for segment in name.split('/') {

@@ -74,19 +74,13 @@ impl Archive {
     /// [`Error::NoSuchBucket`].
     pub fn bucket(&self, name: &str) -> Result<Bucket> {
         match &self.layout {
-            Layout::Single(bucket) if bucket == name => Ok(Bucket {
-                name: name.to_owned(),
-                root: self.root.clone(),
-            }),
+            Layout::Single(bucket) if bucket == name => Ok(Bucket { name: name.to_owned(), root: self.root.clone() }),
             Layout::Single(bucket) => Err(Error::NoSuchBucket {
                 bucket: name.to_owned(),
                 hint: format!("; this server has one bucket, {bucket:?}"),
             }),
             Layout::Multi => {
-                let missing = || Error::NoSuchBucket {
-                    bucket: name.to_owned(),
-                    hint: String::new(),
-                };
+                let missing = || Error::NoSuchBucket { bucket: name.to_owned(), hint: String::new() };
                 if !is_valid_bucket_name(name) {
                     return Err(missing());
                 }
@@ -95,10 +89,7 @@ impl Archive {
                     return Err(missing());
                 }
                 let root = Root::open(&dir).map_err(|_| missing())?;
-                Ok(Bucket {
-                    name: name.to_owned(),
-                    root,
-                })
+                Ok(Bucket { name: name.to_owned(), root })
             }
         }
     }
@@ -108,11 +99,7 @@ impl Archive {
     /// # Errors
     /// The I/O error reading the archive directory.
     pub fn buckets(&self) -> Result<Vec<(String, SystemTime)>> {
-        let mtime = |path: &Path| {
-            path.metadata()
-                .and_then(|m| m.modified())
-                .unwrap_or(SystemTime::UNIX_EPOCH)
-        };
+        let mtime = |path: &Path| path.metadata().and_then(|m| m.modified()).unwrap_or(SystemTime::UNIX_EPOCH);
         match &self.layout {
             Layout::Single(bucket) => Ok(vec![(bucket.clone(), mtime(self.root.dir()))]),
             Layout::Multi => {
@@ -139,9 +126,7 @@ impl Archive {
     /// [`Error::SingleBucket`], [`Error::BucketAlreadyOwnedByYou`], an invalid name, or I/O.
     pub fn create_bucket(&self, name: &str) -> Result<()> {
         match &self.layout {
-            Layout::Single(bucket) if bucket == name => Err(Error::BucketAlreadyOwnedByYou {
-                bucket: name.to_owned(),
-            }),
+            Layout::Single(bucket) if bucket == name => Err(Error::BucketAlreadyOwnedByYou { bucket: name.to_owned() }),
             Layout::Single(bucket) => Err(Error::SingleBucket(format!(
                 "this server serves one bucket ({bucket:?}); start it with --multi-bucket to create buckets"
             ))),
@@ -154,9 +139,9 @@ impl Archive {
                 let dir = self.root.dir().join(name);
                 match std::fs::create_dir(&dir) {
                     Ok(()) => depot_fs::sync_dir(self.root.dir()).map_err(Error::io(self.root.dir())),
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(Error::BucketAlreadyOwnedByYou {
-                        bucket: name.to_owned(),
-                    }),
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                        Err(Error::BucketAlreadyOwnedByYou { bucket: name.to_owned() })
+                    }
                     Err(e) => Err(Error::io(dir)(e)),
                 }
             }
@@ -177,9 +162,7 @@ impl Archive {
         }
         let bucket = self.bucket(name)?;
         if has_files(bucket.root.dir()) {
-            return Err(Error::BucketNotEmpty {
-                bucket: name.to_owned(),
-            });
+            return Err(Error::BucketNotEmpty { bucket: name.to_owned() });
         }
         std::fs::remove_dir_all(bucket.root.dir()).map_err(Error::io(bucket.root.dir()))?;
         depot_fs::sync_dir(self.root.dir()).map_err(Error::io(self.root.dir()))
@@ -198,9 +181,5 @@ impl Bucket {
 
 /// Whether `dir` holds at least one file anywhere below it (stops at the first).
 pub fn has_files(dir: &Path) -> bool {
-    walkdir::WalkDir::new(dir)
-        .min_depth(1)
-        .into_iter()
-        .filter_map(Result::ok)
-        .any(|e| !e.file_type().is_dir())
+    walkdir::WalkDir::new(dir).min_depth(1).into_iter().filter_map(Result::ok).any(|e| !e.file_type().is_dir())
 }

@@ -103,11 +103,7 @@ pub async fn receive(
     let written = writer.await.map_err(|e| Error::io(&temp_path)(io::Error::other(e)))?;
     outcome?;
     let file = written.map_err(|e| write_error(key, temp_path, e))?;
-    Ok(Received {
-        file,
-        size,
-        digests: hasher.finalize(),
-    })
+    Ok(Received { file, size, digests: hasher.finalize() })
 }
 
 /// Writes every chunk of `batch` with as few `writev` calls as the kernel allows.

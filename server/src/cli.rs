@@ -147,9 +147,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let mut server = Server::bind(config).await?;
-        let log_file = args
-            .log_file
-            .unwrap_or_else(|| server.banner().archive.join(".depot/depot.log"));
+        let log_file = args.log_file.unwrap_or_else(|| server.banner().archive.join(".depot/depot.log"));
         init_logging(&log_file, &args.log_level)?;
         server.set_log_file(log_file);
         if server.swept() > 0 {
@@ -170,10 +168,7 @@ fn url(args: UrlArgs) -> anyhow::Result<()> {
         Some(info) => {
             let tls = info.endpoint.starts_with("https://");
             let Some(bucket) = args.bucket.or(info.bucket) else {
-                bail!(
-                    "the server on {} has no single bucket (--multi-bucket); pass --bucket",
-                    archive.display()
-                );
+                bail!("the server on {} has no single bucket (--multi-bucket); pass --bucket", archive.display());
             };
             (bucket, info.region, tls, info.endpoint)
         }
@@ -192,14 +187,7 @@ fn url(args: UrlArgs) -> anyhow::Result<()> {
         }
     };
     let endpoint = advertised.map_or(endpoint, |a| a.url(tls));
-    println!(
-        "{}",
-        StorageUrl {
-            bucket,
-            endpoint,
-            region
-        }
-    );
+    println!("{}", StorageUrl { bucket, endpoint, region });
     Ok(())
 }
 
@@ -216,11 +204,7 @@ fn init_logging(path: &PathBuf, level: &str) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
         .with_context(|| format!("--log-level {level:?} is not a valid level or filter"))?;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::sync::Mutex::new(file))
-        .with_ansi(false)
-        .init();
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::sync::Mutex::new(file)).with_ansi(false).init();
     Ok(())
 }
 
@@ -246,11 +230,7 @@ fn print_banner(banner: &Banner, json: bool, swept: usize) -> anyhow::Result<()>
         )?;
     }
     writeln!(out, "  credentials (fresh for this run, stored nowhere):")?;
-    writeln!(
-        out,
-        "    export AWS_ACCESS_KEY_ID={} AWS_SECRET_ACCESS_KEY={}",
-        banner.access_key, banner.secret_key
-    )?;
+    writeln!(out, "    export AWS_ACCESS_KEY_ID={} AWS_SECRET_ACCESS_KEY={}", banner.access_key, banner.secret_key)?;
     if let Some(bundle) = &banner.bundle_file {
         writeln!(out, "    export SSL_CERT_FILE={}", bundle.display())?;
     }

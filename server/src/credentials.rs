@@ -87,12 +87,7 @@ impl Credentials {
             Some(token) => check_token("join token", token, 16)?,
             None => Alphanumeric.sample_string(&mut os_rng(), 32),
         };
-        Ok(Self {
-            bucket,
-            access_key,
-            secret_key: secret_key.into(),
-            join_token: join_token.into(),
-        })
+        Ok(Self { bucket, access_key, secret_key: secret_key.into(), join_token: join_token.into() })
     }
 }
 
@@ -119,10 +114,7 @@ fn check_token(what: &'static str, value: String, min: usize) -> Result<String, 
     if value.len() < min {
         return Err(CredentialError::TooShort { what, min });
     }
-    if !value
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-    {
+    if !value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')) {
         return Err(CredentialError::BadCharacters { what });
     }
     Ok(value)
@@ -131,20 +123,14 @@ fn check_token(what: &'static str, value: String, min: usize) -> Result<String, 
 /// S3's bucket naming rules (the subset that matters for a path-style URL).
 pub fn is_valid_bucket_name(name: &str) -> bool {
     (3..=63).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
         && name.as_bytes()[0].is_ascii_alphanumeric()
         && name.as_bytes()[name.len() - 1].is_ascii_alphanumeric()
         && !name.contains("..")
 }
 
 fn check_bucket(name: String) -> Result<String, CredentialError> {
-    if is_valid_bucket_name(&name) {
-        Ok(name)
-    } else {
-        Err(CredentialError::BadBucket { name })
-    }
+    if is_valid_bucket_name(&name) { Ok(name) } else { Err(CredentialError::BadBucket { name }) }
 }
 
 #[cfg(test)]
@@ -159,16 +145,9 @@ mod tests {
         assert_ne!(a.bucket, b.bucket);
         assert_eq!(a.secret_key.expose().len(), 40);
         assert!(a.secret_key.expose().bytes().all(|c| c.is_ascii_alphanumeric()));
-        assert!(
-            a.access_key
-                .bytes()
-                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
-        );
+        assert!(a.access_key.bytes().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit()));
         let bucket = a.bucket.unwrap();
-        assert!(
-            bucket.starts_with("depot-") && is_valid_bucket_name(&bucket),
-            "{bucket}"
-        );
+        assert!(bucket.starts_with("depot-") && is_valid_bucket_name(&bucket), "{bucket}");
         assert!(!format!("{:?}", a.secret_key).contains(a.secret_key.expose()));
     }
 
@@ -184,22 +163,11 @@ mod tests {
         assert_eq!(creds.bucket.as_deref(), Some("backups"));
         assert_eq!(creds.secret_key.expose(), "s3cr3t-value");
 
-        let bad = Given {
-            secret_key: Some("has space in it".into()),
-            ..Given::default()
-        };
+        let bad = Given { secret_key: Some("has space in it".into()), ..Given::default() };
         let err = Credentials::resolve(bad, false).unwrap_err().to_string();
         assert!(err.contains("secret key may only contain"), "{err}");
-        let bad = Given {
-            bucket: Some("Bad_Bucket".into()),
-            ..Given::default()
-        };
-        assert!(
-            Credentials::resolve(bad, false)
-                .unwrap_err()
-                .to_string()
-                .contains("not a valid S3 bucket name")
-        );
+        let bad = Given { bucket: Some("Bad_Bucket".into()), ..Given::default() };
+        assert!(Credentials::resolve(bad, false).unwrap_err().to_string().contains("not a valid S3 bucket name"));
     }
 
     #[test]

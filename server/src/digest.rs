@@ -145,9 +145,7 @@ impl Expected {
                 continue;
             };
             if expected.algorithm.is_some() {
-                return Err(Error::InvalidRequest(
-                    "expecting a single x-amz-checksum- header".into(),
-                ));
+                return Err(Error::InvalidRequest("expecting a single x-amz-checksum- header".into()));
             }
             let decoded = decode(value.as_bytes()).ok_or_else(|| {
                 Error::InvalidRequest(format!("the {} header is not valid base64", algorithm.header()))
@@ -163,17 +161,13 @@ impl Expected {
                 ))
             })?;
             if expected.algorithm.is_some_and(|a| a != algorithm) {
-                return Err(Error::InvalidRequest(
-                    "expecting a single x-amz-checksum- header".into(),
-                ));
+                return Err(Error::InvalidRequest("expecting a single x-amz-checksum- header".into()));
             }
             expected.algorithm = Some(algorithm);
             expected.trailer = true;
         }
         if expected.algorithm.is_none()
-            && let Some(name) = headers
-                .get("x-amz-sdk-checksum-algorithm")
-                .and_then(|v| v.to_str().ok())
+            && let Some(name) = headers.get("x-amz-sdk-checksum-algorithm").and_then(|v| v.to_str().ok())
         {
             expected.algorithm =
                 Some(Algorithm::from_name(name).ok_or_else(|| {
@@ -198,10 +192,7 @@ impl Expected {
         BodyHasher {
             md5: self.content_md5.as_ref().map(|_| Md5::new()),
             crc64: Crc64Nvme::new(),
-            extra: self
-                .algorithm
-                .filter(|a| *a != Algorithm::Crc64Nvme)
-                .map(|a| (a, Hasher::new(a))),
+            extra: self.algorithm.filter(|a| *a != Algorithm::Crc64Nvme).map(|a| (a, Hasher::new(a))),
         }
     }
 
@@ -221,10 +212,7 @@ impl Expected {
         let computed = digests.of(algorithm).expect("hasher computes the client's algorithm");
         let given = if self.trailer {
             let value = trailers.and_then(|t| t.get(algorithm.header())).ok_or_else(|| {
-                Error::InvalidRequest(format!(
-                    "the body ended without the announced {} trailer",
-                    algorithm.header()
-                ))
+                Error::InvalidRequest(format!("the body ended without the announced {} trailer", algorithm.header()))
             })?;
             Some(decode(value.as_bytes()).ok_or_else(|| {
                 Error::InvalidRequest(format!("the {} trailer is not valid base64", algorithm.header()))
@@ -240,11 +228,7 @@ impl Expected {
 }
 
 fn full_object(algorithm: Algorithm, digest: &[u8]) -> StoredChecksum {
-    StoredChecksum {
-        algorithm: algorithm.name().to_owned(),
-        value: BASE64.encode(digest),
-        kind: "FULL_OBJECT".into(),
-    }
+    StoredChecksum { algorithm: algorithm.name().to_owned(), value: BASE64.encode(digest), kind: "FULL_OBJECT".into() }
 }
 
 fn check(header: &str, expected: &[u8], actual: &[u8]) -> Result<()> {
@@ -307,10 +291,7 @@ impl Digests {
         if algorithm == Algorithm::Crc64Nvme {
             return Some(&self.crc64);
         }
-        self.extra
-            .as_ref()
-            .filter(|(a, _)| *a == algorithm)
-            .map(|(_, d)| d.as_slice())
+        self.extra.as_ref().filter(|(a, _)| *a == algorithm).map(|(_, d)| d.as_slice())
     }
 
     /// The ETag (without quotes): the MD5 when there is one, else the CRC64-NVME.
@@ -329,10 +310,7 @@ mod tests {
     use super::*;
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
-        pairs
-            .iter()
-            .map(|(k, v)| (http::HeaderName::from_static(k), v.parse().unwrap()))
-            .collect()
+        pairs.iter().map(|(k, v)| (http::HeaderName::from_static(k), v.parse().unwrap())).collect()
     }
 
     fn digest_of(expected: &Expected, body: &[u8]) -> Digests {
@@ -357,10 +335,7 @@ mod tests {
         let crc = BASE64.encode(Crc32::checksum(b"data"));
         let expected = Expected::from_headers(&headers(&[("x-amz-checksum-crc32", &crc)])).unwrap();
         let stored = expected.verify(&digest_of(&expected, b"data"), None).unwrap();
-        assert_eq!(
-            (stored.algorithm.as_str(), stored.value.as_str()),
-            ("CRC32", crc.as_str())
-        );
+        assert_eq!((stored.algorithm.as_str(), stored.value.as_str()), ("CRC32", crc.as_str()));
         assert!(expected.verify(&digest_of(&expected, b"datA"), None).is_err());
     }
 
@@ -371,10 +346,7 @@ mod tests {
         let good = headers(&[("x-amz-checksum-crc32c", &BASE64.encode(Crc32c::checksum(b"payload")))]);
         assert!(expected.verify(&digests, Some(&good)).is_ok());
         let bad = headers(&[("x-amz-checksum-crc32c", &BASE64.encode(Crc32c::checksum(b"other")))]);
-        assert!(matches!(
-            expected.verify(&digests, Some(&bad)),
-            Err(Error::BadDigest { .. })
-        ));
+        assert!(matches!(expected.verify(&digests, Some(&bad)), Err(Error::BadDigest { .. })));
         assert!(matches!(expected.verify(&digests, None), Err(Error::InvalidRequest(_))));
     }
 
@@ -390,10 +362,7 @@ mod tests {
     #[test]
     fn malformed_or_duplicate_headers_are_refused() {
         assert!(Expected::from_headers(&headers(&[("content-md5", "not base64!")])).is_err());
-        let two = headers(&[
-            ("x-amz-checksum-crc32", "AAAAAA=="),
-            ("x-amz-checksum-sha1", "AAAAAA=="),
-        ]);
+        let two = headers(&[("x-amz-checksum-crc32", "AAAAAA=="), ("x-amz-checksum-sha1", "AAAAAA==")]);
         assert!(Expected::from_headers(&two).is_err());
         assert!(Expected::from_headers(&headers(&[("x-amz-trailer", "x-amz-foo")])).is_err());
     }

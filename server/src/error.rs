@@ -237,10 +237,7 @@ mod tests {
 
     #[test]
     fn io_errors_keep_server_paths_out_of_the_message() {
-        let err = Error::Io {
-            path: "/srv/archive/a".into(),
-            source: io::Error::other("boom"),
-        };
+        let err = Error::Io { path: "/srv/archive/a".into(), source: io::Error::other("boom") };
         let s3 = S3Error::from(err);
         assert_eq!(s3.code(), &S3ErrorCode::InternalError);
         assert!(!s3.message().unwrap().contains("/srv/archive"));
@@ -248,10 +245,7 @@ mod tests {
 
     #[test]
     fn invalid_range_carries_content_range() {
-        let s3 = S3Error::from(Error::InvalidRange {
-            range: "bytes=10-".into(),
-            size: 5,
-        });
+        let s3 = S3Error::from(Error::InvalidRange { range: "bytes=10-".into(), size: 5 });
         assert_eq!(s3.status_code(), Some(StatusCode::RANGE_NOT_SATISFIABLE));
         assert_eq!(s3.headers().unwrap()[http::header::CONTENT_RANGE], "bytes */5");
     }

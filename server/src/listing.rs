@@ -72,11 +72,7 @@ pub fn list(root: &Root, query: &Query) -> Page {
         }
     };
 
-    let mut walk = WalkDir::new(&start)
-        .min_depth(1)
-        .follow_links(false)
-        .sort_by(walk_order)
-        .into_iter();
+    let mut walk = WalkDir::new(&start).min_depth(1).follow_links(false).sort_by(walk_order).into_iter();
     while let Some(entry) = walk.next() {
         let entry = match entry {
             Ok(entry) => entry,
@@ -128,12 +124,7 @@ pub fn list(root: &Root, query: &Query) -> Page {
             continue;
         };
         let meta = ObjectMeta::load_or_synthesize(entry.path(), &fs_meta);
-        let listed = Listed {
-            key,
-            size: fs_meta.len(),
-            etag: meta.etag.clone(),
-            last_modified: meta.last_modified(),
-        };
+        let listed = Listed { key, size: fs_meta.len(), etag: meta.etag.clone(), last_modified: meta.last_modified() };
         if page.objects.len() + page.prefixes.len() == query.max_keys {
             page.truncated = true;
             break;
@@ -216,13 +207,7 @@ mod tests {
     #[test]
     fn lists_everything_in_binary_order_without_state() {
         let (_d, root) = tree(KEYS);
-        let page = list(
-            &root,
-            &Query {
-                max_keys: 1000,
-                ..Query::default()
-            },
-        );
+        let page = list(&root, &Query { max_keys: 1000, ..Query::default() });
         assert_eq!(keys(&page), ["a.txt", "a/b", "a/c/d", "a/c/e", "a0", "b", "é"]);
         assert!(!page.truncated);
     }
@@ -233,14 +218,7 @@ mod tests {
         let mut after = String::new();
         let mut seen = Vec::new();
         loop {
-            let page = list(
-                &root,
-                &Query {
-                    after: after.clone(),
-                    max_keys: 2,
-                    ..Query::default()
-                },
-            );
+            let page = list(&root, &Query { after: after.clone(), max_keys: 2, ..Query::default() });
             seen.extend(keys(&page).into_iter().map(str::to_owned));
             if !page.truncated {
                 break;
@@ -253,42 +231,24 @@ mod tests {
     #[test]
     fn prefix_and_delimiter_roll_up() {
         let (_d, root) = tree(KEYS);
-        let q = Query {
-            delimiter: Some("/".into()),
-            max_keys: 1000,
-            ..Query::default()
-        };
+        let q = Query { delimiter: Some("/".into()), max_keys: 1000, ..Query::default() };
         let page = list(&root, &q);
         assert_eq!(keys(&page), ["a.txt", "a0", "b", "é"]);
         assert_eq!(page.prefixes, ["a/"]);
 
-        let q = Query {
-            prefix: "a/".into(),
-            delimiter: Some("/".into()),
-            max_keys: 1000,
-            ..Query::default()
-        };
+        let q = Query { prefix: "a/".into(), delimiter: Some("/".into()), max_keys: 1000, ..Query::default() };
         let page = list(&root, &q);
         assert_eq!(keys(&page), ["a/b"]);
         assert_eq!(page.prefixes, ["a/c/"]);
 
-        let q = Query {
-            prefix: "a/c".into(),
-            max_keys: 1000,
-            ..Query::default()
-        };
+        let q = Query { prefix: "a/c".into(), max_keys: 1000, ..Query::default() };
         assert_eq!(keys(&list(&root, &q)), ["a/c/d", "a/c/e"]);
     }
 
     #[test]
     fn a_common_prefix_as_marker_skips_its_keys() {
         let (_d, root) = tree(KEYS);
-        let q = Query {
-            delimiter: Some("/".into()),
-            after: "a/".into(),
-            max_keys: 1000,
-            ..Query::default()
-        };
+        let q = Query { delimiter: Some("/".into()), after: "a/".into(), max_keys: 1000, ..Query::default() };
         let page = list(&root, &q);
         assert_eq!(keys(&page), ["a0", "b", "é"]);
         assert!(page.prefixes.is_empty());
@@ -298,30 +258,18 @@ mod tests {
     fn empty_directories_are_not_prefixes_and_bad_prefixes_list_nothing() {
         let (d, root) = tree(&["x"]);
         std::fs::create_dir_all(d.path().join("empty/deeper")).unwrap();
-        let q = Query {
-            delimiter: Some("/".into()),
-            max_keys: 1000,
-            ..Query::default()
-        };
+        let q = Query { delimiter: Some("/".into()), max_keys: 1000, ..Query::default() };
         let page = list(&root, &q);
         assert_eq!(keys(&page), ["x"]);
         assert!(page.prefixes.is_empty());
-        let q = Query {
-            prefix: "../".into(),
-            max_keys: 1000,
-            ..Query::default()
-        };
+        let q = Query { prefix: "../".into(), max_keys: 1000, ..Query::default() };
         assert!(list(&root, &q).objects.is_empty());
     }
 
     #[test]
     fn max_keys_counts_prefixes_too() {
         let (_d, root) = tree(&["p/1", "q/1", "r"]);
-        let q = Query {
-            delimiter: Some("/".into()),
-            max_keys: 2,
-            ..Query::default()
-        };
+        let q = Query { delimiter: Some("/".into()), max_keys: 2, ..Query::default() };
         let page = list(&root, &q);
         assert_eq!(page.prefixes, ["p/", "q/"]);
         assert!(page.truncated);

@@ -109,12 +109,7 @@ impl ObjectMeta {
         hash.update(mtime_ns(fs_meta).to_le_bytes());
         hash.update(fs_meta.ino().to_le_bytes());
         let digest = hash.finalize();
-        Self {
-            size: fs_meta.len(),
-            mtime_ns: mtime_ns(fs_meta),
-            etag: hex::encode(&digest[..8]),
-            ..Self::default()
-        }
+        Self { size: fs_meta.len(), mtime_ns: mtime_ns(fs_meta), etag: hex::encode(&digest[..8]), ..Self::default() }
     }
 
     /// The record of `path`, real or synthesized.
@@ -168,10 +163,7 @@ mod tests {
         let path = dir.path().join("obj");
         let mut file = File::create(&path).unwrap();
         file.write_all(b"hello").unwrap();
-        let mut meta = ObjectMeta {
-            etag: "abc".into(),
-            ..ObjectMeta::default()
-        };
+        let mut meta = ObjectMeta { etag: "abc".into(), ..ObjectMeta::default() };
         meta.headers.content_type = Some("text/plain".into());
         meta.user.insert("owner".into(), "me".into());
         meta.store(&file).unwrap();
@@ -182,12 +174,7 @@ mod tests {
         assert_eq!(loaded.size, 5);
 
         std::thread::sleep(std::time::Duration::from_millis(10));
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .unwrap()
-            .write_all(b"!")
-            .unwrap();
+        std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"!").unwrap();
         let fs_meta = path.metadata().unwrap();
         assert!(ObjectMeta::load(&path, &fs_meta).is_none());
         let synthesized = ObjectMeta::load_or_synthesize(&path, &fs_meta);

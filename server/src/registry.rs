@@ -45,12 +45,7 @@ impl Registry {
     /// A registry accepting `join_token`, asking agents to heartbeat every `interval`.
     pub fn new(join_token: SecretKey, interval: Duration) -> Arc<Self> {
         let peer_token = peer_token_for(&join_token);
-        Arc::new(Self {
-            join_token,
-            peer_token,
-            interval,
-            agents: Mutex::new(HashMap::new()),
-        })
+        Arc::new(Self { join_token, peer_token, interval, agents: Mutex::new(HashMap::new()) })
     }
 
     /// The gRPC routes of the registry, behind the join-token check.
@@ -68,10 +63,8 @@ impl Registry {
         let horizon = self.interval * LIVE_INTERVALS;
         let mut agents = self.agents.lock().expect("registry lock");
         agents.retain(|_, a| a.last_seen.elapsed() <= horizon);
-        let mut live: Vec<_> = agents
-            .iter()
-            .map(|(id, a)| (id.clone(), a.address.clone(), a.last_seen.elapsed()))
-            .collect();
+        let mut live: Vec<_> =
+            agents.iter().map(|(id, a)| (id.clone(), a.address.clone(), a.last_seen.elapsed())).collect();
         live.sort();
         live
     }
@@ -94,26 +87,13 @@ impl Registry {
 
     fn see(&self, node_id: &str, address: &str) -> Result<(), Status> {
         if node_id.is_empty() || node_id.len() > MAX_NODE_ID {
-            return Err(Status::invalid_argument(format!(
-                "node id must be 1 to {MAX_NODE_ID} characters"
-            )));
+            return Err(Status::invalid_argument(format!("node id must be 1 to {MAX_NODE_ID} characters")));
         }
-        if address
-            .rsplit_once(':')
-            .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
-        {
-            return Err(Status::invalid_argument(format!(
-                "address {address:?} is not HOST:PORT"
-            )));
+        if address.rsplit_once(':').is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err()) {
+            return Err(Status::invalid_argument(format!("address {address:?} is not HOST:PORT")));
         }
         let mut agents = self.agents.lock().expect("registry lock");
-        agents.insert(
-            node_id.to_owned(),
-            Agent {
-                address: address.to_owned(),
-                last_seen: Instant::now(),
-            },
-        );
+        agents.insert(node_id.to_owned(), Agent { address: address.to_owned(), last_seen: Instant::now() });
         Ok(())
     }
 }
@@ -164,10 +144,7 @@ impl RegistryApi for Service {
                 last_seen_ms: u64::try_from(age.as_millis()).unwrap_or(u64::MAX),
             })
             .collect();
-        Ok(Response::new(ListPeersResponse {
-            peers,
-            peer_token: self.0.peer_token.clone(),
-        }))
+        Ok(Response::new(ListPeersResponse { peers, peer_token: self.0.peer_token.clone() }))
     }
 }
 

@@ -164,10 +164,7 @@ pub struct Banner {
 
 impl std::fmt::Debug for Banner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Banner")
-            .field("endpoint", &self.endpoint)
-            .field("bucket", &self.bucket)
-            .finish_non_exhaustive()
+        f.debug_struct("Banner").field("endpoint", &self.endpoint).field("bucket", &self.bucket).finish_non_exhaustive()
     }
 }
 
@@ -222,10 +219,8 @@ impl Server {
     /// # Errors
     /// [`ServeError`], each naming what to fix.
     pub async fn bind(config: Config) -> Result<Self, ServeError> {
-        std::fs::create_dir_all(&config.archive).map_err(|source| ServeError::CreateArchive {
-            path: config.archive.clone(),
-            source,
-        })?;
+        std::fs::create_dir_all(&config.archive)
+            .map_err(|source| ServeError::CreateArchive { path: config.archive.clone(), source })?;
         let root = Root::open(&config.archive)?;
         let state = root.state_dir();
         let state_err = |path: &Path| {
@@ -234,23 +229,14 @@ impl Server {
         };
         std::fs::create_dir_all(&state).map_err(state_err(&state))?;
         let lock_path = state.join("lock");
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(state_err(&lock_path))?;
+        let lock =
+            File::options().create(true).truncate(false).write(true).open(&lock_path).map_err(state_err(&lock_path))?;
         if lock.try_lock().is_err() {
             let holder = std::fs::read(ServerInfo::path(root.dir()))
                 .ok()
                 .and_then(|raw| serde_json::from_slice::<ServerInfo>(&raw).ok())
-                .map_or_else(String::new, |info| {
-                    format!(" by process {} at {}", info.pid, info.endpoint)
-                });
-            return Err(ServeError::Locked {
-                path: root.dir().to_path_buf(),
-                holder,
-            });
+                .map_or_else(String::new, |info| format!(" by process {} at {}", info.pid, info.endpoint));
+            return Err(ServeError::Locked { path: root.dir().to_path_buf(), holder });
         }
         let swept = root.sweep_tmp().map_err(state_err(&root.tmp_dir()))?;
 
@@ -272,10 +258,7 @@ impl Server {
         })?;
         let bound = listener.local_addr().map_err(state_err(&lock_path))?;
         let advertised = match &config.advertise {
-            Some(a) if a.port == 0 => Advertised {
-                host: a.host.clone(),
-                port: bound.port(),
-            },
+            Some(a) if a.port == 0 => Advertised { host: a.host.clone(), port: bound.port() },
             Some(a) => a.clone(),
             None => Advertised::from_socket(bound),
         };
@@ -283,15 +266,9 @@ impl Server {
         let tls = match (&config.tls_files, config.tls) {
             (_, TlsMode::Off) => None,
             (Some((cert, key)), _) => Some(tls::operator(cert, key)?),
-            (None, TlsMode::On) => Some(tls::generated(
-                &state.join("tls"),
-                std::slice::from_ref(&advertised.host),
-            )?),
+            (None, TlsMode::On) => Some(tls::generated(&state.join("tls"), std::slice::from_ref(&advertised.host))?),
             (None, TlsMode::Auto) if advertised.is_loopback() => None,
-            (None, TlsMode::Auto) => Some(tls::generated(
-                &state.join("tls"),
-                std::slice::from_ref(&advertised.host),
-            )?),
+            (None, TlsMode::Auto) => Some(tls::generated(&state.join("tls"), std::slice::from_ref(&advertised.host))?),
         };
         let endpoint = advertised.url(tls.is_some());
 
@@ -303,10 +280,7 @@ impl Server {
         let archive = Arc::new(Archive::new(root.clone(), layout));
         let registry = Registry::new(credentials.join_token.clone(), config.heartbeat_interval);
         let app = App {
-            s3: s3_service(
-                Depot::new(archive, Arc::clone(&stats), config.region.clone()),
-                &credentials,
-            ),
+            s3: s3_service(Depot::new(archive, Arc::clone(&stats), config.region.clone()), &credentials),
             grpc: registry.routes(),
             stats: Arc::clone(&stats),
         };
@@ -318,12 +292,7 @@ impl Server {
             access_key: credentials.access_key.clone(),
             secret_key: credentials.secret_key.expose().to_owned(),
             storage_url: credentials.bucket.clone().map(|bucket| {
-                StorageUrl {
-                    bucket,
-                    endpoint: endpoint.clone(),
-                    region: config.region.clone(),
-                }
-                .to_string()
+                StorageUrl { bucket, endpoint: endpoint.clone(), region: config.region.clone() }.to_string()
             }),
             ca_file: tls.as_ref().and_then(|t| t.ca_file.clone()),
             bundle_file: tls.as_ref().and_then(|t| t.bundle_file.clone()),
@@ -333,12 +302,7 @@ impl Server {
             archive: root.dir().to_path_buf(),
             multi_bucket: config.multi_bucket,
         };
-        let info = ServerInfo {
-            pid: std::process::id(),
-            endpoint,
-            bucket: credentials.bucket,
-            region: config.region,
-        };
+        let info = ServerInfo { pid: std::process::id(), endpoint, bucket: credentials.bucket, region: config.region };
         let info_path = ServerInfo::path(root.dir());
         std::fs::write(&info_path, serde_json::to_vec_pretty(&info).expect("serializable"))
             .map_err(state_err(&info_path))?;
@@ -396,10 +360,7 @@ impl Server {
 /// The s3s service: Depot's S3 behind SigV4 with the run's credentials.
 fn s3_service(depot: Depot, credentials: &Credentials) -> s3s::service::S3Service {
     let mut builder = S3ServiceBuilder::new(depot);
-    builder.set_auth(OneKey {
-        access_key: credentials.access_key.clone(),
-        secret_key: credentials.secret_key.clone(),
-    });
+    builder.set_auth(OneKey { access_key: credentials.access_key.clone(), secret_key: credentials.secret_key.clone() });
     let mut config = S3Config::default();
     // PostObject (browser form uploads) is not served; without this s3s would buffer a form's
     // file in memory, before authentication, up to 5 GB.

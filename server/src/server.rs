@@ -55,9 +55,7 @@ impl App {
         let mut response = self.s3.call(req.map(s3s::Body::from)).await?;
         self.stats.response(response.status());
         if close {
-            response
-                .headers_mut()
-                .insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+            response.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
         }
         Ok(response.map(Either::Left))
     }
@@ -69,12 +67,8 @@ impl App {
 /// minute (boto/botocore#3755); closing such connections avoids it at the cost of a reconnect.
 fn expects_continue_without_body<B>(req: &Request<B>) -> bool {
     let headers = req.headers();
-    headers
-        .get(http::header::EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
-        && headers
-            .get(http::header::CONTENT_LENGTH)
-            .is_some_and(|v| v.as_bytes() == b"0")
+    headers.get(http::header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+        && headers.get(http::header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() == b"0")
 }
 
 /// Accepts connections on `listener` until `shutdown` completes, then waits up to `drain`
@@ -110,11 +104,7 @@ pub async fn run(
             let service = hyper::service::service_fn(move |req| app.clone().handle(req));
             let builder = Builder::new(TokioExecutor::new());
             let result = match acceptor {
-                None => {
-                    watcher
-                        .watch(builder.serve_connection(TokioIo::new(stream), service).into_owned())
-                        .await
-                }
+                None => watcher.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned()).await,
                 Some(acceptor) => {
                     let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(stream)) => stream,
@@ -127,9 +117,7 @@ pub async fn run(
                             return;
                         }
                     };
-                    watcher
-                        .watch(builder.serve_connection(TokioIo::new(stream), service).into_owned())
-                        .await
+                    watcher.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned()).await
                 }
             };
             if let Err(err) = result {

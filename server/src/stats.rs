@@ -94,18 +94,8 @@ impl Stats {
 impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "depot: served for {:.1}s", self.duration.as_secs_f64())?;
-        writeln!(
-            f,
-            "  written: {} objects, {}",
-            self.objects_written,
-            human_bytes(self.bytes_written)
-        )?;
-        writeln!(
-            f,
-            "  read:    {} objects, {}",
-            self.objects_read,
-            human_bytes(self.bytes_read)
-        )?;
+        writeln!(f, "  written: {} objects, {}", self.objects_written, human_bytes(self.bytes_written))?;
+        writeln!(f, "  read:    {} objects, {}", self.objects_read, human_bytes(self.bytes_read))?;
         write!(
             f,
             "  requests: {} ok, {} client errors, {} server errors",
@@ -123,11 +113,7 @@ pub fn human_bytes(n: u64) -> String {
         value /= 1024.0;
         unit += 1;
     }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
+    if unit == 0 { format!("{n} B") } else { format!("{value:.1} {}", UNITS[unit]) }
 }
 
 #[cfg(test)]
@@ -145,10 +131,7 @@ mod tests {
         stats.response(StatusCode::INSUFFICIENT_STORAGE);
         let s = stats.summary();
         assert_eq!((s.objects_written, s.bytes_written, s.bytes_read), (1, 1536, 10));
-        assert_eq!(
-            (s.requests_ok, s.requests_client_error, s.requests_server_error),
-            (1, 1, 1)
-        );
+        assert_eq!((s.requests_ok, s.requests_client_error, s.requests_server_error), (1, 1, 1));
         assert!(s.to_string().contains("1 objects, 1.5 KiB"), "{s}");
     }
 }

@@ -39,38 +39,23 @@ impl Advertised {
     pub fn parse(value: &str) -> Result<Self, UrlError> {
         let bad = || UrlError::Advertise(value.to_owned());
         if let Ok(addr) = value.parse::<SocketAddr>() {
-            return Ok(Self {
-                host: addr.ip().to_string(),
-                port: addr.port(),
-            });
+            return Ok(Self { host: addr.ip().to_string(), port: addr.port() });
         }
         let (host, port) = value.rsplit_once(':').ok_or_else(bad)?;
         let port = port.parse().map_err(|_| bad())?;
         let valid_name = !host.is_empty()
-            && host
-                .split('.')
-                .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+            && host.split('.').all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
         if !valid_name {
             return Err(bad());
         }
-        Ok(Self {
-            host: host.to_owned(),
-            port,
-        })
+        Ok(Self { host: host.to_owned(), port })
     }
 
     /// From a bound socket address; an unspecified address (0.0.0.0) is advertised as
     /// 127.0.0.1, reachable from this machine only.
     pub fn from_socket(addr: SocketAddr) -> Self {
-        let ip = if addr.ip().is_unspecified() {
-            IpAddr::from([127, 0, 0, 1])
-        } else {
-            addr.ip()
-        };
-        Self {
-            host: ip.to_string(),
-            port: addr.port(),
-        }
+        let ip = if addr.ip().is_unspecified() { IpAddr::from([127, 0, 0, 1]) } else { addr.ip() };
+        Self { host: ip.to_string(), port: addr.port() }
     }
 
     /// Whether only this machine can reach it.
@@ -116,11 +101,7 @@ impl fmt::Display for StorageUrl {
 /// [`UrlError`] for `br://host/...` or another scheme.
 pub fn archive_path(arg: &str) -> Result<PathBuf, UrlError> {
     if let Some(rest) = arg.strip_prefix("br://") {
-        return if rest.starts_with('/') {
-            Ok(PathBuf::from(rest))
-        } else {
-            Err(UrlError::BrHost(arg.to_owned()))
-        };
+        return if rest.starts_with('/') { Ok(PathBuf::from(rest)) } else { Err(UrlError::BrHost(arg.to_owned())) };
     }
     if let Some((scheme, _)) = arg.split_once("://")
         && scheme.bytes().all(|b| b.is_ascii_alphanumeric())
@@ -136,18 +117,9 @@ mod tests {
 
     #[test]
     fn advertise_values() {
-        assert_eq!(
-            Advertised::parse("10.0.0.5:9000").unwrap(),
-            Advertised {
-                host: "10.0.0.5".into(),
-                port: 9000
-            }
-        );
+        assert_eq!(Advertised::parse("10.0.0.5:9000").unwrap(), Advertised { host: "10.0.0.5".into(), port: 9000 });
         assert_eq!(Advertised::parse("[::1]:9").unwrap().url(true), "https://[::1]:9");
-        assert_eq!(
-            Advertised::parse("backup.local:80").unwrap().url(false),
-            "http://backup.local:80"
-        );
+        assert_eq!(Advertised::parse("backup.local:80").unwrap().url(false), "http://backup.local:80");
         assert!(Advertised::parse("backup.local").is_err());
         assert!(Advertised::parse("bad host:1").is_err());
         assert!(Advertised::parse("localhost:1").unwrap().is_loopback());
@@ -157,11 +129,7 @@ mod tests {
 
     #[test]
     fn storage_url_has_no_credentials_and_names_the_region() {
-        let url = StorageUrl {
-            bucket: "depot-x".into(),
-            endpoint: "http://127.0.0.1:9".into(),
-            region: "eu-1".into(),
-        };
+        let url = StorageUrl { bucket: "depot-x".into(), endpoint: "http://127.0.0.1:9".into(), region: "eu-1".into() };
         assert_eq!(
             url.to_string(),
             "s3://depot-x/?endpoint=http://127.0.0.1:9&force-path-style=true&provider=minio&region=eu-1"
@@ -172,12 +140,7 @@ mod tests {
     fn br_urls_translate_to_directories() {
         assert_eq!(archive_path("br:///srv/backup").unwrap(), PathBuf::from("/srv/backup"));
         assert_eq!(archive_path("relative/dir").unwrap(), PathBuf::from("relative/dir"));
-        assert!(
-            archive_path("br://host/srv")
-                .unwrap_err()
-                .to_string()
-                .contains("three slashes")
-        );
+        assert!(archive_path("br://host/srv").unwrap_err().to_string().contains("three slashes"));
         assert!(archive_path("s3://bucket/x").is_err());
     }
 }

@@ -110,15 +110,9 @@ pub fn generated(tls_dir: &Path, hosts: &[String]) -> Result<Tls, TlsError> {
     write_file(&bundle_path, bundle.as_bytes(), 0o644)?;
 
     let chain = vec![cert.der().clone()];
-    let key_der = PrivateKeyDer::try_from(key.serialize_der()).map_err(|problem| TlsError::Pem {
-        path: tls_dir.into(),
-        problem: problem.to_owned(),
-    })?;
-    Ok(Tls {
-        config: server_config(chain, key_der)?,
-        ca_file: Some(ca_path),
-        bundle_file: Some(bundle_path),
-    })
+    let key_der = PrivateKeyDer::try_from(key.serialize_der())
+        .map_err(|problem| TlsError::Pem { path: tls_dir.into(), problem: problem.to_owned() })?;
+    Ok(Tls { config: server_config(chain, key_der)?, ca_file: Some(ca_path), bundle_file: Some(bundle_path) })
 }
 
 /// Serves the operator's certificate chain and key (PEM files).
@@ -126,10 +120,7 @@ pub fn generated(tls_dir: &Path, hosts: &[String]) -> Result<Tls, TlsError> {
 /// # Errors
 /// [`TlsError`].
 pub fn operator(cert_path: &Path, key_path: &Path) -> Result<Tls, TlsError> {
-    let pem_error = |path: &Path, problem: String| TlsError::Pem {
-        path: path.into(),
-        problem,
-    };
+    let pem_error = |path: &Path, problem: String| TlsError::Pem { path: path.into(), problem };
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_path)
         .map_err(|e| pem_error(cert_path, e.to_string()))?
         .collect::<Result<_, _>>()
@@ -139,11 +130,7 @@ pub fn operator(cert_path: &Path, key_path: &Path) -> Result<Tls, TlsError> {
     }
     let key = PrivateKeyDer::from_pem_file(key_path)
         .map_err(|e| pem_error(key_path, format!("no usable private key: {e}")))?;
-    Ok(Tls {
-        config: server_config(chain, key)?,
-        ca_file: None,
-        bundle_file: None,
-    })
+    Ok(Tls { config: server_config(chain, key)?, ca_file: None, bundle_file: None })
 }
 
 fn server_config(
@@ -165,26 +152,16 @@ fn ca_params() -> CertificateParams {
     params.distinguished_name.push(DnType::CommonName, "Depot archive CA");
     params.distinguished_name.push(DnType::OrganizationName, "Depot");
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     params
 }
 
 /// Writes a file atomically with the given mode.
 fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), TlsError> {
     let dir = path.parent().expect("files live in the tls directory");
-    let err = |source| TlsError::File {
-        what: "cannot write",
-        path: path.into(),
-        source,
-    };
+    let err = |source| TlsError::File { what: "cannot write", path: path.into(), source };
     let mut temp = depot_fs::TempFile::create_in(dir).map_err(err)?;
-    temp.file()
-        .set_permissions(std::fs::Permissions::from_mode(mode))
-        .map_err(err)?;
+    temp.file().set_permissions(std::fs::Permissions::from_mode(mode)).map_err(err)?;
     temp.write_all(contents).map_err(err)?;
     temp.commit(path).map_err(|e| err(std::io::Error::other(e)))
 }
@@ -198,10 +175,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let first = generated(dir.path(), &["depot.example".into()]).unwrap();
         let ca = std::fs::read(first.ca_file.as_ref().unwrap()).unwrap();
-        let mode = std::fs::metadata(dir.path().join("ca-key.pem"))
-            .unwrap()
-            .permissions()
-            .mode();
+        let mode = std::fs::metadata(dir.path().join("ca-key.pem")).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         let second = generated(dir.path(), &["10.0.0.7".into()]).unwrap();
         assert_eq!(std::fs::read(second.ca_file.unwrap()).unwrap(), ca);

@@ -20,10 +20,7 @@ fn a_bad_flag_value_is_a_usage_error() {
     let out = depot().args(["serve", "--tls", "sometimes"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("possible values: auto, on, off"));
-    let out = depot()
-        .args(["serve", "--advertise", "no-port-here", "/nonexistent/x"])
-        .output()
-        .unwrap();
+    let out = depot().args(["serve", "--advertise", "no-port-here", "/nonexistent/x"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not HOST:PORT"));
 }

@@ -26,13 +26,7 @@ pub fn signer(depot: &Depot) -> Signer {
 }
 
 pub async fn get_bytes(s3: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Vec<u8> {
-    let got = s3
-        .get_object()
-        .bucket(bucket)
-        .key(key)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("GET {key}: {e:?}"));
+    let got = s3.get_object().bucket(bucket).key(key).send().await.unwrap_or_else(|e| panic!("GET {key}: {e:?}"));
     got.body.collect().await.unwrap().into_bytes().to_vec()
 }
 
@@ -41,11 +35,7 @@ fn crc32_b64(data: &[u8]) -> String {
     for &byte in data {
         crc ^= u32::from(byte);
         for _ in 0..8 {
-            crc = if crc & 1 == 1 {
-                (crc >> 1) ^ 0xedb8_8320
-            } else {
-                crc >> 1
-            };
+            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
         }
     }
     base64::engine::general_purpose::STANDARD.encode((!crc).to_be_bytes())
@@ -61,13 +51,7 @@ async fn item01_07_path_style_sigv4_and_bucket_region() {
     let head = s3.head_bucket().bucket(&bucket).send().await.unwrap();
     assert_eq!(head.bucket_region(), Some("eu-central-1"));
     let data = body(300_000, 7);
-    s3.put_object()
-        .bucket(&bucket)
-        .key("a/b/c.sst")
-        .body(ByteStream::from(data.clone()))
-        .send()
-        .await
-        .unwrap();
+    s3.put_object().bucket(&bucket).key("a/b/c.sst").body(ByteStream::from(data.clone())).send().await.unwrap();
     assert_eq!(get_bytes(&s3, &bucket, "a/b/c.sst").await, data);
     // The object is an ordinary file in the archive.
     assert_eq!(std::fs::read(dir.path().join("archive/a/b/c.sst")).unwrap(), data);
@@ -86,47 +70,17 @@ async fn item02_every_payload_encoding_round_trips() {
     let cases = [
         ("hex", Payload::Hex(data.clone())),
         ("unsigned", Payload::Unsigned(data.clone())),
-        (
-            "signed-chunks",
-            Payload::SignedChunks {
-                data: data.clone(),
-                chunk: 65_536,
-                trailer: None,
-            },
-        ),
+        ("signed-chunks", Payload::SignedChunks { data: data.clone(), chunk: 65_536, trailer: None }),
         (
             "signed-chunks-trailer",
-            Payload::SignedChunks {
-                data: data.clone(),
-                chunk: 65_536,
-                trailer: Some(crc.clone()),
-            },
+            Payload::SignedChunks { data: data.clone(), chunk: 65_536, trailer: Some(crc.clone()) },
         ),
-        (
-            "unsigned-trailer",
-            Payload::UnsignedTrailer {
-                data: data.clone(),
-                chunk: 8_192,
-                trailer: crc.clone(),
-            },
-        ),
+        ("unsigned-trailer", Payload::UnsignedTrailer { data: data.clone(), chunk: 8_192, trailer: crc.clone() }),
     ];
     for (name, payload) in cases {
-        let resp = raw::send(
-            &endpoint,
-            Some(&signer),
-            "PUT",
-            &format!("/{bucket}/{name}"),
-            &[],
-            payload,
-        )
-        .await;
+        let resp = raw::send(&endpoint, Some(&signer), "PUT", &format!("/{bucket}/{name}"), &[], payload).await;
         assert_eq!(resp.status, 200, "{name}: {}", resp.text());
-        assert_eq!(
-            std::fs::read(dir.path().join("archive").join(name)).unwrap(),
-            data,
-            "{name}"
-        );
+        assert_eq!(std::fs::read(dir.path().join("archive").join(name)).unwrap(), data, "{name}");
     }
     let s3 = depot.client();
     assert_eq!(get_bytes(&s3, &bucket, "signed-chunks-trailer").await, data);
@@ -141,27 +95,9 @@ async fn item02_sdk_default_over_tls_sends_trailers_and_they_are_checked() {
     let s3 = depot.client();
     let bucket = depot.field("bucket");
     let data = body(3 * 1024 * 1024 + 5, 9);
-    let put = s3
-        .put_object()
-        .bucket(&bucket)
-        .key("tls/obj")
-        .body(ByteStream::from(data.clone()))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        put.checksum_crc32(),
-        Some(crc32_b64(&data).as_str()),
-        "the trailer's CRC32 is echoed"
-    );
-    let got = s3
-        .get_object()
-        .bucket(&bucket)
-        .key("tls/obj")
-        .checksum_mode(ChecksumMode::Enabled)
-        .send()
-        .await
-        .unwrap();
+    let put = s3.put_object().bucket(&bucket).key("tls/obj").body(ByteStream::from(data.clone())).send().await.unwrap();
+    assert_eq!(put.checksum_crc32(), Some(crc32_b64(&data).as_str()), "the trailer's CRC32 is echoed");
+    let got = s3.get_object().bucket(&bucket).key("tls/obj").checksum_mode(ChecksumMode::Enabled).send().await.unwrap();
     assert_eq!(got.checksum_crc32(), Some(crc32_b64(&data).as_str()));
     assert_eq!(got.body.collect().await.unwrap().into_bytes().as_ref(), data.as_slice());
 }
@@ -186,14 +122,7 @@ async fn item03_checksum_headers_verified_sse_acl_storage_class_accepted() {
         .send()
         .await
         .unwrap();
-    let head = s3
-        .head_object()
-        .bucket(&bucket)
-        .key("sha")
-        .checksum_mode(ChecksumMode::Enabled)
-        .send()
-        .await
-        .unwrap();
+    let head = s3.head_object().bucket(&bucket).key("sha").checksum_mode(ChecksumMode::Enabled).send().await.unwrap();
     assert!(head.checksum_sha256().is_some());
 
     let endpoint = depot.field("endpoint");
@@ -237,17 +166,11 @@ async fn item04_expect_100_continue() {
     );
     tcp.write_all(head.as_bytes()).await.unwrap();
     let mut buf = vec![0u8; 1024];
-    let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf)).await.unwrap().unwrap();
     let interim = String::from_utf8_lossy(&buf[..n]).into_owned();
     assert!(interim.starts_with("HTTP/1.1 100 Continue"), "{interim}");
     tcp.write_all(b"hello").await.unwrap();
-    let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf)).await.unwrap().unwrap();
     let reply = String::from_utf8_lossy(&buf[..n]).into_owned();
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
     assert_eq!(get_bytes(&s3, &bucket, "continued").await, b"hello");
@@ -268,15 +191,9 @@ async fn item04_expect_100_continue() {
     );
     tcp.write_all(head.as_bytes()).await.unwrap();
     let mut reply = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut reply))
-        .await
-        .unwrap()
-        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut reply)).await.unwrap().unwrap();
     let reply = String::from_utf8_lossy(&reply).to_ascii_lowercase();
-    assert!(
-        reply.starts_with("http/1.1 200") && reply.contains("connection: close"),
-        "{reply}"
-    );
+    assert!(reply.starts_with("http/1.1 200") && reply.contains("connection: close"), "{reply}");
     assert_eq!(get_bytes(&s3, &bucket, "empty").await, b"");
 }
 
@@ -314,29 +231,12 @@ async fn item05_multipart_upload_lifecycle() {
             .unwrap();
         etags.push(up.e_tag().unwrap().to_owned());
     }
-    let parts = s3
-        .list_parts()
-        .bucket(&bucket)
-        .key("big.sst")
-        .upload_id(&id)
-        .send()
-        .await
-        .unwrap();
+    let parts = s3.list_parts().bucket(&bucket).key("big.sst").upload_id(&id).send().await.unwrap();
     let sizes: Vec<i64> = parts.parts().iter().map(|p| p.size().unwrap()).collect();
     assert_eq!(sizes, [part1.len() as i64, part2.len() as i64]);
     let uploads = s3.list_multipart_uploads().bucket(&bucket).send().await.unwrap();
-    assert_eq!(
-        uploads
-            .uploads()
-            .iter()
-            .filter_map(|u| u.upload_id())
-            .collect::<Vec<_>>(),
-        [id.as_str()]
-    );
-    assert!(
-        !dir.path().join("archive/big.sst").exists(),
-        "nothing visible before Complete"
-    );
+    assert_eq!(uploads.uploads().iter().filter_map(|u| u.upload_id()).collect::<Vec<_>>(), [id.as_str()]);
+    assert!(!dir.path().join("archive/big.sst").exists(), "nothing visible before Complete");
 
     let completed = CompletedMultipartUpload::builder()
         .set_parts(Some(
@@ -362,27 +262,11 @@ async fn item05_multipart_upload_lifecycle() {
     assert_eq!(get_bytes(&s3, &bucket, "big.sst").await, whole);
     let head = s3.head_object().bucket(&bucket).key("big.sst").send().await.unwrap();
     assert_eq!(head.content_type(), Some("application/x-sst"));
-    assert!(
-        s3.list_multipart_uploads()
-            .bucket(&bucket)
-            .send()
-            .await
-            .unwrap()
-            .uploads()
-            .is_empty()
-    );
+    assert!(s3.list_multipart_uploads().bucket(&bucket).send().await.unwrap().uploads().is_empty());
 
     // Zero parts: an empty object.
-    let id = s3
-        .create_multipart_upload()
-        .bucket(&bucket)
-        .key("empty")
-        .send()
-        .await
-        .unwrap()
-        .upload_id()
-        .unwrap()
-        .to_owned();
+    let id =
+        s3.create_multipart_upload().bucket(&bucket).key("empty").send().await.unwrap().upload_id().unwrap().to_owned();
     s3.complete_multipart_upload()
         .bucket(&bucket)
         .key("empty")
@@ -413,21 +297,8 @@ async fn item05_multipart_upload_lifecycle() {
         .send()
         .await
         .unwrap();
-    s3.abort_multipart_upload()
-        .bucket(&bucket)
-        .key("aborted")
-        .upload_id(&id)
-        .send()
-        .await
-        .unwrap();
-    let err = s3
-        .list_parts()
-        .bucket(&bucket)
-        .key("aborted")
-        .upload_id(&id)
-        .send()
-        .await
-        .unwrap_err();
+    s3.abort_multipart_upload().bucket(&bucket).key("aborted").upload_id(&id).send().await.unwrap();
+    let err = s3.list_parts().bucket(&bucket).key("aborted").upload_id(&id).send().await.unwrap_err();
     assert_eq!(err.into_service_error().meta().code(), Some("NoSuchUpload"));
     assert!(!dir.path().join("archive/aborted").exists());
 }
@@ -439,16 +310,8 @@ async fn item05_multipart_rules_are_enforced() {
     let depot = Depot::start(&dir.path().join("archive"), &[]);
     let s3 = depot.client();
     let bucket = depot.field("bucket");
-    let id = s3
-        .create_multipart_upload()
-        .bucket(&bucket)
-        .key("k")
-        .send()
-        .await
-        .unwrap()
-        .upload_id()
-        .unwrap()
-        .to_owned();
+    let id =
+        s3.create_multipart_upload().bucket(&bucket).key("k").send().await.unwrap().upload_id().unwrap().to_owned();
     let mut etags = Vec::new();
     for n in 1..=2 {
         let up = s3
@@ -464,10 +327,7 @@ async fn item05_multipart_rules_are_enforced() {
         etags.push(up.e_tag().unwrap().to_owned());
     }
     let complete = |parts: Vec<(i32, &str)>| {
-        let parts = parts
-            .into_iter()
-            .map(|(n, e)| CompletedPart::builder().part_number(n).e_tag(e).build())
-            .collect();
+        let parts = parts.into_iter().map(|(n, e)| CompletedPart::builder().part_number(n).e_tag(e).build()).collect();
         s3.complete_multipart_upload()
             .bucket(&bucket)
             .key("k")
@@ -475,22 +335,10 @@ async fn item05_multipart_rules_are_enforced() {
             .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
             .send()
     };
-    assert_eq!(
-        code(complete(vec![(1, &etags[0]), (2, &etags[1])]).await).as_deref(),
-        Some("EntityTooSmall")
-    );
-    assert_eq!(
-        code(complete(vec![(2, &etags[1]), (1, &etags[0])]).await).as_deref(),
-        Some("InvalidPartOrder")
-    );
-    assert_eq!(
-        code(complete(vec![(1, "\"0000\"")]).await).as_deref(),
-        Some("InvalidPart")
-    );
-    assert_eq!(
-        code(complete(vec![(3, &etags[0])]).await).as_deref(),
-        Some("InvalidPart")
-    );
+    assert_eq!(code(complete(vec![(1, &etags[0]), (2, &etags[1])]).await).as_deref(), Some("EntityTooSmall"));
+    assert_eq!(code(complete(vec![(2, &etags[1]), (1, &etags[0])]).await).as_deref(), Some("InvalidPartOrder"));
+    assert_eq!(code(complete(vec![(1, "\"0000\"")]).await).as_deref(), Some("InvalidPart"));
+    assert_eq!(code(complete(vec![(3, &etags[0])]).await).as_deref(), Some("InvalidPart"));
     // A single small part is fine (it is the last one).
     complete(vec![(2, &etags[1])]).await.unwrap();
     assert_eq!(get_bytes(&s3, &bucket, "k").await, vec![2u8; 1000]);
@@ -506,13 +354,7 @@ async fn item06_list_objects_v1_and_v2() {
     let bucket = depot.field("bucket");
     let keys = ["b", "a/1", "a/2/x", "a.txt", "a0", "é", "z/é y+%", "c/d/e"];
     for key in keys {
-        s3.put_object()
-            .bucket(&bucket)
-            .key(key)
-            .body(ByteStream::from(key.as_bytes().to_vec()))
-            .send()
-            .await
-            .unwrap();
+        s3.put_object().bucket(&bucket).key(key).body(ByteStream::from(key.as_bytes().to_vec())).send().await.unwrap();
     }
     let mut sorted: Vec<&str> = keys.to_vec();
     sorted.sort_unstable();
@@ -539,62 +381,24 @@ async fn item06_list_objects_v1_and_v2() {
     assert_eq!(seen, sorted);
 
     // Delimiter and prefix.
-    let page = s3
-        .list_objects_v2()
-        .bucket(&bucket)
-        .delimiter("/")
-        .send()
-        .await
-        .unwrap();
+    let page = s3.list_objects_v2().bucket(&bucket).delimiter("/").send().await.unwrap();
     let top: Vec<&str> = page.contents().iter().map(|o| o.key().unwrap()).collect();
     let prefixes: Vec<&str> = page.common_prefixes().iter().map(|p| p.prefix().unwrap()).collect();
     assert_eq!(top, ["a.txt", "a0", "b", "é"]);
     assert_eq!(prefixes, ["a/", "c/", "z/"]);
-    let page = s3
-        .list_objects_v2()
-        .bucket(&bucket)
-        .prefix("a/")
-        .delimiter("/")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        page.contents().iter().map(|o| o.key().unwrap()).collect::<Vec<_>>(),
-        ["a/1"]
-    );
-    assert_eq!(
-        page.common_prefixes()
-            .iter()
-            .map(|p| p.prefix().unwrap())
-            .collect::<Vec<_>>(),
-        ["a/2/"]
-    );
+    let page = s3.list_objects_v2().bucket(&bucket).prefix("a/").delimiter("/").send().await.unwrap();
+    assert_eq!(page.contents().iter().map(|o| o.key().unwrap()).collect::<Vec<_>>(), ["a/1"]);
+    assert_eq!(page.common_prefixes().iter().map(|p| p.prefix().unwrap()).collect::<Vec<_>>(), ["a/2/"]);
 
     // start-after.
-    let page = s3
-        .list_objects_v2()
-        .bucket(&bucket)
-        .start_after("a0")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        page.contents().iter().map(|o| o.key().unwrap()).collect::<Vec<_>>(),
-        ["b", "c/d/e", "z/é y+%", "é"]
-    );
+    let page = s3.list_objects_v2().bucket(&bucket).start_after("a0").send().await.unwrap();
+    assert_eq!(page.contents().iter().map(|o| o.key().unwrap()).collect::<Vec<_>>(), ["b", "c/d/e", "z/é y+%", "é"]);
 
     // V1 with marker paging.
     let mut seen = Vec::new();
     let mut marker: Option<String> = None;
     loop {
-        let page = s3
-            .list_objects()
-            .bucket(&bucket)
-            .max_keys(3)
-            .set_marker(marker.clone())
-            .send()
-            .await
-            .unwrap();
+        let page = s3.list_objects().bucket(&bucket).max_keys(3).set_marker(marker.clone()).send().await.unwrap();
         seen.extend(page.contents().iter().map(|o| o.key().unwrap().to_owned()));
         if !page.is_truncated().unwrap() {
             break;
@@ -614,17 +418,8 @@ async fn item06_list_objects_v1_and_v2() {
 async fn item08_object_lock_not_configured() {
     let dir = test_dir();
     let depot = Depot::start(&dir.path().join("archive"), &[]);
-    let err = depot
-        .client()
-        .get_object_lock_configuration()
-        .bucket(depot.field("bucket"))
-        .send()
-        .await
-        .unwrap_err();
-    assert_eq!(
-        err.into_service_error().meta().code(),
-        Some("ObjectLockConfigurationNotFoundError")
-    );
+    let err = depot.client().get_object_lock_configuration().bucket(depot.field("bucket")).send().await.unwrap_err();
+    assert_eq!(err.into_service_error().meta().code(), Some("ObjectLockConfigurationNotFoundError"));
 }
 
 /// Item 9: DeleteObject (204 also for a missing key) and DeleteObjects.
@@ -636,21 +431,10 @@ async fn item09_delete_object_and_objects() {
     let s3 = depot.client();
     let bucket = depot.field("bucket");
     for key in ["d/1", "d/2", "d/3", "keep"] {
-        s3.put_object()
-            .bucket(&bucket)
-            .key(key)
-            .body(ByteStream::from(vec![1]))
-            .send()
-            .await
-            .unwrap();
+        s3.put_object().bucket(&bucket).key(key).body(ByteStream::from(vec![1])).send().await.unwrap();
     }
     s3.delete_object().bucket(&bucket).key("d/1").send().await.unwrap();
-    s3.delete_object()
-        .bucket(&bucket)
-        .key("never-existed")
-        .send()
-        .await
-        .unwrap();
+    s3.delete_object().bucket(&bucket).key("never-existed").send().await.unwrap();
     let resp = raw::send(
         &depot.field("endpoint"),
         Some(&signer(&depot)),
@@ -683,27 +467,14 @@ async fn item10_ranged_get() {
     let s3 = depot.client();
     let bucket = depot.field("bucket");
     let data = body(1000, 4);
-    s3.put_object()
-        .bucket(&bucket)
-        .key("r")
-        .body(ByteStream::from(data.clone()))
-        .send()
-        .await
-        .unwrap();
+    s3.put_object().bucket(&bucket).key("r").body(ByteStream::from(data.clone())).send().await.unwrap();
     for (range, expect) in [
         ("bytes=10-19", &data[10..20]),
         ("bytes=990-", &data[990..]),
         ("bytes=-5", &data[995..]),
         ("bytes=995-5000", &data[995..]),
     ] {
-        let got = s3
-            .get_object()
-            .bucket(&bucket)
-            .key("r")
-            .range(range)
-            .send()
-            .await
-            .unwrap();
+        let got = s3.get_object().bucket(&bucket).key("r").range(range).send().await.unwrap();
         let start = 1000 - expect.len().min(1000);
         let start = if range == "bytes=10-19" { 10 } else { start };
         assert_eq!(
@@ -711,11 +482,7 @@ async fn item10_ranged_get() {
             Some(format!("bytes {start}-{}/1000", start + expect.len() - 1).as_str()),
             "{range}"
         );
-        assert_eq!(
-            got.body.collect().await.unwrap().into_bytes().as_ref(),
-            expect,
-            "{range}"
-        );
+        assert_eq!(got.body.collect().await.unwrap().into_bytes().as_ref(), expect, "{range}");
     }
     let resp = raw::send(
         &depot.field("endpoint"),
@@ -739,39 +506,16 @@ async fn item11_errors_as_s3_xml_and_bodyless_head_404() {
     let endpoint = depot.field("endpoint");
     let bucket = depot.field("bucket");
     let s = signer(&depot);
-    let resp = raw::send(
-        &endpoint,
-        Some(&s),
-        "GET",
-        &format!("/{bucket}/missing"),
-        &[],
-        Payload::Hex(vec![]),
-    )
-    .await;
+    let resp = raw::send(&endpoint, Some(&s), "GET", &format!("/{bucket}/missing"), &[], Payload::Hex(vec![])).await;
     assert_eq!(resp.status, 404);
     assert!(resp.text().contains("<Code>NoSuchKey</Code>"), "{}", resp.text());
     let resp = raw::send(&endpoint, Some(&s), "GET", "/other-bucket/x", &[], Payload::Hex(vec![])).await;
     assert_eq!(resp.status, 404);
     assert!(resp.text().contains("<Code>NoSuchBucket</Code>"), "{}", resp.text());
-    let resp = raw::send(
-        &endpoint,
-        Some(&s),
-        "HEAD",
-        &format!("/{bucket}/missing"),
-        &[],
-        Payload::Hex(vec![]),
-    )
-    .await;
+    let resp = raw::send(&endpoint, Some(&s), "HEAD", &format!("/{bucket}/missing"), &[], Payload::Hex(vec![])).await;
     assert_eq!(resp.status, 404);
     assert!(resp.body.is_empty());
-    let err = depot
-        .client()
-        .head_object()
-        .bucket(&bucket)
-        .key("missing")
-        .send()
-        .await
-        .unwrap_err();
+    let err = depot.client().head_object().bucket(&bucket).key("missing").send().await.unwrap_err();
     assert!(err.into_service_error().is_not_found());
 }
 
@@ -794,24 +538,12 @@ async fn item12_copy_metadata_and_presigned_urls() {
         .unwrap();
     let head = s3.head_object().bucket(&bucket).key("src").send().await.unwrap();
     assert_eq!(head.content_type(), Some("application/json"));
-    assert_eq!(
-        head.metadata().unwrap().get("owner").map(String::as_str),
-        Some("backup-team")
-    );
+    assert_eq!(head.metadata().unwrap().get("owner").map(String::as_str), Some("backup-team"));
 
-    s3.copy_object()
-        .bucket(&bucket)
-        .key("dst/copy")
-        .copy_source(format!("{bucket}/src"))
-        .send()
-        .await
-        .unwrap();
+    s3.copy_object().bucket(&bucket).key("dst/copy").copy_source(format!("{bucket}/src")).send().await.unwrap();
     assert_eq!(get_bytes(&s3, &bucket, "dst/copy").await, data);
     let head = s3.head_object().bucket(&bucket).key("dst/copy").send().await.unwrap();
-    assert_eq!(
-        head.metadata().unwrap().get("owner").map(String::as_str),
-        Some("backup-team")
-    );
+    assert_eq!(head.metadata().unwrap().get("owner").map(String::as_str), Some("backup-team"));
     s3.copy_object()
         .bucket(&bucket)
         .key("dst/replaced")
@@ -821,13 +553,7 @@ async fn item12_copy_metadata_and_presigned_urls() {
         .send()
         .await
         .unwrap();
-    let head = s3
-        .head_object()
-        .bucket(&bucket)
-        .key("dst/replaced")
-        .send()
-        .await
-        .unwrap();
+    let head = s3.head_object().bucket(&bucket).key("dst/replaced").send().await.unwrap();
     assert_eq!(head.content_type(), Some("text/plain"));
     assert!(head.metadata().is_none_or(|m| m.is_empty()));
 
@@ -857,15 +583,9 @@ async fn item12_copy_metadata_and_presigned_urls() {
         .presigned(PresigningConfig::expires_in(Duration::from_secs(300)).unwrap())
         .await
         .unwrap();
-    let resp = raw::send(
-        &depot.field("endpoint"),
-        None,
-        "GET",
-        &path_and_query(get.uri()),
-        &[],
-        Payload::Unsigned(vec![]),
-    )
-    .await;
+    let resp =
+        raw::send(&depot.field("endpoint"), None, "GET", &path_and_query(get.uri()), &[], Payload::Unsigned(vec![]))
+            .await;
     assert_eq!((resp.status, resp.body.as_slice()), (200, &b"via url"[..]));
 }
 
@@ -877,4 +597,44 @@ pub fn code<T, E: aws_sdk_s3::error::ProvideErrorMetadata>(result: Result<T, E>)
 pub fn path_and_query(url: &str) -> String {
     let uri: http::Uri = url.parse().unwrap();
     uri.path_and_query().unwrap().to_string()
+}
+
+/// Conditional reads and copies (clients such as boto3's downloader send If-Match on every
+/// ranged part of a download).
+#[tokio::test]
+async fn conditional_requests() {
+    let dir = test_dir();
+    let depot = Depot::start(&dir.path().join("archive"), &[]);
+    let s3 = depot.client();
+    let bucket = depot.field("bucket");
+    let put = s3.put_object().bucket(&bucket).key("c").body(ByteStream::from_static(b"v1")).send().await.unwrap();
+    let etag = put.e_tag().unwrap().to_owned();
+    let got = s3.get_object().bucket(&bucket).key("c").if_match(&etag).range("bytes=0-0").send().await.unwrap();
+    assert_eq!(got.body.collect().await.unwrap().into_bytes().as_ref(), b"v");
+    let err = s3.get_object().bucket(&bucket).key("c").if_match("\"other\"").send().await.unwrap_err();
+    assert_eq!(err.raw_response().unwrap().status().as_u16(), 412);
+    let err = s3.get_object().bucket(&bucket).key("c").if_none_match(&etag).send().await.unwrap_err();
+    assert_eq!(err.raw_response().unwrap().status().as_u16(), 304);
+    let later = aws_sdk_s3::primitives::DateTime::from(std::time::SystemTime::now() + Duration::from_secs(3600));
+    let err = s3.head_object().bucket(&bucket).key("c").if_modified_since(later).send().await.unwrap_err();
+    assert_eq!(err.raw_response().unwrap().status().as_u16(), 304);
+    let err = s3
+        .copy_object()
+        .bucket(&bucket)
+        .key("c2")
+        .copy_source(format!("{bucket}/c"))
+        .copy_source_if_match("\"other\"")
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(err.raw_response().unwrap().status().as_u16(), 412);
+    s3.copy_object()
+        .bucket(&bucket)
+        .key("c2")
+        .copy_source(format!("{bucket}/c"))
+        .copy_source_if_match(&etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(get_bytes(&s3, &bucket, "c2").await, b"v1");
 }

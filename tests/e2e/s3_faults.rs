@@ -24,9 +24,7 @@ fn archive_entries(archive: &Path) -> Vec<String> {
 }
 
 fn temp_files(archive: &Path) -> usize {
-    std::fs::read_dir(archive.join(".depot/tmp"))
-        .map(|d| d.count())
-        .unwrap_or(0)
+    std::fs::read_dir(archive.join(".depot/tmp")).map(|d| d.count()).unwrap_or(0)
 }
 
 /// Polls `check` for up to 5 s.
@@ -78,30 +76,16 @@ async fn bad_credentials_are_403_and_write_nothing() {
         async move { raw::send(&endpoint, who.as_ref(), "PUT", &path, &[], Payload::Hex(b"x".to_vec())).await }
     };
     let good = signer(&depot);
-    let wrong_secret = Signer {
-        secret_key: "not-the-secret-key-at-all".into(),
-        ..good.clone()
-    };
+    let wrong_secret = Signer { secret_key: "not-the-secret-key-at-all".into(), ..good.clone() };
     let resp = put(Some(wrong_secret), "k1").await;
     assert_eq!(resp.status, 403);
-    assert!(
-        resp.text().contains("<Code>SignatureDoesNotMatch</Code>"),
-        "{}",
-        resp.text()
-    );
+    assert!(resp.text().contains("<Code>SignatureDoesNotMatch</Code>"), "{}", resp.text());
     assert!(!resp.text().contains(&good.secret_key));
 
-    let unknown_key = Signer {
-        access_key: "AKIDUNKNOWN".into(),
-        ..good.clone()
-    };
+    let unknown_key = Signer { access_key: "AKIDUNKNOWN".into(), ..good.clone() };
     let resp = put(Some(unknown_key), "k2").await;
     assert_eq!(resp.status, 403);
-    assert!(
-        resp.text().contains("<Code>InvalidAccessKeyId</Code>"),
-        "{}",
-        resp.text()
-    );
+    assert!(resp.text().contains("<Code>InvalidAccessKeyId</Code>"), "{}", resp.text());
 
     let resp = put(None, "k3").await;
     assert_eq!(resp.status, 403);
@@ -112,45 +96,15 @@ async fn bad_credentials_are_403_and_write_nothing() {
         .expires_in(Duration::from_secs(60))
         .build()
         .unwrap();
-    let url = depot
-        .client()
-        .put_object()
-        .bucket(&bucket)
-        .key("k4")
-        .presigned(expired)
-        .await
-        .unwrap();
-    let resp = raw::send(
-        &endpoint,
-        None,
-        "PUT",
-        &path_and_query(url.uri()),
-        &[],
-        Payload::Unsigned(b"x".to_vec()),
-    )
-    .await;
+    let url = depot.client().put_object().bucket(&bucket).key("k4").presigned(expired).await.unwrap();
+    let resp =
+        raw::send(&endpoint, None, "PUT", &path_and_query(url.uri()), &[], Payload::Unsigned(b"x".to_vec())).await;
     assert_eq!(resp.status, 403);
-    assert!(
-        resp.text().contains("<Code>AccessDenied</Code>") && resp.text().contains("expired"),
-        "{}",
-        resp.text()
-    );
+    assert!(resp.text().contains("<Code>AccessDenied</Code>") && resp.text().contains("expired"), "{}", resp.text());
 
-    let resp = raw::send(
-        &endpoint,
-        Some(&good),
-        "PUT",
-        "/not-this-bucket/k5",
-        &[],
-        Payload::Hex(b"x".to_vec()),
-    )
-    .await;
+    let resp = raw::send(&endpoint, Some(&good), "PUT", "/not-this-bucket/k5", &[], Payload::Hex(b"x".to_vec())).await;
     assert_eq!(resp.status, 404);
-    assert!(
-        resp.text().contains("<Code>NoSuchBucket</Code>") && resp.text().contains(&bucket),
-        "{}",
-        resp.text()
-    );
+    assert!(resp.text().contains("<Code>NoSuchBucket</Code>") && resp.text().contains(&bucket), "{}", resp.text());
 
     assert!(archive_entries(&archive).is_empty(), "{:?}", archive_entries(&archive));
     assert_eq!(temp_files(&archive), 0);
@@ -182,15 +136,9 @@ async fn unsafe_keys_are_refused_naming_the_key_and_the_rule() {
         ("link-out/secret".into(), "symbolic link"),
     ];
     for (key, rule) in cases {
-        let resp = raw::send(
-            &endpoint,
-            Some(&s),
-            "PUT",
-            &format!("/{bucket}/{key}"),
-            &[],
-            Payload::Hex(b"evil".to_vec()),
-        )
-        .await;
+        let resp =
+            raw::send(&endpoint, Some(&s), "PUT", &format!("/{bucket}/{key}"), &[], Payload::Hex(b"evil".to_vec()))
+                .await;
         assert_eq!(resp.status, 400, "{key}: {}", resp.text());
         if rule == "KeyTooLongError" {
             assert!(resp.text().contains("<Code>KeyTooLongError</Code>"), "{}", resp.text());
@@ -203,11 +151,7 @@ async fn unsafe_keys_are_refused_naming_the_key_and_the_rule() {
             assert!(text.contains(&shown), "{key}: expected the key in {text}");
         }
     }
-    assert_eq!(
-        std::fs::read_dir(&outside).unwrap().count(),
-        0,
-        "nothing written outside the archive"
-    );
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0, "nothing written outside the archive");
     assert!(!dir.path().join("escape").exists());
     assert_eq!(archive_entries(&archive), ["link-out"]);
 }
@@ -219,46 +163,16 @@ async fn a_key_and_a_prefix_cannot_collide() {
     let depot = Depot::start(&archive, &[]);
     let s3 = depot.client();
     let bucket = depot.field("bucket");
-    s3.put_object()
-        .bucket(&bucket)
-        .key("a")
-        .body(ByteStream::from_static(b"file"))
-        .send()
-        .await
-        .unwrap();
-    let err = s3
-        .put_object()
-        .bucket(&bucket)
-        .key("a/b")
-        .body(ByteStream::from_static(b"x"))
-        .send()
-        .await
-        .unwrap_err();
+    s3.put_object().bucket(&bucket).key("a").body(ByteStream::from_static(b"file")).send().await.unwrap();
+    let err = s3.put_object().bucket(&bucket).key("a/b").body(ByteStream::from_static(b"x")).send().await.unwrap_err();
     let raw = err.raw_response().unwrap();
     assert_eq!(raw.status().as_u16(), 409);
     let service = err.into_service_error();
     assert_eq!(service.meta().code(), Some("KeyConflict"));
-    assert!(
-        service.meta().message().unwrap().contains("\"a/b\""),
-        "{:?}",
-        service.meta().message()
-    );
+    assert!(service.meta().message().unwrap().contains("\"a/b\""), "{:?}", service.meta().message());
 
-    s3.put_object()
-        .bucket(&bucket)
-        .key("d/e")
-        .body(ByteStream::from_static(b"x"))
-        .send()
-        .await
-        .unwrap();
-    let err = s3
-        .put_object()
-        .bucket(&bucket)
-        .key("d")
-        .body(ByteStream::from_static(b"x"))
-        .send()
-        .await
-        .unwrap_err();
+    s3.put_object().bucket(&bucket).key("d/e").body(ByteStream::from_static(b"x")).send().await.unwrap();
+    let err = s3.put_object().bucket(&bucket).key("d").body(ByteStream::from_static(b"x")).send().await.unwrap_err();
     assert_eq!(err.raw_response().unwrap().status().as_u16(), 409);
     assert_eq!(get_bytes(&s3, &bucket, "a").await, b"file");
     assert_eq!(get_bytes(&s3, &bucket, "d/e").await, b"x");
@@ -278,25 +192,12 @@ async fn a_body_that_fails_its_digest_is_not_stored() {
     let sha_of_other = "LPJNul+wow4m6DsqxbninhsWHlwfp0JecwQzYpOLmCQ="; // SHA-256("hello")
     type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, Payload, &'a str);
     let cases: Vec<Case<'_>> = vec![
-        (
-            "md5",
-            vec![("content-md5", md5_of_other)],
-            Payload::Hex(data.clone()),
-            "BadDigest",
-        ),
-        (
-            "sha256",
-            vec![("x-amz-checksum-sha256", sha_of_other)],
-            Payload::Unsigned(data.clone()),
-            "BadDigest",
-        ),
+        ("md5", vec![("content-md5", md5_of_other)], Payload::Hex(data.clone()), "BadDigest"),
+        ("sha256", vec![("x-amz-checksum-sha256", sha_of_other)], Payload::Unsigned(data.clone()), "BadDigest"),
         (
             "signed-hash",
             vec![],
-            Payload::WrongHex {
-                sent: data.clone(),
-                hashed: b"other".to_vec(),
-            },
+            Payload::WrongHex { sent: data.clone(), hashed: b"other".to_vec() },
             "XAmzContentSHA256Mismatch",
         ),
         (
@@ -311,21 +212,9 @@ async fn a_body_that_fails_its_digest_is_not_stored() {
         ),
     ];
     for (key, headers, payload, expected) in cases {
-        let resp = raw::send(
-            &endpoint,
-            Some(&s),
-            "PUT",
-            &format!("/{bucket}/{key}"),
-            &headers,
-            payload,
-        )
-        .await;
+        let resp = raw::send(&endpoint, Some(&s), "PUT", &format!("/{bucket}/{key}"), &headers, payload).await;
         assert_eq!(resp.status, 400, "{key}: {}", resp.text());
-        assert!(
-            resp.text().contains(&format!("<Code>{expected}</Code>")),
-            "{key}: {}",
-            resp.text()
-        );
+        assert!(resp.text().contains(&format!("<Code>{expected}</Code>")), "{key}: {}", resp.text());
     }
     assert!(archive_entries(&archive).is_empty(), "{:?}", archive_entries(&archive));
     assert_eq!(temp_files(&archive), 0);
@@ -337,10 +226,7 @@ async fn a_declared_body_over_5_gib_is_refused_before_reading() {
     let depot = Depot::start(&dir.path().join("archive"), &[]);
     let mut tcp = partial_put(&depot, "huge", 6 * 1024 * 1024 * 1024, 0).await;
     let mut buf = vec![0u8; 4096];
-    let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf)).await.unwrap().unwrap();
     let reply = String::from_utf8_lossy(&buf[..n]).into_owned();
     assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
     assert!(reply.contains("EntityTooLarge"), "{reply}");
@@ -352,24 +238,11 @@ async fn a_client_that_disconnects_mid_upload_leaves_nothing() {
     let archive = dir.path().join("archive");
     let depot = Depot::start(&archive, &[]);
     let tcp = partial_put(&depot, "half", 4 * 1024 * 1024, 1024 * 1024).await;
-    assert!(
-        eventually(|| temp_files(&archive) == 1).await,
-        "the upload is in progress in a temp file"
-    );
+    assert!(eventually(|| temp_files(&archive) == 1).await, "the upload is in progress in a temp file");
     drop(tcp);
-    assert!(
-        eventually(|| temp_files(&archive) == 0).await,
-        "the temp file is removed"
-    );
+    assert!(eventually(|| temp_files(&archive) == 0).await, "the temp file is removed");
     assert!(archive_entries(&archive).is_empty());
-    let err = depot
-        .client()
-        .head_object()
-        .bucket(depot.field("bucket"))
-        .key("half")
-        .send()
-        .await
-        .unwrap_err();
+    let err = depot.client().head_object().bucket(depot.field("bucket")).key("half").send().await.unwrap_err();
     assert!(err.into_service_error().is_not_found());
 }
 
@@ -377,24 +250,11 @@ async fn a_client_that_disconnects_mid_upload_leaves_nothing() {
 async fn kill_9_mid_upload_keeps_earlier_objects_and_the_next_start_sweeps() {
     let dir = test_dir();
     let archive = dir.path().join("archive");
-    let fixed = [
-        "--bucket",
-        "crashy",
-        "--access-key",
-        "AKIDCRASH",
-        "--secret-key",
-        "crash-secret-key",
-    ];
+    let fixed = ["--bucket", "crashy", "--access-key", "AKIDCRASH", "--secret-key", "crash-secret-key"];
     let depot = Depot::start(&archive, &fixed);
     let s3 = depot.client();
     let earlier = body(2 * 1024 * 1024, 3);
-    s3.put_object()
-        .bucket("crashy")
-        .key("earlier")
-        .body(ByteStream::from(earlier.clone()))
-        .send()
-        .await
-        .unwrap();
+    s3.put_object().bucket("crashy").key("earlier").body(ByteStream::from(earlier.clone())).send().await.unwrap();
     let _tcp = partial_put(&depot, "interrupted", 8 * 1024 * 1024, 3 * 1024 * 1024).await;
     assert!(eventually(|| temp_files(&archive) == 1).await);
     depot.kill9();
@@ -405,13 +265,7 @@ async fn kill_9_mid_upload_keeps_earlier_objects_and_the_next_start_sweeps() {
     assert_eq!(temp_files(&archive), 0, "swept at start");
     let s3 = depot.client();
     assert_eq!(get_bytes(&s3, "crashy", "earlier").await, earlier);
-    let err = s3
-        .head_object()
-        .bucket("crashy")
-        .key("interrupted")
-        .send()
-        .await
-        .unwrap_err();
+    let err = s3.head_object().bucket("crashy").key("interrupted").send().await.unwrap_err();
     assert!(err.into_service_error().is_not_found());
 }
 
@@ -427,24 +281,14 @@ async fn sixteen_concurrent_puts_to_one_key_leave_exactly_one_body() {
     for data in &bodies {
         let (s3, bucket, data) = (s3.clone(), bucket.clone(), data.clone());
         tasks.push(tokio::spawn(async move {
-            s3.put_object()
-                .bucket(bucket)
-                .key("contended")
-                .body(ByteStream::from(data))
-                .send()
-                .await
-                .unwrap();
+            s3.put_object().bucket(bucket).key("contended").body(ByteStream::from(data)).send().await.unwrap();
         }));
     }
     for task in tasks {
         task.await.unwrap();
     }
     let stored = get_bytes(&s3, &bucket, "contended").await;
-    assert!(
-        bodies.contains(&stored),
-        "the object is one of the bodies, whole ({} bytes)",
-        stored.len()
-    );
+    assert!(bodies.contains(&stored), "the object is one of the bodies, whole ({} bytes)", stored.len());
     assert_eq!(temp_files(&archive), 0);
 }
 
@@ -480,58 +324,25 @@ async fn a_full_disk_fails_the_put_cleanly_and_the_server_keeps_serving() {
         );
         return;
     };
-    let depot = Depot::start(
-        &archive,
-        &["--log-file", dir.path().join("depot.log").to_str().unwrap()],
-    );
+    let depot = Depot::start(&archive, &["--log-file", dir.path().join("depot.log").to_str().unwrap()]);
     let s3 = depot.client();
     let bucket = depot.field("bucket");
     let small = body(1024 * 1024, 1);
-    s3.put_object()
-        .bucket(&bucket)
-        .key("small")
-        .body(ByteStream::from(small.clone()))
-        .send()
-        .await
-        .unwrap();
+    s3.put_object().bucket(&bucket).key("small").body(ByteStream::from(small.clone())).send().await.unwrap();
 
-    let result = s3
-        .put_object()
-        .bucket(&bucket)
-        .key("too-big")
-        .body(ByteStream::from(body(12 * 1024 * 1024, 2)))
-        .send()
-        .await;
+    let result =
+        s3.put_object().bucket(&bucket).key("too-big").body(ByteStream::from(body(12 * 1024 * 1024, 2))).send().await;
     let err = result.unwrap_err();
     let status = err.raw_response().map(|r| r.status().as_u16());
     assert_eq!(status, Some(507), "{err:?}");
     let message = err.into_service_error().meta().message().unwrap_or_default().to_owned();
     assert!(message.contains("no space left"), "{message}");
 
-    assert!(
-        eventually(|| temp_files(&archive) == 0).await,
-        "the failed upload's temp file is gone"
-    );
-    assert_eq!(
-        get_bytes(&s3, &bucket, "small").await,
-        small,
-        "what was stored is intact"
-    );
-    let err = s3
-        .head_object()
-        .bucket(&bucket)
-        .key("too-big")
-        .send()
-        .await
-        .unwrap_err();
+    assert!(eventually(|| temp_files(&archive) == 0).await, "the failed upload's temp file is gone");
+    assert_eq!(get_bytes(&s3, &bucket, "small").await, small, "what was stored is intact");
+    let err = s3.head_object().bucket(&bucket).key("too-big").send().await.unwrap_err();
     assert!(err.into_service_error().is_not_found(), "no partial object");
-    s3.put_object()
-        .bucket(&bucket)
-        .key("after")
-        .body(ByteStream::from_static(b"still serving"))
-        .send()
-        .await
-        .unwrap();
+    s3.put_object().bucket(&bucket).key("after").body(ByteStream::from_static(b"still serving")).send().await.unwrap();
     assert_eq!(get_bytes(&s3, &bucket, "after").await, b"still serving");
 }
 
@@ -549,13 +360,7 @@ async fn concurrent_puts_and_deletes_in_one_directory_never_fail() {
             for round in 0..12 {
                 // Two shared directories: deletes keep emptying them while puts fill them.
                 let key = format!("race/d{}/e/k{worker}-{round}", round % 2);
-                s3.put_object()
-                    .bucket(&bucket)
-                    .key(&key)
-                    .body(ByteStream::from_static(b"x"))
-                    .send()
-                    .await
-                    .unwrap();
+                s3.put_object().bucket(&bucket).key(&key).body(ByteStream::from_static(b"x")).send().await.unwrap();
                 s3.delete_object().bucket(&bucket).key(&key).send().await.unwrap();
             }
         }));

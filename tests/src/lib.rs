@@ -30,20 +30,13 @@ pub fn bin(name: &str) -> PathBuf {
     // target/<profile>/deps/<test> → target/<profile>/<name>
     let dir = exe.parent().and_then(Path::parent).expect("target directory");
     let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is not built: run `cargo build --workspace` (or set {var})",
-        path.display()
-    );
+    assert!(path.exists(), "{} is not built: run `cargo build --workspace` (or set {var})", path.display());
     path
 }
 
 /// A fresh directory for one test.
 pub fn test_dir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("depot-test-")
-        .tempdir()
-        .expect("temp dir")
+    tempfile::Builder::new().prefix("depot-test-").tempdir().expect("temp dir")
 }
 
 /// A running `depot serve`, killed on drop.
@@ -78,12 +71,7 @@ impl Depot {
         if !args.contains(&"--log-file") {
             let n = std::fs::read_dir(&logs).map(|d| d.count()).unwrap_or(0);
             full.push("--log-file".into());
-            full.push(
-                logs.join(format!("depot-{n}.log"))
-                    .to_str()
-                    .expect("UTF-8 path")
-                    .to_owned(),
-            );
+            full.push(logs.join(format!("depot-{n}.log")).to_str().expect("UTF-8 path").to_owned());
         }
         let full: Vec<&str> = full.iter().map(String::as_str).collect();
         Self::spawn(&full, env, &logs)
@@ -126,12 +114,7 @@ impl Depot {
                 std::fs::read_to_string(&stderr_path).unwrap_or_default()
             );
         };
-        Self {
-            child,
-            banner,
-            stderr_path,
-            stdout: rx,
-        }
+        Self { child, banner, stderr_path, stdout: rx }
     }
 
     /// A banner field as a string.
@@ -165,10 +148,7 @@ impl Depot {
 
     /// Sends SIGTERM.
     pub fn terminate(&self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
     }
 
     /// Sends SIGTERM and waits (10 s at most).
@@ -240,12 +220,7 @@ pub fn s3_client(
     }
     let http = aws_smithy_http_client::Builder::new()
         .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))
-        .tls_context(
-            tls::TlsContext::builder()
-                .with_trust_store(trust)
-                .build()
-                .expect("TLS context"),
-        )
+        .tls_context(tls::TlsContext::builder().with_trust_store(trust).build().expect("TLS context"))
         .build_https();
     let config = aws_sdk_s3::Config::builder()
         .behavior_version(BehaviorVersion::latest())

@@ -39,17 +39,9 @@ pub enum Payload {
     /// `UNSIGNED-PAYLOAD`.
     Unsigned(Vec<u8>),
     /// `STREAMING-AWS4-HMAC-SHA256-PAYLOAD[-TRAILER]`: signed chunks, optional signed trailer.
-    SignedChunks {
-        data: Vec<u8>,
-        chunk: usize,
-        trailer: Option<(String, String)>,
-    },
+    SignedChunks { data: Vec<u8>, chunk: usize, trailer: Option<(String, String)> },
     /// `STREAMING-UNSIGNED-PAYLOAD-TRAILER`: plain chunks and a trailer.
-    UnsignedTrailer {
-        data: Vec<u8>,
-        chunk: usize,
-        trailer: (String, String),
-    },
+    UnsignedTrailer { data: Vec<u8>, chunk: usize, trailer: (String, String) },
 }
 
 /// A response, read whole.
@@ -72,10 +64,8 @@ impl Response {
     /// The `<Message>` of an S3 error body, XML entities decoded.
     pub fn message(&self) -> String {
         let text = self.text();
-        let message = text
-            .split_once("<Message>")
-            .and_then(|(_, rest)| rest.split_once("</Message>"))
-            .map_or("", |m| m.0);
+        let message =
+            text.split_once("<Message>").and_then(|(_, rest)| rest.split_once("</Message>")).map_or("", |m| m.0);
         message
             .replace("&quot;", "\"")
             .replace("&apos;", "'")
@@ -111,10 +101,7 @@ pub async fn send(
     payload: Payload,
 ) -> Response {
     let authority = endpoint.trim_start_matches("http://").trim_end_matches('/');
-    let mut builder = http::Request::builder()
-        .method(method)
-        .uri(path_and_query)
-        .header("host", authority);
+    let mut builder = http::Request::builder().method(method).uri(path_and_query).header("host", authority);
     for (name, value) in headers {
         builder = builder.header(*name, *value);
     }
@@ -143,11 +130,7 @@ pub async fn send(
                 ("x-amz-decoded-content-length".into(), data.len().to_string()),
                 ("x-amz-trailer".into(), trailer.0.clone()),
             ];
-            (
-                "STREAMING-UNSIGNED-PAYLOAD-TRAILER".into(),
-                unsigned_chunks(data, *chunk, trailer),
-                extra,
-            )
+            ("STREAMING-UNSIGNED-PAYLOAD-TRAILER".into(), unsigned_chunks(data, *chunk, trailer), extra)
         }
     };
     for (name, value) in &extra {
@@ -159,9 +142,7 @@ pub async fn send(
     let seed_signature = match signer {
         Some(signer) => sign_request(&mut request, endpoint, signer, &content_sha, time),
         None => {
-            request
-                .headers_mut()
-                .insert("x-amz-content-sha256", content_sha.parse().expect("header"));
+            request.headers_mut().insert("x-amz-content-sha256", content_sha.parse().expect("header"));
             String::new()
         }
     };
@@ -175,25 +156,17 @@ pub async fn send(
         }
         _ => wire_body,
     };
-    request
-        .headers_mut()
-        .insert("content-length", wire_body.len().to_string().parse().expect("header"));
+    request.headers_mut().insert("content-length", wire_body.len().to_string().parse().expect("header"));
     let (parts, ()) = request.into_parts();
     let request = http::Request::from_parts(parts, Full::new(Bytes::from(wire_body)));
 
     let stream = tokio::net::TcpStream::connect(authority).await.expect("connect");
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .expect("handshake");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("handshake");
     tokio::spawn(conn);
     let response = sender.send_request(request).await.expect("send");
     let (parts, body) = response.into_parts();
     let body = body.collect().await.map(|b| b.to_bytes().to_vec()).unwrap_or_default();
-    Response {
-        status: parts.status.as_u16(),
-        headers: parts.headers,
-        body,
-    }
+    Response { status: parts.status.as_u16(), headers: parts.headers, body }
 }
 
 fn identity(signer: Option<&Signer>) -> Identity {
@@ -271,10 +244,8 @@ fn signed_chunks(
     let mut previous = seed.to_owned();
     let pieces: Vec<&[u8]> = data.chunks(chunk.max(1)).chain(std::iter::once(&[][..])).collect();
     for piece in pieces {
-        let signature = v4::sign_chunk(&Bytes::copy_from_slice(piece), &previous, params)
-            .expect("chunk")
-            .into_parts()
-            .1;
+        let signature =
+            v4::sign_chunk(&Bytes::copy_from_slice(piece), &previous, params).expect("chunk").into_parts().1;
         out.extend(format!("{:x};chunk-signature={signature}\r\n", piece.len()).as_bytes());
         out.extend(piece);
         if !piece.is_empty() || trailer.is_none() {
@@ -285,10 +256,7 @@ fn signed_chunks(
     if let Some((name, value)) = trailer {
         let mut headers = aws_smithy_runtime_api::http::Headers::new();
         headers.insert(name.clone(), value.clone());
-        let signature = v4::sign_trailer(&headers, &previous, params)
-            .expect("trailer")
-            .into_parts()
-            .1;
+        let signature = v4::sign_trailer(&headers, &previous, params).expect("trailer").into_parts().1;
         out.extend(format!("{name}:{value}\r\nx-amz-trailer-signature:{signature}\r\n\r\n").as_bytes());
     }
     out

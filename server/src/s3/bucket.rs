@@ -17,17 +17,12 @@ pub async fn list_buckets(s3: &Depot, _req: S3Request<ListBucketsInput>) -> Resu
             bucket_region: Some(s3.region.clone()),
         })
         .collect();
-    Ok(respond(ListBucketsOutput {
-        buckets: Some(buckets),
-        ..Default::default()
-    }))
+    Ok(respond(ListBucketsOutput { buckets: Some(buckets), ..Default::default() }))
 }
 
 pub async fn create_bucket(s3: &Depot, req: S3Request<CreateBucketInput>) -> Result<S3Response<CreateBucketOutput>> {
     s3.archive.create_bucket(&req.input.bucket)?;
-    Ok(respond(CreateBucketOutput {
-        location: Some(format!("/{}", req.input.bucket)),
-    }))
+    Ok(respond(CreateBucketOutput { location: Some(format!("/{}", req.input.bucket)) }))
 }
 
 pub async fn delete_bucket(s3: &Depot, req: S3Request<DeleteBucketInput>) -> Result<S3Response<DeleteBucketOutput>> {
@@ -38,10 +33,7 @@ pub async fn delete_bucket(s3: &Depot, req: S3Request<DeleteBucketInput>) -> Res
 pub async fn head_bucket(s3: &Depot, req: S3Request<HeadBucketInput>) -> Result<S3Response<HeadBucketOutput>> {
     s3.archive.bucket(&req.input.bucket)?;
     // BR compares this with the region in its storage URL.
-    Ok(respond(HeadBucketOutput {
-        bucket_region: Some(s3.region.clone()),
-        ..Default::default()
-    }))
+    Ok(respond(HeadBucketOutput { bucket_region: Some(s3.region.clone()), ..Default::default() }))
 }
 
 pub async fn get_bucket_location(
@@ -51,9 +43,7 @@ pub async fn get_bucket_location(
     s3.archive.bucket(&req.input.bucket)?;
     // S3 reports us-east-1 as an empty constraint.
     let location = (s3.region != "us-east-1").then(|| BucketLocationConstraint::from(s3.region.clone()));
-    Ok(respond(GetBucketLocationOutput {
-        location_constraint: location,
-    }))
+    Ok(respond(GetBucketLocationOutput { location_constraint: location }))
 }
 
 pub async fn get_bucket_versioning(

@@ -5,6 +5,7 @@ use std::io;
 use s3s::dto::*;
 use s3s::{S3Request, S3Response};
 
+use super::get::{Conditions, open};
 use super::put::{install, set_checksum_fields, user_metadata};
 use super::{Depot, respond};
 use crate::error::{Error, Result, write_error};
@@ -12,24 +13,14 @@ use crate::meta::{Headers, ObjectMeta};
 
 pub async fn copy_object(s3: &Depot, req: S3Request<CopyObjectInput>) -> Result<S3Response<CopyObjectOutput>> {
     let input = req.input;
-    let CopySource::Bucket {
-        bucket: src_bucket,
-        key: src_key,
-        ..
-    } = &input.copy_source
-    else {
-        return Err(Error::InvalidRequest(
-            "copying from an access point is not supported".into(),
-        ));
+    let CopySource::Bucket { bucket: src_bucket, key: src_key, .. } = &input.copy_source else {
+        return Err(Error::InvalidRequest("copying from an access point is not supported".into()));
     };
     let source = s3.archive.bucket(src_bucket)?;
     let src_path = source.path_of(src_key)?;
     let dest = s3.archive.bucket(&input.bucket)?;
     let dest_path = dest.path_of(&input.key)?;
-    let replace = input
-        .metadata_directive
-        .as_ref()
-        .is_some_and(|d| d.as_str() == MetadataDirective::REPLACE);
+    let replace = input.metadata_directive.as_ref().is_some_and(|d| d.as_str() == MetadataDirective::REPLACE);
     if src_path == dest_path && !replace {
         return Err(Error::InvalidRequest(
             "copying an object onto itself needs x-amz-metadata-directive: REPLACE (there is nothing else to change)"
@@ -37,22 +28,16 @@ pub async fn copy_object(s3: &Depot, req: S3Request<CopyObjectInput>) -> Result<
         ));
     }
 
-    let (mut src_file, fs_meta) = match std::fs::File::open(&src_path).and_then(|f| f.metadata().map(|m| (f, m))) {
-        Ok((file, meta)) if meta.is_file() => (file, meta),
-        Ok(_) => {
-            return Err(Error::NoSuchKey {
-                key: src_key.to_string(),
-            });
-        }
-        Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => {
-            return Err(Error::NoSuchKey {
-                key: src_key.to_string(),
-            });
-        }
-        Err(e) => return Err(Error::io(&src_path)(e)),
-    };
+    let (mut src_file, fs_meta) = open(&src_path, src_key)?;
     let src_meta = ObjectMeta::load_or_synthesize(&src_path, &fs_meta);
-    check_source_conditions(&input, &src_meta)?;
+    let conditions = Conditions {
+        if_match: input.copy_source_if_match.as_ref(),
+        if_none_match: input.copy_source_if_none_match.as_ref(),
+        if_modified_since: input.copy_source_if_modified_since.as_ref(),
+        if_unmodified_since: input.copy_source_if_unmodified_since.as_ref(),
+    };
+    // For a copy every unmet source condition is a 412 (there is no 304 to give).
+    conditions.check(&src_meta).map_err(|_| Error::PreconditionFailed)?;
 
     let mut meta = src_meta.clone();
     if replace {
@@ -86,30 +71,5 @@ pub async fn copy_object(s3: &Depot, req: S3Request<CopyObjectInput>) -> Result<
     if let Some(checksum) = &meta.checksum {
         set_checksum_fields(checksum, &mut result);
     }
-    Ok(respond(CopyObjectOutput {
-        copy_object_result: Some(result),
-        ..Default::default()
-    }))
-}
-
-fn check_source_conditions(input: &CopyObjectInput, meta: &ObjectMeta) -> Result<()> {
-    let matches = |cond: &ETagCondition| match cond {
-        ETagCondition::Any => true,
-        ETagCondition::ETag(tag) => tag.value() == meta.etag,
-    };
-    let modified = time::OffsetDateTime::from(meta.last_modified())
-        .replace_nanosecond(0)
-        .expect("0 is valid");
-    let at = |t: &Timestamp| time::OffsetDateTime::from(t.clone());
-    let failed = input.copy_source_if_match.as_ref().is_some_and(|c| !matches(c))
-        || input.copy_source_if_none_match.as_ref().is_some_and(matches)
-        || input
-            .copy_source_if_unmodified_since
-            .as_ref()
-            .is_some_and(|t| modified > at(t))
-        || input
-            .copy_source_if_modified_since
-            .as_ref()
-            .is_some_and(|t| modified <= at(t));
-    if failed { Err(Error::PreconditionFailed) } else { Ok(()) }
+    Ok(respond(CopyObjectOutput { copy_object_result: Some(result), ..Default::default() }))
 }

@@ -51,9 +51,7 @@ pub async fn delete_objects(s3: &Depot, req: S3Request<DeleteObjectsInput>) -> R
     let bucket = s3.archive.bucket(&req.input.bucket)?;
     let delete = req.input.delete;
     if delete.objects.len() > MAX_DELETE {
-        return Err(Error::InvalidRequest(format!(
-            "at most {MAX_DELETE} keys can be deleted in one request"
-        )));
+        return Err(Error::InvalidRequest(format!("at most {MAX_DELETE} keys can be deleted in one request")));
     }
     let quiet = delete.quiet.unwrap_or(false);
     let (deleted, errors) = tokio::task::spawn_blocking(move || {
@@ -62,10 +60,7 @@ pub async fn delete_objects(s3: &Depot, req: S3Request<DeleteObjectsInput>) -> R
         for object in delete.objects {
             match delete_key(&bucket, &object.key) {
                 Ok(()) if quiet => {}
-                Ok(()) => deleted.push(DeletedObject {
-                    key: Some(object.key),
-                    ..Default::default()
-                }),
+                Ok(()) => deleted.push(DeletedObject { key: Some(object.key), ..Default::default() }),
                 Err(err) => {
                     let err = S3Error::from(err);
                     errors.push(s3s::dto::Error {
@@ -81,9 +76,5 @@ pub async fn delete_objects(s3: &Depot, req: S3Request<DeleteObjectsInput>) -> R
     })
     .await
     .map_err(|e| Error::io("<delete task>")(io::Error::other(e)))?;
-    Ok(respond(DeleteObjectsOutput {
-        deleted: Some(deleted),
-        errors: Some(errors),
-        ..Default::default()
-    }))
+    Ok(respond(DeleteObjectsOutput { deleted: Some(deleted), errors: Some(errors), ..Default::default() }))
 }

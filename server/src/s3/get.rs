@@ -23,9 +23,9 @@ use crate::stats::Stats;
 
 /// Bytes read from disk per chunk of a GET body: large, so the reading thread and the
 /// network task hand over rarely.
-const READ_CHUNK: usize = 256 * 1024;
+const READ_CHUNK: usize = 1024 * 1024;
 /// Chunks read ahead of the network.
-const READ_AHEAD: usize = 8;
+const READ_AHEAD: usize = 2;
 
 /// The request fields GetObject and HeadObject share.
 struct Lookup<'a> {
@@ -33,10 +33,57 @@ struct Lookup<'a> {
     key: &'a str,
     range: Option<&'a Range>,
     part_number: Option<i32>,
-    if_match: Option<&'a ETagCondition>,
-    if_none_match: Option<&'a ETagCondition>,
-    if_modified_since: Option<&'a Timestamp>,
-    if_unmodified_since: Option<&'a Timestamp>,
+    conditions: Conditions<'a>,
+    /// `x-amz-checksum-mode: ENABLED`.
+    checksum_wanted: bool,
+}
+
+/// GetObject and HeadObject have distinct input and output types with the same field names;
+/// these two macros read and fill those fields once for both.
+macro_rules! lookup_of {
+    ($input:expr) => {
+        Lookup {
+            bucket: &$input.bucket,
+            key: &$input.key,
+            range: $input.range.as_ref(),
+            part_number: $input.part_number,
+            conditions: Conditions {
+                if_match: $input.if_match.as_ref(),
+                if_none_match: $input.if_none_match.as_ref(),
+                if_modified_since: $input.if_modified_since.as_ref(),
+                if_unmodified_since: $input.if_unmodified_since.as_ref(),
+            },
+            checksum_wanted: $input.checksum_mode.as_ref().is_some_and(|m| m.as_str() == ChecksumMode::ENABLED),
+        }
+    };
+}
+
+macro_rules! describe {
+    ($found:expr, $output:ty) => {{
+        let found: &Found = $found;
+        let meta = &found.meta;
+        let mut output = <$output>::default();
+        output.content_length = Some(found.content_length() as i64);
+        output.content_range = found.content_range();
+        output.accept_ranges = Some("bytes".into());
+        output.e_tag = Some(ETag::Strong(meta.etag.clone()));
+        output.last_modified = Some(Timestamp::from(meta.last_modified()));
+        output.content_type = meta.headers.content_type.clone();
+        output.content_encoding = meta.headers.content_encoding.clone();
+        output.content_disposition = meta.headers.content_disposition.clone();
+        output.content_language = meta.headers.content_language.clone();
+        output.cache_control = meta.headers.cache_control.clone();
+        output.metadata = (!meta.user.is_empty()).then(|| meta.user.clone().into_iter().collect());
+        output.parts_count = meta.parts.map(|n| n as i32);
+        // A checksum describes the whole object, so a range gets none (as in S3).
+        if found.checksum_wanted
+            && found.range.is_none()
+            && let Some(checksum) = &meta.checksum
+        {
+            set_checksum_fields(checksum, &mut output);
+        }
+        output
+    }};
 }
 
 /// An object found, its metadata checked against the conditions, its range resolved.
@@ -45,6 +92,7 @@ struct Found {
     meta: ObjectMeta,
     size: u64,
     range: Option<std::ops::Range<u64>>,
+    checksum_wanted: bool,
 }
 
 impl Found {
@@ -53,9 +101,7 @@ impl Found {
     }
 
     fn content_range(&self) -> Option<String> {
-        self.range
-            .as_ref()
-            .map(|r| format!("bytes {}-{}/{}", r.start, r.end - 1, self.size))
+        self.range.as_ref().map(|r| format!("bytes {}-{}/{}", r.start, r.end - 1, self.size))
     }
 }
 
@@ -64,7 +110,10 @@ fn find(s3: &Depot, lookup: &Lookup<'_>) -> Result<Found> {
     let path = bucket.path_of(lookup.key)?;
     let (file, fs_meta) = open(&path, lookup.key)?;
     let meta = ObjectMeta::load_or_synthesize(&path, &fs_meta);
-    check_conditions(&meta, lookup)?;
+    lookup.conditions.check(&meta).map_err(|unmet| match unmet {
+        Unmet::Precondition => Error::PreconditionFailed,
+        Unmet::NotModified => Error::NotModified,
+    })?;
     let size = fs_meta.len();
     if let Some(part) = lookup.part_number
         && (part != 1 || meta.parts.is_some_and(|n| n > 1))
@@ -74,23 +123,17 @@ fn find(s3: &Depot, lookup: &Lookup<'_>) -> Result<Found> {
         ));
     }
     let range = match lookup.range {
-        Some(range) => Some(range.check(size).map_err(|_| Error::InvalidRange {
-            range: range.to_header_string(),
-            size,
-        })?),
+        Some(range) => {
+            Some(range.check(size).map_err(|_| Error::InvalidRange { range: range.to_header_string(), size })?)
+        }
         None => None,
     };
-    Ok(Found {
-        file,
-        meta,
-        size,
-        range,
-    })
+    Ok(Found { file, meta, size, range, checksum_wanted: lookup.checksum_wanted })
 }
 
 /// Opens the file of `key`; a missing file, or a directory (a prefix, not an object), is
 /// `NoSuchKey`.
-fn open(path: &Path, key: &str) -> Result<(File, std::fs::Metadata)> {
+pub(super) fn open(path: &Path, key: &str) -> Result<(File, std::fs::Metadata)> {
     let missing = || Error::NoSuchKey { key: key.to_owned() };
     let file = match File::open(path) {
         Ok(file) => file,
@@ -104,129 +147,64 @@ fn open(path: &Path, key: &str) -> Result<(File, std::fs::Metadata)> {
     Ok((file, fs_meta))
 }
 
-/// RFC 9110 conditional requests as S3 applies them.
-fn check_conditions(meta: &ObjectMeta, lookup: &Lookup<'_>) -> Result<()> {
-    let matches = |cond: &ETagCondition| match cond {
-        ETagCondition::Any => true,
-        ETagCondition::ETag(tag) => tag.value() == meta.etag,
-    };
-    // HTTP dates have whole seconds.
-    let modified = time::OffsetDateTime::from(meta.last_modified())
-        .replace_nanosecond(0)
-        .expect("0 is valid");
-    let at = |t: &Timestamp| time::OffsetDateTime::from(t.clone());
-    match lookup.if_match {
-        Some(cond) if !matches(cond) => return Err(Error::PreconditionFailed),
-        Some(_) => {}
-        None => {
-            if lookup.if_unmodified_since.is_some_and(|t| modified > at(t)) {
-                return Err(Error::PreconditionFailed);
-            }
+/// The conditional headers of a read (If-Match, ...) or of a copy's source
+/// (x-amz-copy-source-if-match, ...).
+pub(super) struct Conditions<'a> {
+    pub if_match: Option<&'a ETagCondition>,
+    pub if_none_match: Option<&'a ETagCondition>,
+    pub if_modified_since: Option<&'a Timestamp>,
+    pub if_unmodified_since: Option<&'a Timestamp>,
+}
+
+/// Which kind of condition failed.
+pub(super) enum Unmet {
+    /// If-Match or If-Unmodified-Since: 412.
+    Precondition,
+    /// If-None-Match or If-Modified-Since: 304 on a read.
+    NotModified,
+}
+
+impl Conditions<'_> {
+    /// RFC 9110's evaluation order, as S3 applies it: an ETag condition, when present,
+    /// overrides its date counterpart.
+    pub(super) fn check(&self, meta: &ObjectMeta) -> Result<(), Unmet> {
+        let matches = |cond: &ETagCondition| match cond {
+            ETagCondition::Any => true,
+            ETagCondition::ETag(tag) => tag.value() == meta.etag,
+        };
+        // HTTP dates have whole seconds.
+        let modified = time::OffsetDateTime::from(meta.last_modified()).replace_nanosecond(0).expect("0 is valid");
+        let at = |t: &Timestamp| time::OffsetDateTime::from(t.clone());
+        let precondition = match self.if_match {
+            Some(cond) => matches(cond),
+            None => self.if_unmodified_since.is_none_or(|t| modified <= at(t)),
+        };
+        if !precondition {
+            return Err(Unmet::Precondition);
         }
-    }
-    match lookup.if_none_match {
-        Some(cond) if matches(cond) => return Err(Error::NotModified),
-        Some(_) => {}
-        None => {
-            if lookup.if_modified_since.is_some_and(|t| modified <= at(t)) {
-                return Err(Error::NotModified);
-            }
+        let modified_since = match self.if_none_match {
+            Some(cond) => !matches(cond),
+            None => self.if_modified_since.is_none_or(|t| modified > at(t)),
+        };
+        if !modified_since {
+            return Err(Unmet::NotModified);
         }
+        Ok(())
     }
-    Ok(())
 }
 
 pub async fn get_object(s3: &Depot, req: S3Request<GetObjectInput>) -> Result<S3Response<GetObjectOutput>> {
-    let input = &req.input;
-    let lookup = Lookup {
-        bucket: &input.bucket,
-        key: &input.key,
-        range: input.range.as_ref(),
-        part_number: input.part_number,
-        if_match: input.if_match.as_ref(),
-        if_none_match: input.if_none_match.as_ref(),
-        if_modified_since: input.if_modified_since.as_ref(),
-        if_unmodified_since: input.if_unmodified_since.as_ref(),
-    };
-    let found = find(s3, &lookup)?;
-    let checksum_wanted = input
-        .checksum_mode
-        .as_ref()
-        .is_some_and(|m| m.as_str() == ChecksumMode::ENABLED);
-    let mut output = GetObjectOutput {
-        content_length: Some(found.content_length() as i64),
-        content_range: found.content_range(),
-        ..Default::default()
-    };
-    describe(&found, &mut output);
-    if checksum_wanted
-        && found.range.is_none()
-        && let Some(checksum) = &found.meta.checksum
-    {
-        set_checksum_fields(checksum, &mut output);
-    }
-    let start = found.range.as_ref().map_or(0, |r| r.start);
-    let len = found.content_length();
+    let found = find(s3, &lookup_of!(req.input))?;
+    let mut output = describe!(&found, GetObjectOutput);
+    let (start, len) = (found.range.as_ref().map_or(0, |r| r.start), found.content_length());
     s3.stats.object_read();
     output.body = Some(file_body(found.file, start, len, Arc::clone(&s3.stats)));
     Ok(respond(output))
 }
 
 pub async fn head_object(s3: &Depot, req: S3Request<HeadObjectInput>) -> Result<S3Response<HeadObjectOutput>> {
-    let input = &req.input;
-    let lookup = Lookup {
-        bucket: &input.bucket,
-        key: &input.key,
-        range: input.range.as_ref(),
-        part_number: input.part_number,
-        if_match: input.if_match.as_ref(),
-        if_none_match: input.if_none_match.as_ref(),
-        if_modified_since: input.if_modified_since.as_ref(),
-        if_unmodified_since: input.if_unmodified_since.as_ref(),
-    };
-    let found = find(s3, &lookup)?;
-    let checksum_wanted = input
-        .checksum_mode
-        .as_ref()
-        .is_some_and(|m| m.as_str() == ChecksumMode::ENABLED);
-    let mut output = HeadObjectOutput {
-        content_length: Some(found.content_length() as i64),
-        content_range: found.content_range(),
-        accept_ranges: Some("bytes".into()),
-        e_tag: Some(ETag::Strong(found.meta.etag.clone())),
-        last_modified: Some(Timestamp::from(found.meta.last_modified())),
-        content_type: found.meta.headers.content_type.clone(),
-        content_encoding: found.meta.headers.content_encoding.clone(),
-        content_disposition: found.meta.headers.content_disposition.clone(),
-        content_language: found.meta.headers.content_language.clone(),
-        cache_control: found.meta.headers.cache_control.clone(),
-        metadata: user_metadata(&found.meta),
-        parts_count: found.meta.parts.map(|n| n as i32),
-        ..Default::default()
-    };
-    if checksum_wanted && let Some(checksum) = &found.meta.checksum {
-        set_checksum_fields(checksum, &mut output);
-    }
-    Ok(respond(output))
-}
-
-/// The descriptive headers of a GET response.
-fn describe(found: &Found, output: &mut GetObjectOutput) {
-    let meta = &found.meta;
-    output.accept_ranges = Some("bytes".into());
-    output.e_tag = Some(ETag::Strong(meta.etag.clone()));
-    output.last_modified = Some(Timestamp::from(meta.last_modified()));
-    output.content_type = meta.headers.content_type.clone();
-    output.content_encoding = meta.headers.content_encoding.clone();
-    output.content_disposition = meta.headers.content_disposition.clone();
-    output.content_language = meta.headers.content_language.clone();
-    output.cache_control = meta.headers.cache_control.clone();
-    output.metadata = user_metadata(meta);
-    output.parts_count = meta.parts.map(|n| n as i32);
-}
-
-fn user_metadata(meta: &ObjectMeta) -> Option<Metadata> {
-    (!meta.user.is_empty()).then(|| meta.user.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+    let found = find(s3, &lookup_of!(req.input))?;
+    Ok(respond(describe!(&found, HeadObjectOutput)))
 }
 
 /// `len` bytes of `file` from `offset`, read ahead by a blocking thread.
@@ -245,17 +223,13 @@ fn file_body(mut file: File, offset: u64, len: u64, stats: Arc<Stats>) -> Stream
         let mut remaining = len;
         while remaining > 0 {
             let n = remaining.min(READ_CHUNK as u64) as usize;
-            let mut buf = returned.try_recv().unwrap_or_else(|_| vec![0; READ_CHUNK]);
+            // Small objects get small buffers: 32 GETs of 4 KiB must not hold 32 MiB.
+            let mut buf = returned.try_recv().unwrap_or_else(|_| vec![0; n]);
             let chunk = match file.read_exact(&mut buf[..n]) {
-                Ok(()) => Ok(Bytes::from_owner(PooledChunk {
-                    buf,
-                    len: n,
-                    home: home.clone(),
-                })),
-                Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the file shrank while being read",
-                )),
+                Ok(()) => Ok(Bytes::from_owner(PooledChunk { buf, len: n, home: home.clone() })),
+                Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => {
+                    Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the file shrank while being read"))
+                }
                 Err(err) => Err(err),
             };
             let failed = chunk.is_err();

@@ -15,12 +15,7 @@ const MAX_KEYS: i32 = 1000;
 
 /// Characters left as they are under `encoding-type=url`: unreserved ones and `/`. Encoding
 /// everything else means any URL decoder (with or without `+` as space) restores the key.
-const KEY_ENCODE: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'_')
-    .remove(b'.')
-    .remove(b'~')
-    .remove(b'/');
+const KEY_ENCODE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~').remove(b'/');
 
 /// Applies `encoding-type=url` when asked.
 struct Encoder(bool);
@@ -30,18 +25,12 @@ impl Encoder {
         match encoding.map(EncodingType::as_str) {
             None => Ok(Self(false)),
             Some("url") => Ok(Self(true)),
-            Some(other) => Err(Error::InvalidRequest(format!(
-                "unsupported encoding-type {other:?}; only \"url\" is"
-            ))),
+            Some(other) => Err(Error::InvalidRequest(format!("unsupported encoding-type {other:?}; only \"url\" is"))),
         }
     }
 
     fn apply(&self, value: String) -> String {
-        if self.0 {
-            utf8_percent_encode(&value, KEY_ENCODE).to_string()
-        } else {
-            value
-        }
+        if self.0 { utf8_percent_encode(&value, KEY_ENCODE).to_string() } else { value }
     }
 }
 
@@ -73,13 +62,7 @@ fn contents(page: &Page, enc: &Encoder) -> (Vec<Object>, Vec<CommonPrefix>) {
             ..Default::default()
         })
         .collect();
-    let prefixes = page
-        .prefixes
-        .iter()
-        .map(|p| CommonPrefix {
-            prefix: Some(enc.apply(p.clone())),
-        })
-        .collect();
+    let prefixes = page.prefixes.iter().map(|p| CommonPrefix { prefix: Some(enc.apply(p.clone())) }).collect();
     (objects, prefixes)
 }
 
@@ -100,10 +83,7 @@ pub async fn list_objects(s3: &Depot, req: S3Request<ListObjectsInput>) -> Resul
         marker: Some(enc.apply(input.marker.unwrap_or_default())),
         max_keys: Some(input.max_keys.unwrap_or(MAX_KEYS)),
         is_truncated: Some(page.truncated),
-        next_marker: page
-            .truncated
-            .then(|| page.last.clone().map(|l| enc.apply(l)))
-            .flatten(),
+        next_marker: page.truncated.then(|| page.last.clone().map(|l| enc.apply(l))).flatten(),
         delimiter: input.delimiter.map(|d| enc.apply(d)),
         encoding_type: input.encoding_type,
         contents: Some(objects),
@@ -143,10 +123,7 @@ pub async fn list_objects_v2(
         key_count: Some(key_count),
         continuation_token: input.continuation_token,
         is_truncated: Some(page.truncated),
-        next_continuation_token: page
-            .truncated
-            .then(|| page.last.as_ref().map(|l| TOKEN.encode(l)))
-            .flatten(),
+        next_continuation_token: page.truncated.then(|| page.last.as_ref().map(|l| TOKEN.encode(l))).flatten(),
         delimiter: input.delimiter.map(|d| enc.apply(d)),
         encoding_type: input.encoding_type,
         start_after: input.start_after.map(|s| enc.apply(s)),

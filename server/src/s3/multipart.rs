@@ -52,9 +52,7 @@ impl Depot {
     fn upload_dir(&self, upload_id: &str) -> Result<PathBuf> {
         // Ids are ours (uuid hex); anything else cannot name an upload and must not name a path.
         if upload_id.is_empty() || upload_id.len() > 64 || !upload_id.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(Error::NoSuchUpload {
-                upload_id: upload_id.to_owned(),
-            });
+            return Err(Error::NoSuchUpload { upload_id: upload_id.to_owned() });
         }
         Ok(self.archive.uploads_dir().join(upload_id))
     }
@@ -62,9 +60,7 @@ impl Depot {
     /// Loads the upload, checking it belongs to `bucket`/`key`.
     fn upload(&self, upload_id: &str, bucket: &str, key: &str) -> Result<(PathBuf, Upload)> {
         let dir = self.upload_dir(upload_id)?;
-        let missing = || Error::NoSuchUpload {
-            upload_id: upload_id.to_owned(),
-        };
+        let missing = || Error::NoSuchUpload { upload_id: upload_id.to_owned() };
         let raw = std::fs::read(dir.join("upload.json")).map_err(|_| missing())?;
         let upload: Upload = serde_json::from_slice(&raw).map_err(|_| missing())?;
         if upload.bucket != bucket || upload.key != key {
@@ -82,9 +78,7 @@ fn check_part_number(part: i32) -> Result<()> {
     if (1..=MAX_PART_NUMBER).contains(&part) {
         Ok(())
     } else {
-        Err(Error::InvalidRequest(format!(
-            "part number {part} is outside 1..={MAX_PART_NUMBER}"
-        )))
+        Err(Error::InvalidRequest(format!("part number {part} is outside 1..={MAX_PART_NUMBER}")))
     }
 }
 
@@ -107,20 +101,14 @@ pub async fn create_multipart_upload(
     };
     let checksum_type = match (algorithm, input.checksum_type.as_ref().map(ChecksumType::as_str)) {
         (None, Some(_)) => {
-            return Err(Error::InvalidRequest(
-                "x-amz-checksum-type needs x-amz-checksum-algorithm".into(),
-            ));
+            return Err(Error::InvalidRequest("x-amz-checksum-type needs x-amz-checksum-algorithm".into()));
         }
         (None, None) => None,
         (Some(Algorithm::Crc64Nvme), Some(ChecksumType::COMPOSITE)) => {
-            return Err(Error::InvalidRequest(
-                "CRC64NVME checksums can only be FULL_OBJECT".into(),
-            ));
+            return Err(Error::InvalidRequest("CRC64NVME checksums can only be FULL_OBJECT".into()));
         }
         (Some(Algorithm::Sha1 | Algorithm::Sha256), Some(ChecksumType::FULL_OBJECT)) => {
-            return Err(Error::InvalidRequest(
-                "SHA checksums of multipart uploads can only be COMPOSITE".into(),
-            ));
+            return Err(Error::InvalidRequest("SHA checksums of multipart uploads can only be COMPOSITE".into()));
         }
         (Some(Algorithm::Crc64Nvme), _) => Some(ChecksumType::FULL_OBJECT.to_owned()),
         (Some(_), Some(t @ (ChecksumType::COMPOSITE | ChecksumType::FULL_OBJECT))) => Some(t.to_owned()),
@@ -130,9 +118,7 @@ pub async fn create_multipart_upload(
     let upload = Upload {
         bucket: input.bucket.clone(),
         key: input.key.clone(),
-        initiated: SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
+        initiated: SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
         headers: Headers {
             content_type: input.content_type,
             content_encoding: input.content_encoding,
@@ -166,12 +152,7 @@ pub async fn create_multipart_upload(
 }
 
 pub async fn upload_part(s3: &Depot, req: S3Request<UploadPartInput>) -> Result<S3Response<UploadPartOutput>> {
-    let S3Request {
-        input,
-        headers,
-        trailing_headers,
-        ..
-    } = req;
+    let S3Request { input, headers, trailing_headers, .. } = req;
     check_part_number(input.part_number)?;
     let (dir, _upload) = s3.upload(&input.upload_id, &input.bucket, &input.key)?;
     body::check_declared_length(input.content_length)?;
@@ -180,17 +161,10 @@ pub async fn upload_part(s3: &Depot, req: S3Request<UploadPartInput>) -> Result<
         body::receive(input.body, s3.archive.temp_file()?, expected.hasher(), &input.key).await?;
     let trailers = trailing_headers.and_then(|t| t.take());
     let checksum = expected.verify(&digests, trailers.as_ref())?;
-    let meta = ObjectMeta {
-        etag: digests.etag(),
-        checksum: Some(checksum.clone()),
-        ..ObjectMeta::default()
-    };
+    let meta = ObjectMeta { etag: digests.etag(), checksum: Some(checksum.clone()), ..ObjectMeta::default() };
     install(file, meta.clone(), part_path(&dir, input.part_number), input.key).await?;
 
-    let mut output = UploadPartOutput {
-        e_tag: Some(ETag::Strong(meta.etag)),
-        ..Default::default()
-    };
+    let mut output = UploadPartOutput { e_tag: Some(ETag::Strong(meta.etag)), ..Default::default() };
     if let Some(algorithm) = expected.algorithm() {
         let value = Some(checksum.value);
         match algorithm {
@@ -223,12 +197,7 @@ fn stored_parts(dir: &Path) -> Result<Vec<StoredPart>> {
         let path = entry.path();
         let fs_meta = entry.metadata().map_err(Error::io(&path))?;
         let meta = ObjectMeta::load_or_synthesize(&path, &fs_meta);
-        parts.push(StoredPart {
-            number,
-            path,
-            size: fs_meta.len(),
-            meta,
-        });
+        parts.push(StoredPart { number, path, size: fs_meta.len(), meta });
     }
     parts.sort_by_key(|p| p.number);
     Ok(parts)
@@ -268,11 +237,7 @@ pub async fn list_parts(s3: &Depot, req: S3Request<ListPartsInput>) -> Result<S3
             part
         })
         .collect();
-    let next = if truncated {
-        listed.last().and_then(|p| p.part_number)
-    } else {
-        None
-    };
+    let next = if truncated { listed.last().and_then(|p| p.part_number) } else { None };
     Ok(respond(ListPartsOutput {
         bucket: Some(input.bucket),
         key: Some(input.key),
@@ -314,42 +279,30 @@ pub async fn complete_multipart_upload(
     // Which stored parts make the object, checked as S3 checks them.
     let numbers = requested
         .iter()
-        .map(|p| {
-            p.part_number
-                .ok_or_else(|| Error::InvalidRequest("a part has no PartNumber".into()))
-        })
+        .map(|p| p.part_number.ok_or_else(|| Error::InvalidRequest("a part has no PartNumber".into())))
         .collect::<Result<Vec<i32>>>()?;
     if numbers.windows(2).any(|w| w[0] >= w[1]) {
         return Err(Error::InvalidPartOrder);
     }
     let mut chosen: Vec<&StoredPart> = Vec::with_capacity(requested.len());
     for (i, (part, number)) in requested.iter().zip(numbers).enumerate() {
-        let found = stored.iter().find(|p| p.number == number).ok_or(Error::InvalidPart {
-            part: number,
-            problem: "was not uploaded",
-        })?;
+        let found = stored
+            .iter()
+            .find(|p| p.number == number)
+            .ok_or(Error::InvalidPart { part: number, problem: "was not uploaded" })?;
         if let Some(etag) = &part.e_tag
             && etag.value() != found.meta.etag
         {
-            return Err(Error::InvalidPart {
-                part: number,
-                problem: "has a different ETag than the one uploaded",
-            });
+            return Err(Error::InvalidPart { part: number, problem: "has a different ETag than the one uploaded" });
         }
         if let Some(algorithm) = algorithm
             && let Some(given) = completed_checksum(part, algorithm)
             && found.meta.checksum.as_ref().is_none_or(|c| c.value != given)
         {
-            return Err(Error::InvalidPart {
-                part: number,
-                problem: "has a different checksum than the one uploaded",
-            });
+            return Err(Error::InvalidPart { part: number, problem: "has a different checksum than the one uploaded" });
         }
         if i + 1 < requested.len() && found.size < MIN_PART {
-            return Err(Error::EntityTooSmall {
-                part: number,
-                size: found.size,
-            });
+            return Err(Error::EntityTooSmall { part: number, size: found.size });
         }
         chosen.push(found);
     }
@@ -372,15 +325,9 @@ pub async fn complete_multipart_upload(
         (Some(algorithm), true) => {
             let mut joined = Vec::new();
             for part in &chosen {
-                let value = part
-                    .meta
-                    .checksum
-                    .as_ref()
-                    .filter(|c| c.algorithm == algorithm.name())
-                    .ok_or(Error::InvalidPart {
-                        part: part.number,
-                        problem: "was uploaded without the upload's checksum",
-                    })?;
+                let value = part.meta.checksum.as_ref().filter(|c| c.algorithm == algorithm.name()).ok_or(
+                    Error::InvalidPart { part: part.number, problem: "was uploaded without the upload's checksum" },
+                )?;
                 joined.extend(BASE64.decode(&value.value).unwrap_or_default());
             }
             StoredChecksum {
@@ -461,10 +408,7 @@ fn concatenate(
 ) -> Result<(TempFile, u64, (String, Option<String>))> {
     let mut headers = http::HeaderMap::new();
     if let Some(algorithm) = full_object {
-        headers.insert(
-            "x-amz-sdk-checksum-algorithm",
-            http::HeaderValue::from_static(algorithm.name()),
-        );
+        headers.insert("x-amz-sdk-checksum-algorithm", http::HeaderValue::from_static(algorithm.name()));
     }
     let expected = Expected::from_headers(&headers)?;
     let mut hasher = expected.hasher();
@@ -478,8 +422,7 @@ fn concatenate(
                 break;
             }
             hasher.update(&buf[..n]);
-            temp.write_all(&buf[..n])
-                .map_err(|e| write_error(key, temp.path().to_path_buf(), e))?;
+            temp.write_all(&buf[..n]).map_err(|e| write_error(key, temp.path().to_path_buf(), e))?;
             size += n as u64;
         }
     }
@@ -532,19 +475,13 @@ pub async fn list_multipart_uploads(
     let max = input.max_uploads.unwrap_or(MAX_LISTED).clamp(0, MAX_LISTED) as usize;
     let truncated = uploads.len() > max;
     uploads.truncate(max);
-    let next = if truncated {
-        uploads.last().map(|(id, u)| (u.key.clone(), id.clone()))
-    } else {
-        None
-    };
+    let next = if truncated { uploads.last().map(|(id, u)| (u.key.clone(), id.clone())) } else { None };
     let listed = uploads
         .into_iter()
         .map(|(id, u)| MultipartUpload {
             key: Some(u.key),
             upload_id: Some(id),
-            initiated: Some(Timestamp::from(
-                SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(u.initiated),
-            )),
+            initiated: Some(Timestamp::from(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(u.initiated))),
             checksum_algorithm: u.checksum_algorithm.map(ChecksumAlgorithm::from),
             checksum_type: u.checksum_type.map(ChecksumType::from),
             ..Default::default()

@@ -16,21 +16,11 @@ use crate::meta::{Headers, ObjectMeta, StoredChecksum};
 const MAX_USER_METADATA: usize = 2 * 1024;
 
 pub async fn put_object(s3: &Depot, req: S3Request<PutObjectInput>) -> Result<S3Response<PutObjectOutput>> {
-    let S3Request {
-        input,
-        headers,
-        trailing_headers,
-        ..
-    } = req;
+    let S3Request { input, headers, trailing_headers, .. } = req;
     let bucket = s3.archive.bucket(&input.bucket)?;
     let path = bucket.path_of(&input.key)?;
     body::check_declared_length(input.content_length)?;
-    if input
-        .if_none_match
-        .as_ref()
-        .is_some_and(|v| matches!(v, ETagCondition::Any))
-        && path.is_file()
-    {
+    if input.if_none_match.as_ref().is_some_and(|v| matches!(v, ETagCondition::Any)) && path.is_file() {
         return Err(Error::PreconditionFailed);
     }
     let expected = Expected::from_headers(&headers)?;
@@ -55,11 +45,8 @@ pub async fn put_object(s3: &Depot, req: S3Request<PutObjectInput>) -> Result<S3
     install(file, meta.clone(), path, input.key).await?;
     s3.stats.object_written(size);
 
-    let mut output = PutObjectOutput {
-        e_tag: Some(ETag::Strong(meta.etag)),
-        size: Some(size as i64),
-        ..Default::default()
-    };
+    let mut output =
+        PutObjectOutput { e_tag: Some(ETag::Strong(meta.etag)), size: Some(size as i64), ..Default::default() };
     if expected.algorithm().is_some() {
         set_checksum_fields(&checksum, &mut output);
     }
@@ -79,8 +66,7 @@ pub async fn install(file: TempFile, mut meta: ObjectMeta, path: PathBuf, key: S
             CommitError::Conflict { path, what } => {
                 let detail = format!(
                     "{} is {what}",
-                    path.file_name()
-                        .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+                    path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned())
                 );
                 Error::KeyConflict { key, detail }
             }
@@ -97,11 +83,8 @@ pub async fn install(file: TempFile, mut meta: ObjectMeta, path: PathBuf, key: S
 /// # Errors
 /// [`Error::MetadataTooLarge`].
 pub fn user_metadata(metadata: Option<Metadata>) -> Result<std::collections::BTreeMap<String, String>> {
-    let map: std::collections::BTreeMap<String, String> = metadata
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| (k.to_ascii_lowercase(), v))
-        .collect();
+    let map: std::collections::BTreeMap<String, String> =
+        metadata.unwrap_or_default().into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect();
     let size: usize = map.iter().map(|(k, v)| k.len() + v.len()).sum();
     if size > MAX_USER_METADATA {
         return Err(Error::MetadataTooLarge { size });
@@ -136,13 +119,7 @@ macro_rules! checksum_fields {
     )*};
 }
 
-checksum_fields!(
-    PutObjectOutput,
-    GetObjectOutput,
-    HeadObjectOutput,
-    CopyObjectResult,
-    CompleteMultipartUploadOutput
-);
+checksum_fields!(PutObjectOutput, GetObjectOutput, HeadObjectOutput, CopyObjectResult, CompleteMultipartUploadOutput);
 
 /// Fills the checksum fields of an output from a stored checksum.
 pub fn set_checksum_fields(checksum: &StoredChecksum, output: &mut impl ChecksumFields) {
