@@ -106,9 +106,7 @@ impl TokenSlot {
             ));
         };
         let Some(token) = value.as_bytes().strip_prefix(b"Bearer ") else {
-            return Err(Status::unauthenticated(
-                "malformed credential: expected `authorization: Bearer <peer token>`",
-            ));
+            return Err(Status::unauthenticated("malformed credential: expected `authorization: Bearer <peer token>`"));
         };
         let Some(expected) = self.get() else {
             return Err(Status::unavailable(
@@ -118,9 +116,7 @@ impl TokenSlot {
         if expected.matches(token) {
             Ok(())
         } else {
-            Err(Status::unauthenticated(
-                "wrong peer credential: it is not the token this agent's coordinator issued",
-            ))
+            Err(Status::unauthenticated("wrong peer credential: it is not the token this agent's coordinator issued"))
         }
     }
 }

@@ -125,10 +125,7 @@ mod tests {
         let cache = DigestCache::default();
         let (len, digest) = cache.digest(&path).unwrap();
         assert_eq!(len, 3);
-        assert_eq!(
-            hex::encode(digest),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
+        assert_eq!(hex::encode(digest), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
         // Rewritten through a new inode (as every Depot write is): the cache notices.
         let tmp = dir.path().join("g");
         std::fs::write(&tmp, b"abd").unwrap();

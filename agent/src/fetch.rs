@@ -222,19 +222,12 @@ impl FetchJob {
                 }
                 Local::Absent => needed.push((entry.clone(), false)),
                 Local::Wrong => {
-                    tracing::warn!(
-                        name = entry.name,
-                        "the local copy does not match the manifest; fetching it again"
-                    );
+                    tracing::warn!(name = entry.name, "the local copy does not match the manifest; fetching it again");
                     needed.push((entry.clone(), true));
                 }
                 Local::Unusable(error) => {
                     summary.files_failed += 1;
-                    summary.failed.push(FailedFile {
-                        name: entry.name.clone(),
-                        error,
-                        retryable: false,
-                    });
+                    summary.failed.push(FailedFile { name: entry.name.clone(), error, retryable: false });
                 }
             }
         }
@@ -259,8 +252,7 @@ impl FetchJob {
                 _ => {}
             }
             let transfer_started = Instant::now();
-            self.progress
-                .start_transfer(needed.len(), needed.iter().map(|(e, _)| e.size).sum());
+            self.progress.start_transfer(needed.len(), needed.iter().map(|(e, _)| e.size).sum());
             let results = futures::stream::iter(needed)
                 .map(|(entry, replacing)| async move {
                     let result = reader.fetch(&entry).await;
@@ -279,12 +271,7 @@ impl FetchJob {
                         let share = summary.per_peer_detail.entry(fetched.node_id.clone()).or_default();
                         share.files += 1;
                         share.bytes += fetched.size;
-                        tracing::info!(
-                            name = entry.name,
-                            node = fetched.node_id,
-                            size = fetched.size,
-                            "fetched"
-                        );
+                        tracing::info!(name = entry.name, node = fetched.node_id, size = fetched.size, "fetched");
                         let mtime = self
                             .root
                             .resolve(&entry.name)
@@ -335,22 +322,12 @@ fn select(manifest: &Manifest, only: Option<&[String]>) -> Result<Vec<FileEntry>
     if !unknown.is_empty() {
         return Err(FetchJobError::UnknownNames {
             count: unknown.len(),
-            examples: unknown
-                .iter()
-                .take(3)
-                .map(|n| format!("{n:?}"))
-                .collect::<Vec<_>>()
-                .join(", "),
+            examples: unknown.iter().take(3).map(|n| format!("{n:?}")).collect::<Vec<_>>().join(", "),
             manifest: manifest.source.clone(),
         });
     }
     let wanted: std::collections::HashSet<&str> = only.iter().map(String::as_str).collect();
-    Ok(manifest
-        .files
-        .iter()
-        .filter(|f| wanted.contains(f.name.as_str()))
-        .cloned()
-        .collect())
+    Ok(manifest.files.iter().filter(|f| wanted.contains(f.name.as_str())).cloned().collect())
 }
 
 /// The state of one file in the root.
@@ -372,10 +349,9 @@ fn check_local(root: &Root, entry: &FileEntry) -> Local {
     };
     match std::fs::metadata(&path) {
         Err(_) => Local::Absent,
-        Ok(meta) if !meta.is_file() => Local::Unusable(format!(
-            "{} exists and is not a regular file; move it away",
-            path.display()
-        )),
+        Ok(meta) if !meta.is_file() => {
+            Local::Unusable(format!("{} exists and is not a regular file; move it away", path.display()))
+        }
         Ok(meta) if meta.len() != entry.size => Local::Wrong,
         Ok(meta) => match entry.sha256 {
             None => Local::Present(meta.modified().ok()),
@@ -422,11 +398,7 @@ pub fn human_bytes(bytes: u64) -> String {
         value /= 1024.0;
         unit += 1;
     }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
+    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
 }
 
 impl std::fmt::Display for FetchSummary {
@@ -492,11 +464,7 @@ mod tests {
             format: Format::JsonLines,
             files: names
                 .iter()
-                .map(|n| FileEntry {
-                    name: (*n).into(),
-                    size: 3,
-                    sha256: Some(sha2::Sha256::digest(b"abc").into()),
-                })
+                .map(|n| FileEntry { name: (*n).into(), size: 3, sha256: Some(sha2::Sha256::digest(b"abc").into()) })
                 .collect(),
             end_version: None,
             digest: [0; 32],
@@ -509,10 +477,7 @@ mod tests {
         let picked = select(&m, Some(&["c".to_owned(), "a".to_owned()])).unwrap();
         assert_eq!(picked.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(), ["a", "c"]);
         let err = select(&m, Some(&["a".to_owned(), "zz".to_owned()])).unwrap_err();
-        assert!(
-            err.to_string().contains("\"zz\"") && err.to_string().contains("test-manifest"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("\"zz\"") && err.to_string().contains("test-manifest"), "{err}");
         assert_eq!(select(&m, None).unwrap().len(), 3);
     }
 

@@ -222,10 +222,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     } else {
         (text, 1.0)
     };
-    let value: f64 = number
-        .trim()
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration (e.g. 500ms, 30s, 2m)"))?;
+    let value: f64 = number.trim().parse().map_err(|_| format!("{text:?} is not a duration (e.g. 500ms, 30s, 2m)"))?;
     if !(value.is_finite() && value > 0.0) {
         return Err(format!("{text:?} must be positive"));
     }
@@ -237,15 +234,8 @@ fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a size (e.g. 4096, 512K, 100MiB, 1G)"))?;
-    let scale: u64 = match unit
-        .trim()
-        .to_ascii_lowercase()
-        .trim_end_matches("ib")
-        .trim_end_matches('b')
-    {
+    let number: u64 = number.parse().map_err(|_| format!("{text:?} is not a size (e.g. 4096, 512K, 100MiB, 1G)"))?;
+    let scale: u64 = match unit.trim().to_ascii_lowercase().trim_end_matches("ib").trim_end_matches('b') {
         "" => 1,
         "k" => 1 << 10,
         "m" => 1 << 20,
@@ -284,10 +274,7 @@ fn init_logging(file: Option<&Path>, stderr_level: &str) -> anyhow::Result<()> {
         None => {
             let filter = EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| EnvFilter::new(format!("{stderr_level},{quiet_deps}")));
-            tracing_subscriber::fmt()
-                .with_env_filter(filter)
-                .with_writer(std::io::stderr)
-                .init();
+            tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
         }
     }
     Ok(())
@@ -310,10 +297,7 @@ async fn stop_signal() {
 }
 
 fn print_json(value: &impl serde::Serialize) {
-    println!(
-        "{}",
-        serde_json::to_string(value).unwrap_or_else(|err| format!("{{\"error\":\"{err}\"}}"))
-    );
+    println!("{}", serde_json::to_string(value).unwrap_or_else(|err| format!("{{\"error\":\"{err}\"}}")));
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<u8> {
@@ -343,10 +327,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<u8> {
             if json {
                 print_json(ready);
             } else {
-                println!(
-                    "depot-agent serving {} as node {} at {}",
-                    ready.root, ready.node_id, ready.endpoint
-                );
+                println!("depot-agent serving {} as node {} at {}", ready.root, ready.node_id, ready.endpoint);
             }
         },
         stop_signal(),
@@ -372,20 +353,12 @@ fn read_list(path: &Path) -> anyhow::Result<Vec<String>> {
     } else {
         std::fs::read_to_string(path).with_context(|| format!("cannot read the file list {}", path.display()))?
     };
-    Ok(text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(str::to_owned)
-        .collect())
+    Ok(text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_owned).collect())
 }
 
 async fn fetch(args: FetchArgs) -> anyhow::Result<u8> {
     let root = depot_fs::Root::open(&args.root)?;
-    let log_file = args
-        .log_file
-        .clone()
-        .unwrap_or_else(|| root.state_dir().join("logs").join("fetch.log"));
+    let log_file = args.log_file.clone().unwrap_or_else(|| root.state_dir().join("logs").join("fetch.log"));
     init_logging(Some(&log_file), "warn")?;
     tracing::info!(meta = args.manifest.meta, root = %root.dir().display(), "fetch started");
     let swept = sweep_stale_temp_files(&root, Duration::from_secs(600));
@@ -395,21 +368,12 @@ async fn fetch(args: FetchArgs) -> anyhow::Result<u8> {
     let ca = args.coordinator.ca()?;
     let manifest = args.manifest.load(ca.as_ref()).await?;
     let only = args.files_from.as_deref().map(read_list).transpose()?;
-    let node_id = args
-        .node_id
-        .clone()
-        .unwrap_or_else(|| node::default_node_id(root.dir()));
+    let node_id = args.node_id.clone().unwrap_or_else(|| node::default_node_id(root.dir()));
     let bar = Arc::new(Bar::new(!args.json));
     let reader = args.coordinator.connect(ca.as_ref())?.map(|coordinator| {
         PeerReader::new(root.clone(), PeerDirectory::new(coordinator, Some(node_id.clone())))
-            .with_retry(RetryPolicy {
-                rounds: args.retries,
-                ..RetryPolicy::default()
-            })
-            .with_timeouts(Timeouts {
-                rpc: args.rpc_timeout,
-                stall: args.stall_timeout,
-            })
+            .with_retry(RetryPolicy { rounds: args.retries, ..RetryPolicy::default() })
+            .with_timeouts(Timeouts { rpc: args.rpc_timeout, stall: args.stall_timeout })
             .with_progress(bar.clone())
     });
     let job = FetchJob {

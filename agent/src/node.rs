@@ -134,15 +134,10 @@ pub fn default_node_id(root: &Path) -> String {
 /// unspecified bind address (`0.0.0.0`) is replaced by the host name.
 fn advertised(bound: SocketAddr, advertise: Option<&str>) -> Result<String, NodeError> {
     match advertise {
-        Some(a)
-            if a.rsplit_once(':')
-                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()) =>
-        {
+        Some(a) if a.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()) => {
             Ok(a.to_owned())
         }
-        Some(a) => Err(NodeError::Advertise(format!(
-            "--advertise {a:?} is not HOST:PORT (e.g. 10.0.0.5:7070)"
-        ))),
+        Some(a) => Err(NodeError::Advertise(format!("--advertise {a:?} is not HOST:PORT (e.g. 10.0.0.5:7070)"))),
         None if bound.ip().is_unspecified() => Ok(format!("{}:{}", host_name(), bound.port())),
         None => Ok(match bound.ip() {
             IpAddr::V6(ip) => format!("[{ip}]:{}", bound.port()),
@@ -163,27 +158,15 @@ pub async fn serve(
 ) -> Result<ServeReport, NodeError> {
     let started = Instant::now();
     let root = Root::open(&options.root)?;
-    let node_id = options
-        .node_id
-        .clone()
-        .or_else(|| recorded_node_id(root.dir()))
-        .unwrap_or_else(host_name);
+    let node_id = options.node_id.clone().or_else(|| recorded_node_id(root.dir())).unwrap_or_else(host_name);
     let listener = tokio::net::TcpListener::bind(&options.listen)
         .await
-        .map_err(|source| NodeError::Bind {
-            addr: options.listen.clone(),
-            source,
-        })?;
-    let bound = listener.local_addr().map_err(|source| NodeError::Bind {
-        addr: options.listen.clone(),
-        source,
-    })?;
+        .map_err(|source| NodeError::Bind { addr: options.listen.clone(), source })?;
+    let bound = listener.local_addr().map_err(|source| NodeError::Bind { addr: options.listen.clone(), source })?;
     let address = advertised(bound, options.advertise.as_deref())?;
 
     let coordinator = Coordinator::new(&options.coordinator, options.join_token.clone(), options.ca.as_ref())?;
-    let registration = coordinator
-        .register_patiently(&node_id, &address, REGISTER_PATIENCE)
-        .await?;
+    let registration = coordinator.register_patiently(&node_id, &address, REGISTER_PATIENCE).await?;
     let tokens = TokenSlot::default();
     tokens.set(registration.peer_token.clone());
     let recorded = std::fs::create_dir_all(root.state_dir())
@@ -192,9 +175,8 @@ pub async fn serve(
         tracing::warn!(%err, "cannot record the node id under .depot/");
     }
 
-    let service = NodeAgentService::new(root.clone())
-        .with_chunk_size(options.chunk_size)
-        .with_rate_limit(options.max_rate);
+    let service =
+        NodeAgentService::new(root.clone()).with_chunk_size(options.chunk_size).with_rate_limit(options.max_rate);
     let stats: Arc<ServeStats> = service.stats();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server = {
@@ -209,16 +191,9 @@ pub async fn serve(
     };
     let heartbeats = {
         let mut stop_rx = stop_rx.clone();
-        tokio::spawn(heartbeat_loop(
-            coordinator,
-            node_id.clone(),
-            address.clone(),
-            tokens,
-            registration,
-            async move {
-                let _ = stop_rx.wait_for(|stop| *stop).await;
-            },
-        ))
+        tokio::spawn(heartbeat_loop(coordinator, node_id.clone(), address.clone(), tokens, registration, async move {
+            let _ = stop_rx.wait_for(|stop| *stop).await;
+        }))
     };
     let ready = Ready {
         endpoint: format!("http://{address}"),

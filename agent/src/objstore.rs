@@ -146,10 +146,7 @@ impl ObjectStore {
         if let Some(rest) = url.strip_prefix("s3://") {
             return S3Store::open(url, rest, options).map(Self::S3);
         }
-        let path = url
-            .strip_prefix("local://")
-            .or_else(|| url.strip_prefix("file://"))
-            .unwrap_or(url);
+        let path = url.strip_prefix("local://").or_else(|| url.strip_prefix("file://")).unwrap_or(url);
         if let Some((scheme, _)) = url.split_once("://")
             && !matches!(scheme, "local" | "file")
         {
@@ -159,10 +156,7 @@ impl ObjectStore {
             });
         }
         if path.is_empty() {
-            return Err(StoreError::BadUrl {
-                url: url.to_owned(),
-                reason: "no path".into(),
-            });
+            return Err(StoreError::BadUrl { url: url.to_owned(), reason: "no path".into() });
         }
         Ok(Self::Local(LocalStore::new(path)))
     }
@@ -249,18 +243,11 @@ impl ObjectStore {
 
 fn join_key(prefix: &str, key: &str) -> String {
     let prefix = prefix.trim_end_matches('/');
-    if prefix.is_empty() {
-        key.to_owned()
-    } else {
-        format!("{prefix}/{key}")
-    }
+    if prefix.is_empty() { key.to_owned() } else { format!("{prefix}/{key}") }
 }
 
 fn check_key(key: &str) -> Result<(), StoreError> {
-    depot_fs::validate(key).map_err(|rule| StoreError::BadKey {
-        key: key.to_owned(),
-        reason: format!("it {rule}"),
-    })
+    depot_fs::validate(key).map_err(|rule| StoreError::BadKey { key: key.to_owned(), reason: format!("it {rule}") })
 }
 
 /// Files under a local directory.
@@ -280,15 +267,8 @@ impl LocalStore {
         let path = self.base.join(key);
         match tokio::fs::read(&path).await {
             Ok(data) => Ok(data),
-            Err(err)
-                if matches!(
-                    err.kind(),
-                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
-                ) =>
-            {
-                Err(StoreError::NotFound {
-                    location: path.display().to_string(),
-                })
+            Err(err) if matches!(err.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory) => {
+                Err(StoreError::NotFound { location: path.display().to_string() })
             }
             Err(source) => Err(StoreError::Io { path, source }),
         }
@@ -304,20 +284,14 @@ impl LocalStore {
                 move |source| StoreError::Io { path, source }
             };
             std::fs::create_dir_all(&base).map_err(io(&base))?;
-            let root = Root::open(&base).map_err(|err| StoreError::Failed {
-                location: base.display().to_string(),
-                message: err.to_string(),
-            })?;
-            let dest = root.resolve(&key).map_err(|err| StoreError::BadKey {
-                key: key.clone(),
-                reason: err.to_string(),
-            })?;
+            let root = Root::open(&base)
+                .map_err(|err| StoreError::Failed { location: base.display().to_string(), message: err.to_string() })?;
+            let dest =
+                root.resolve(&key).map_err(|err| StoreError::BadKey { key: key.clone(), reason: err.to_string() })?;
             let mut tmp = root.temp_file().map_err(io(&root.tmp_dir()))?;
             std::io::Write::write_all(&mut tmp, &data).map_err(io(tmp.path()))?;
-            tmp.commit(&dest).map_err(|err| StoreError::Failed {
-                location: dest.display().to_string(),
-                message: err.to_string(),
-            })
+            tmp.commit(&dest)
+                .map_err(|err| StoreError::Failed { location: dest.display().to_string(), message: err.to_string() })
         })
         .await
         .map_err(|err| StoreError::Failed {
@@ -360,17 +334,11 @@ fn walk(dir: &Path, rel: &str, prefix: &str, out: &mut Vec<ObjectInfo>) -> Resul
         Ok(entries) => entries,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound && rel.is_empty() => return Ok(()),
         Err(source) => {
-            return Err(StoreError::Io {
-                path: dir.to_path_buf(),
-                source,
-            });
+            return Err(StoreError::Io { path: dir.to_path_buf(), source });
         }
     };
     for entry in entries {
-        let entry = entry.map_err(|source| StoreError::Io {
-            path: dir.to_path_buf(),
-            source,
-        })?;
+        let entry = entry.map_err(|source| StoreError::Io { path: dir.to_path_buf(), source })?;
         let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
             continue;
         };
@@ -378,10 +346,7 @@ fn walk(dir: &Path, rel: &str, prefix: &str, out: &mut Vec<ObjectInfo>) -> Resul
             continue;
         }
         let key = if rel.is_empty() { name } else { format!("{rel}/{name}") };
-        let meta = std::fs::metadata(entry.path()).map_err(|source| StoreError::Io {
-            path: entry.path(),
-            source,
-        })?;
+        let meta = std::fs::metadata(entry.path()).map_err(|source| StoreError::Io { path: entry.path(), source })?;
         if meta.is_dir() {
             let as_dir = format!("{key}/");
             if as_dir.starts_with(prefix) || prefix.starts_with(&as_dir) {
@@ -417,10 +382,7 @@ pub(crate) struct S3Url {
 impl S3Url {
     /// Parses `BUCKET/PREFIX?k=v&...` (the part after `s3://`).
     pub(crate) fn parse(url: &str, rest: &str) -> Result<Self, StoreError> {
-        let bad = |reason: &str| StoreError::BadUrl {
-            url: redact(url),
-            reason: reason.to_owned(),
-        };
+        let bad = |reason: &str| StoreError::BadUrl { url: redact(url), reason: reason.to_owned() };
         let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
         let (bucket, prefix) = path.split_once('/').unwrap_or((path, ""));
         if bucket.is_empty() {
@@ -516,25 +478,18 @@ fn http_client(ca: Option<&ExtraCa>) -> Result<aws_sdk_s3::config::SharedHttpCli
                 <rustls::pki_types::CertificateDer<'_> as rustls::pki_types::pem::PemObject>::pem_slice_iter(&ca.pem)
             {
                 let der = der.map_err(|err| StoreError::Trust(format!("{}: {err}", ca.source.display())))?;
-                roots
-                    .add(der.clone())
-                    .map_err(|err| StoreError::Trust(format!("{}: {err}", ca.source.display())))?;
+                roots.add(der.clone()).map_err(|err| StoreError::Trust(format!("{}: {err}", ca.source.display())))?;
                 checked.push(der);
             }
             if checked.is_empty() {
-                return Err(StoreError::Trust(format!(
-                    "{} holds no PEM certificate",
-                    ca.source.display()
-                )));
+                return Err(StoreError::Trust(format!("{} holds no PEM certificate", ca.source.display())));
             }
             TrustStore::empty().with_pem_certificate(ca.pem.clone())
         }
         None => TrustStore::default(),
     };
-    let context = TlsContext::builder()
-        .with_trust_store(trust)
-        .build()
-        .map_err(|err| StoreError::Trust(err.to_string()))?;
+    let context =
+        TlsContext::builder().with_trust_store(trust).build().map_err(|err| StoreError::Trust(err.to_string()))?;
     Ok(aws_smithy_http_client::Builder::new()
         .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))
         .tls_context(context)
@@ -567,11 +522,7 @@ impl S3Store {
         if let Some(endpoint) = &parsed.endpoint {
             config = config.endpoint_url(endpoint.clone());
         }
-        Ok(Self {
-            client: aws_sdk_s3::Client::from_conf(config.build()),
-            bucket: parsed.bucket,
-            prefix: parsed.prefix,
-        })
+        Ok(Self { client: aws_sdk_s3::Client::from_conf(config.build()), bucket: parsed.bucket, prefix: parsed.prefix })
     }
 
     fn key(&self, key: &str) -> Result<String, StoreError> {
@@ -620,10 +571,11 @@ impl S3Store {
             .send()
             .await
             .map_err(|err| self.error(key, err))?;
-        let body = object.body.collect().await.map_err(|err| StoreError::Unreachable {
-            location: self.location(key),
-            message: err.to_string(),
-        })?;
+        let body = object
+            .body
+            .collect()
+            .await
+            .map_err(|err| StoreError::Unreachable { location: self.location(key), message: err.to_string() })?;
         Ok(body.into_bytes().to_vec())
     }
 
@@ -641,11 +593,7 @@ impl S3Store {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
-        let base = if self.prefix.is_empty() {
-            String::new()
-        } else {
-            format!("{}/", self.prefix)
-        };
+        let base = if self.prefix.is_empty() { String::new() } else { format!("{}/", self.prefix) };
         let mut out = Vec::new();
         let mut token: Option<String> = None;
         loop {
@@ -677,13 +625,7 @@ impl S3Store {
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         let full = self.key(key)?;
-        self.client
-            .delete_object()
-            .bucket(&self.bucket)
-            .key(&full)
-            .send()
-            .await
-            .map_err(|err| self.error(key, err))?;
+        self.client.delete_object().bucket(&self.bucket).key(&full).send().await.map_err(|err| self.error(key, err))?;
         Ok(())
     }
 }
@@ -741,22 +683,12 @@ mod tests {
         store.put("z", b"three".to_vec()).await.unwrap();
         assert_eq!(store.get("a/b.cpt").await.unwrap(), b"one");
         let listed = store.list("a/").await.unwrap();
-        assert_eq!(
-            listed.iter().map(|o| o.key.as_str()).collect::<Vec<_>>(),
-            ["a/b.cpt", "a/c.cpt"]
-        );
-        assert_eq!(
-            store.list("").await.unwrap().len(),
-            3,
-            "the .depot/ state dir is not listed"
-        );
+        assert_eq!(listed.iter().map(|o| o.key.as_str()).collect::<Vec<_>>(), ["a/b.cpt", "a/c.cpt"]);
+        assert_eq!(store.list("").await.unwrap().len(), 3, "the .depot/ state dir is not listed");
         store.delete("a/b.cpt").await.unwrap();
         store.delete("a/b.cpt").await.unwrap();
         assert!(matches!(store.get("a/b.cpt").await, Err(StoreError::NotFound { .. })));
-        assert!(matches!(
-            store.get("../etc/passwd").await,
-            Err(StoreError::BadKey { .. })
-        ));
+        assert!(matches!(store.get("../etc/passwd").await, Err(StoreError::BadKey { .. })));
         assert!(store.at("a").get("c.cpt").await.is_ok());
     }
 

@@ -24,9 +24,7 @@ impl Bar {
         } else {
             ProgressDrawTarget::hidden()
         };
-        Self {
-            bar: ProgressBar::with_draw_target(Some(0), target),
-        }
+        Self { bar: ProgressBar::with_draw_target(Some(0), target) }
     }
 
     fn phase(&self, label: &str, bytes: u64) {

@@ -165,15 +165,8 @@ impl Coordinator {
     /// # Errors
     /// [`RegistryError::BadUrl`] for a URL tonic cannot use.
     pub fn new(url: &str, join_token: Secret, ca: Option<&ExtraCa>) -> Result<Self, RegistryError> {
-        let bad = |reason: String| RegistryError::BadUrl {
-            url: url.to_owned(),
-            reason,
-        };
-        let full = if url.contains("://") {
-            url.to_owned()
-        } else {
-            format!("http://{url}")
-        };
+        let bad = |reason: String| RegistryError::BadUrl { url: url.to_owned(), reason };
+        let full = if url.contains("://") { url.to_owned() } else { format!("http://{url}") };
         let mut endpoint = Endpoint::from_shared(full.clone())
             .map_err(|err| bad(err.to_string()))?
             .connect_timeout(Duration::from_secs(3))
@@ -207,18 +200,11 @@ impl Coordinator {
         let response = self
             .client
             .clone()
-            .register(RegisterRequest {
-                node_id: node_id.to_owned(),
-                address: address.to_owned(),
-            })
+            .register(RegisterRequest { node_id: node_id.to_owned(), address: address.to_owned() })
             .await
             .map_err(|status| RegistryError::from_status(&self.url, &status))?
             .into_inner();
-        let interval_ms = if response.heartbeat_interval_ms == 0 {
-            5_000
-        } else {
-            response.heartbeat_interval_ms
-        };
+        let interval_ms = if response.heartbeat_interval_ms == 0 { 5_000 } else { response.heartbeat_interval_ms };
         Ok(Registration {
             peer_token: Secret::new(response.peer_token),
             heartbeat_interval: Duration::from_millis(interval_ms),
@@ -233,10 +219,7 @@ impl Coordinator {
         let response = self
             .client
             .clone()
-            .heartbeat(HeartbeatRequest {
-                node_id: node_id.to_owned(),
-                address: address.to_owned(),
-            })
+            .heartbeat(HeartbeatRequest { node_id: node_id.to_owned(), address: address.to_owned() })
             .await
             .map_err(|status| RegistryError::from_status(&self.url, &status))?;
         Ok(response.into_inner().known)
@@ -257,16 +240,9 @@ impl Coordinator {
         let peers = response
             .peers
             .into_iter()
-            .map(|p| PeerInfo {
-                node_id: p.node_id,
-                address: p.address,
-                last_seen_ms: p.last_seen_ms,
-            })
+            .map(|p| PeerInfo { node_id: p.node_id, address: p.address, last_seen_ms: p.last_seen_ms })
             .collect();
-        Ok(PeerList {
-            peers,
-            peer_token: Secret::new(response.peer_token),
-        })
+        Ok(PeerList { peers, peer_token: Secret::new(response.peer_token) })
     }
 
     /// Registers, retrying transient failures with backoff for up to `patience`.

@@ -88,10 +88,9 @@ impl From<ServiceError> for Status {
     fn from(err: ServiceError) -> Self {
         let message = err.to_string();
         match err {
-            ServiceError::UnsafeName(UnsafeName {
-                rule: NameRule::EscapesRoot,
-                ..
-            }) => Status::permission_denied(message),
+            ServiceError::UnsafeName(UnsafeName { rule: NameRule::EscapesRoot, .. }) => {
+                Status::permission_denied(message)
+            }
             ServiceError::UnsafeName(_) => Status::invalid_argument(message),
             ServiceError::NotFound { .. } => Status::not_found(message),
             ServiceError::NotAFile { .. } => Status::failed_precondition(message),
@@ -126,10 +125,7 @@ impl RateLimit {
     /// At most `bytes_per_second` (at least 1).
     #[must_use]
     pub fn new(bytes_per_second: u64) -> Self {
-        Self {
-            bytes_per_second: bytes_per_second.max(1) as f64,
-            next: std::sync::Mutex::new(Instant::now()),
-        }
+        Self { bytes_per_second: bytes_per_second.max(1) as f64, next: std::sync::Mutex::new(Instant::now()) }
     }
 
     /// Blocks until `bytes` more may be sent. Called from the reader threads.
@@ -210,10 +206,7 @@ impl NodeAgentService {
             Ok(meta) if meta.is_file() => Ok(Some(meta.len())),
             Ok(_) => Ok(None),
             Err(err) if matches!(err.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => Ok(None),
-            Err(source) => Err(ServiceError::Io {
-                name: name.to_owned(),
-                source,
-            }),
+            Err(source) => Err(ServiceError::Io { name: name.to_owned(), source }),
         }
     }
 }
@@ -225,10 +218,7 @@ impl NodeAgent for NodeAgentService {
         let name = request.into_inner().path;
         let path = self.resolve(&name)?;
         let size = Self::file_size(&name, path).await?;
-        Ok(Response::new(FileExistsResponse {
-            exists: size.is_some(),
-            size: size.unwrap_or(0),
-        }))
+        Ok(Response::new(FileExistsResponse { exists: size.is_some(), size: size.unwrap_or(0) }))
     }
 
     type ReadFileStream = ReceiverStream<Result<FileChunk, Status>>;
@@ -259,21 +249,13 @@ impl NodeAgent for NodeAgentService {
         if Self::file_size(&name, path.clone()).await?.is_none() {
             return Ok(Response::new(StatResponse::default()));
         }
-        let _permit = self
-            .hashing
-            .acquire()
-            .await
-            .map_err(|_| Status::unavailable("the agent is shutting down"))?;
+        let _permit = self.hashing.acquire().await.map_err(|_| Status::unavailable("the agent is shutting down"))?;
         let digests = self.digests.clone();
         let hashed = tokio::task::spawn_blocking(move || digests.digest(&path))
             .await
             .map_err(|err| Status::internal(format!("hashing task failed: {err}")))?;
         match hashed {
-            Ok((size, sha256)) => Ok(Response::new(StatResponse {
-                exists: true,
-                size,
-                sha256: sha256.to_vec(),
-            })),
+            Ok((size, sha256)) => Ok(Response::new(StatResponse { exists: true, size, sha256: sha256.to_vec() })),
             // Deleted between the two looks: it does not exist now.
             Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(Response::new(StatResponse::default())),
             Err(source) => Err(ServiceError::Io { name, source }.into()),
@@ -290,10 +272,7 @@ struct Opened {
 fn open_at(name: &str, path: &std::path::Path, offset: u64) -> Result<Opened, ServiceError> {
     let io_err = |source: io::Error| match source.kind() {
         io::ErrorKind::NotFound | io::ErrorKind::NotADirectory => ServiceError::NotFound { name: name.to_owned() },
-        _ => ServiceError::Io {
-            name: name.to_owned(),
-            source,
-        },
+        _ => ServiceError::Io { name: name.to_owned(), source },
     };
     let mut file = File::open(path).map_err(io_err)?;
     let meta = file.metadata().map_err(io_err)?;
@@ -302,17 +281,10 @@ fn open_at(name: &str, path: &std::path::Path, offset: u64) -> Result<Opened, Se
     }
     let size = meta.len();
     if offset > size {
-        return Err(ServiceError::OffsetPastEnd {
-            name: name.to_owned(),
-            offset,
-            size,
-        });
+        return Err(ServiceError::OffsetPastEnd { name: name.to_owned(), offset, size });
     }
     file.seek(SeekFrom::Start(offset)).map_err(io_err)?;
-    Ok(Opened {
-        file,
-        remaining: size - offset,
-    })
+    Ok(Opened { file, remaining: size - offset })
 }
 
 /// Reads `opened` to the size it had when opened, chunk by chunk, into `tx`. Stops early when
@@ -335,10 +307,7 @@ fn stream_file(
                 Ok(n) => filled += n,
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
                 Err(source) => {
-                    let err = ServiceError::Io {
-                        name: name.to_owned(),
-                        source,
-                    };
+                    let err = ServiceError::Io { name: name.to_owned(), source };
                     let _ = tx.blocking_send(Err(err.into()));
                     return;
                 }

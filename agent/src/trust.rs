@@ -48,10 +48,7 @@ impl ExtraCa {
                 _ => return Ok(None),
             },
         };
-        let pem = std::fs::read(&path).map_err(|source| TrustError::Read {
-            path: path.clone(),
-            source,
-        })?;
+        let pem = std::fs::read(&path).map_err(|source| TrustError::Read { path: path.clone(), source })?;
         if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
             return Err(TrustError::NoCertificate { path });
         }

@@ -73,17 +73,9 @@ pub async fn verify(
 ) -> Result<VerifyReport, RegistryError> {
     let started = Instant::now();
     let peers = directory.peers(true).await?;
-    let dead: Arc<Vec<(AtomicBool, std::sync::Mutex<Option<String>>)>> = Arc::new(
-        peers
-            .iter()
-            .map(|_| (AtomicBool::new(false), std::sync::Mutex::new(None)))
-            .collect(),
-    );
-    let jobs = manifest
-        .files
-        .iter()
-        .enumerate()
-        .flat_map(|(fi, _)| (0..peers.len()).map(move |pi| (fi, pi)));
+    let dead: Arc<Vec<(AtomicBool, std::sync::Mutex<Option<String>>)>> =
+        Arc::new(peers.iter().map(|_| (AtomicBool::new(false), std::sync::Mutex::new(None))).collect());
+    let jobs = manifest.files.iter().enumerate().flat_map(|(fi, _)| (0..peers.len()).map(move |pi| (fi, pi)));
     let answers = futures::stream::iter(jobs)
         .map(|(fi, pi)| {
             let peer = &peers[pi];
@@ -106,12 +98,7 @@ pub async fn verify(
     let mut files: Vec<FileHolders> = manifest
         .files
         .iter()
-        .map(|f| FileHolders {
-            name: f.name.clone(),
-            size: f.size,
-            nodes: Vec::new(),
-            mismatched: Vec::new(),
-        })
+        .map(|f| FileHolders { name: f.name.clone(), size: f.size, nodes: Vec::new(), mismatched: Vec::new() })
         .collect();
     let mut answers = std::pin::pin!(answers);
     while let Some((fi, pi, held)) = answers.next().await {
@@ -130,22 +117,14 @@ pub async fn verify(
             *per_node.entry(node.clone()).or_default() += 1;
         }
     }
-    let missing = files
-        .iter()
-        .filter(|f| f.nodes.is_empty())
-        .map(|f| f.name.clone())
-        .collect();
+    let missing = files.iter().filter(|f| f.nodes.is_empty()).map(|f| f.name.clone()).collect();
     let unreachable = peers
         .iter()
         .zip(dead.iter())
         .filter(|(_, (flag, _))| flag.load(Ordering::Relaxed))
         .map(|(peer, (_, err))| NodeProblem {
             node_id: peer.node_id.clone(),
-            error: err
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .clone()
-                .unwrap_or_default(),
+            error: err.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone().unwrap_or_default(),
         })
         .collect();
     Ok(VerifyReport {
@@ -182,9 +161,7 @@ async fn stat(peer: &Peer, entry: &FileEntry, rpc_timeout: Duration) -> Held {
         if attempt > 0 {
             tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
         }
-        let call = client.stat(StatRequest {
-            path: entry.name.clone(),
-        });
+        let call = client.stat(StatRequest { path: entry.name.clone() });
         // Hashing a large file the first time can take a while: give Stat more time than a
         // plain existence check.
         match tokio::time::timeout(rpc_timeout * 12, call).await {
@@ -195,11 +172,7 @@ async fn stat(peer: &Peer, entry: &FileEntry, rpc_timeout: Duration) -> Held {
                     return Held::No;
                 }
                 let digest_ok = entry.sha256.is_none_or(|want| r.sha256 == want);
-                return if r.size == entry.size && digest_ok {
-                    Held::Right
-                } else {
-                    Held::Wrong
-                };
+                return if r.size == entry.size && digest_ok { Held::Right } else { Held::Wrong };
             }
             Ok(Err(status)) if is_transient(&status) => last = status_message(&status),
             Ok(Err(_)) => return Held::No,
@@ -222,12 +195,7 @@ impl std::fmt::Display for VerifyReport {
             writeln!(f, "  {node}: holds {count} file(s)")?;
         }
         for file in self.files.iter().filter(|f| !f.mismatched.is_empty()) {
-            writeln!(
-                f,
-                "  {}: a different version on {}",
-                file.name,
-                file.mismatched.join(", ")
-            )?;
+            writeln!(f, "  {}: a different version on {}", file.name, file.mismatched.join(", "))?;
         }
         for problem in &self.unreachable {
             writeln!(f, "  could not ask {}: {}", problem.node_id, problem.error)?;

@@ -21,19 +21,13 @@ use tonic::{Request, Response, Status};
 
 fn reader(url: &str, root: &std::path::Path, self_id: &str) -> PeerReader {
     let coordinator = Coordinator::new(url, Secret::new(JOIN), None).unwrap();
-    PeerReader::new(
-        depot_fs::Root::open(root).unwrap(),
-        PeerDirectory::new(coordinator, Some(self_id.into())),
-    )
-    .with_retry(RetryPolicy {
-        rounds: 4,
-        initial_backoff: Duration::from_millis(50),
-        max_backoff: Duration::from_millis(200),
-    })
-    .with_timeouts(Timeouts {
-        rpc: Duration::from_secs(2),
-        stall: Duration::from_millis(500),
-    })
+    PeerReader::new(depot_fs::Root::open(root).unwrap(), PeerDirectory::new(coordinator, Some(self_id.into())))
+        .with_retry(RetryPolicy {
+            rounds: 4,
+            initial_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_millis(200),
+        })
+        .with_timeouts(Timeouts { rpc: Duration::from_secs(2), stall: Duration::from_millis(500) })
 }
 
 /// A `NodeAgent` that claims to hold `entry` and misbehaves while serving it.
@@ -57,10 +51,7 @@ enum Behaviour {
 #[tonic::async_trait]
 impl NodeAgent for FakeAgent {
     async fn file_exists(&self, _: Request<FileExistsRequest>) -> Result<Response<FileExistsResponse>, Status> {
-        Ok(Response::new(FileExistsResponse {
-            exists: true,
-            size: self.data.len() as u64,
-        }))
+        Ok(Response::new(FileExistsResponse { exists: true, size: self.data.len() as u64 }))
     }
 
     type ReadFileStream = tokio_stream::wrappers::ReceiverStream<Result<FileChunk, Status>>;
@@ -75,19 +66,11 @@ impl NodeAgent for FakeAgent {
             let body = &data[offset..];
             match behaviour {
                 Behaviour::BreakAfter(n) => {
-                    let _ = tx
-                        .send(Ok(FileChunk {
-                            data: body[..n].to_vec(),
-                        }))
-                        .await;
+                    let _ = tx.send(Ok(FileChunk { data: body[..n].to_vec() })).await;
                     let _ = tx.send(Err(Status::unavailable("the process died"))).await;
                 }
                 Behaviour::StallAfter(n) => {
-                    let _ = tx
-                        .send(Ok(FileChunk {
-                            data: body[..n].to_vec(),
-                        }))
-                        .await;
+                    let _ = tx.send(Ok(FileChunk { data: body[..n].to_vec() })).await;
                     tokio::time::sleep(Duration::from_secs(3600)).await;
                 }
                 Behaviour::TooMuch => {
@@ -107,11 +90,7 @@ impl NodeAgent for FakeAgent {
 
 async fn start_fake(registry: &MemoryRegistry, node_id: &str, data: Vec<u8>, behaviour: Behaviour) -> Arc<AtomicU64> {
     let reads = Arc::new(AtomicU64::new(0));
-    let fake = FakeAgent {
-        data: Arc::new(data),
-        behaviour,
-        reads: reads.clone(),
-    };
+    let fake = FakeAgent { data: Arc::new(data), behaviour, reads: reads.clone() };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let svc = NodeAgentServer::with_interceptor(fake, RequireToken(TokenSlot::fixed(Secret::new(PEER))));
@@ -127,11 +106,7 @@ async fn start_fake(registry: &MemoryRegistry, node_id: &str, data: Vec<u8>, beh
 #[tokio::test]
 async fn fetches_from_holders_and_leaves_local_files_alone() {
     let (registry, url) = start_registry().await;
-    let (a, b, me) = (
-        tempfile::tempdir().unwrap(),
-        tempfile::tempdir().unwrap(),
-        tempfile::tempdir().unwrap(),
-    );
+    let (a, b, me) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let e1 = put(a.path(), "x/1.sst", 100_000);
     let e2 = put(b.path(), "x/2.sst", 2_000_000);
     let e3 = put(me.path(), "x/3.sst", 10);
@@ -143,10 +118,7 @@ async fn fetches_from_holders_and_leaves_local_files_alone() {
     assert_eq!(got1.node_id, "a");
     let got2 = reader.fetch(&e2).await.unwrap();
     assert_eq!(got2.node_id, "b");
-    assert_eq!(
-        std::fs::read(me.path().join("x/2.sst")).unwrap(),
-        content("x/2.sst", 2_000_000)
-    );
+    assert_eq!(std::fs::read(me.path().join("x/2.sst")).unwrap(), content("x/2.sst", 2_000_000));
     let (_, origin) = reader.open("x/3.sst", Some(&e3)).await.unwrap();
     assert_eq!(origin, Origin::Local);
     // Without a manifest entry: the holder's size is expected.
@@ -159,11 +131,7 @@ async fn fetches_from_holders_and_leaves_local_files_alone() {
 #[tokio::test]
 async fn a_corrupted_copy_is_rejected_and_another_holder_used() {
     let (registry, url) = start_registry().await;
-    let (bad, good, me) = (
-        tempfile::tempdir().unwrap(),
-        tempfile::tempdir().unwrap(),
-        tempfile::tempdir().unwrap(),
-    );
+    let (bad, good, me) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let entry = put(good.path(), "c.sst", 500_000);
     // Same name and size, one flipped byte.
     let mut corrupt = content("c.sst", 500_000);
@@ -182,10 +150,7 @@ async fn a_corrupted_copy_is_rejected_and_another_holder_used() {
     start_agent(&registry, "good", good.path()).await;
     let got = reader.fetch(&entry).await.unwrap();
     assert_eq!(got.node_id, "good");
-    assert_eq!(
-        std::fs::read(me.path().join("c.sst")).unwrap(),
-        content("c.sst", 500_000)
-    );
+    assert_eq!(std::fs::read(me.path().join("c.sst")).unwrap(), content("c.sst", 500_000));
 }
 
 #[tokio::test]
@@ -200,13 +165,10 @@ async fn a_peer_dying_mid_transfer_is_resumed_from_another_holder() {
     let root = depot_fs::Root::open(good.path()).unwrap();
     let service = NodeAgentService::new(root);
     let stats = service.stats();
-    let (addr, _) = depot_agent::service::spawn(
-        "127.0.0.1:0".parse().unwrap(),
-        service,
-        TokenSlot::fixed(Secret::new(PEER)),
-    )
-    .await
-    .unwrap();
+    let (addr, _) =
+        depot_agent::service::spawn("127.0.0.1:0".parse().unwrap(), service, TokenSlot::fixed(Secret::new(PEER)))
+            .await
+            .unwrap();
     registry.insert("z-good", &addr.to_string());
 
     let reader = reader(&url, me.path(), "me");
@@ -257,11 +219,7 @@ async fn nobody_has_it_is_final_and_quick() {
     assert!(!err.is_retryable());
     assert!(err.to_string().contains("n.sst"), "{err}");
     assert!(err.to_string().contains("5-byte"), "{err}");
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "not retried: {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_secs(2), "not retried: {:?}", started.elapsed());
 
     // The UNIMPLEMENTED peer does not hide a real holder either.
     let e = put(a.path(), "m.sst", 1000);
@@ -298,10 +256,7 @@ async fn an_unreachable_holder_is_retried_until_it_comes_up() {
     // A holder that never comes back: given up after the retry budget, marked retryable.
     registry.insert("gone", "127.0.0.1:1");
     let started = Instant::now();
-    let err = reader(&url, me.path(), "me")
-        .fetch(&entry_named_only_on_gone())
-        .await
-        .unwrap_err();
+    let err = reader(&url, me.path(), "me").fetch(&entry_named_only_on_gone()).await.unwrap_err();
     assert!(matches!(err, FetchError::Unavailable { rounds: 4, .. }), "{err}");
     assert!(err.is_retryable());
     assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
@@ -316,10 +271,8 @@ async fn a_wrong_join_token_is_reported_as_such() {
     let (_registry, url) = start_registry().await;
     let me = tempfile::tempdir().unwrap();
     let coordinator = Coordinator::new(&url, Secret::new("wrong"), None).unwrap();
-    let reader = PeerReader::new(
-        depot_fs::Root::open(me.path()).unwrap(),
-        PeerDirectory::new(coordinator.clone(), None),
-    );
+    let reader =
+        PeerReader::new(depot_fs::Root::open(me.path()).unwrap(), PeerDirectory::new(coordinator.clone(), None));
     let err = reader.fetch(&entry("f.sst", 1)).await.unwrap_err();
     assert!(!err.is_retryable());
     assert!(err.to_string().contains("refused the join token"), "{err}");

@@ -33,13 +33,7 @@ async fn read_all(
     path: &str,
     offset: u64,
 ) -> Result<(Vec<u8>, usize), tonic::Status> {
-    let mut stream = client
-        .read_file(ReadFileRequest {
-            path: path.into(),
-            offset,
-        })
-        .await?
-        .into_inner();
+    let mut stream = client.read_file(ReadFileRequest { path: path.into(), offset }).await?.into_inner();
     let mut out = Vec::new();
     let mut chunks = 0;
     while let Some(chunk) = stream.message().await? {
@@ -69,22 +63,10 @@ async fn streams_files_from_any_offset_in_chunks() {
     assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
     assert!(read_all(&mut c, "empty.sst", 0).await.unwrap().0.is_empty());
 
-    let exists = c
-        .file_exists(FileExistsRequest {
-            path: "a/b/1.sst".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let exists = c.file_exists(FileExistsRequest { path: "a/b/1.sst".into() }).await.unwrap().into_inner();
     assert!(exists.exists);
     assert_eq!(exists.size, 300_000);
-    let stat = c
-        .stat(StatRequest {
-            path: "a/b/1.sst".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let stat = c.stat(StatRequest { path: "a/b/1.sst".into() }).await.unwrap().into_inner();
     assert_eq!(stat.sha256, entry.sha256.unwrap());
     assert_eq!(stat.sha256, Sha256::digest(&data).as_slice());
 }
@@ -95,30 +77,14 @@ async fn missing_files_and_directories() {
     std::fs::create_dir(dir.path().join("sub")).unwrap();
     let url = agent(dir.path(), 1 << 20).await;
     let mut c = client(&url, PEER).await;
-    let exists = c
-        .file_exists(FileExistsRequest {
-            path: "nope.sst".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let exists = c.file_exists(FileExistsRequest { path: "nope.sst".into() }).await.unwrap().into_inner();
     assert!(!exists.exists);
     let err = read_all(&mut c, "nope.sst", 0).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
     assert!(err.message().contains("nope.sst"), "{}", err.message());
-    let sub = c
-        .file_exists(FileExistsRequest { path: "sub".into() })
-        .await
-        .unwrap()
-        .into_inner();
+    let sub = c.file_exists(FileExistsRequest { path: "sub".into() }).await.unwrap().into_inner();
     assert!(!sub.exists, "a directory is not a file");
-    let stat = c
-        .stat(StatRequest {
-            path: "nope.sst".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let stat = c.stat(StatRequest { path: "nope.sst".into() }).await.unwrap().into_inner();
     assert!(!stat.exists);
 }
 
@@ -149,10 +115,7 @@ async fn unsafe_paths_are_refused_and_nothing_outside_is_read() {
         let err = read_all(&mut c, path, 0).await.unwrap_err();
         assert_eq!(err.code(), code, "ReadFile {path}: {err:?}");
         assert!(err.message().contains(needle), "{path}: {}", err.message());
-        let err = c
-            .file_exists(FileExistsRequest { path: path.into() })
-            .await
-            .unwrap_err();
+        let err = c.file_exists(FileExistsRequest { path: path.into() }).await.unwrap_err();
         assert_eq!(err.code(), code, "FileExists {path}");
         let err = c.stat(StatRequest { path: path.into() }).await.unwrap_err();
         assert_eq!(err.code(), code, "Stat {path}");
@@ -166,16 +129,10 @@ async fn calls_without_the_peer_token_are_unauthenticated() {
     let url = agent(dir.path(), 1 << 20).await;
 
     let mut wrong = client(&url, "not-the-token").await;
-    let err = wrong
-        .file_exists(FileExistsRequest { path: "x.sst".into() })
-        .await
-        .unwrap_err();
+    let err = wrong.file_exists(FileExistsRequest { path: "x.sst".into() }).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
     assert!(err.message().contains("wrong peer credential"), "{}", err.message());
-    assert_eq!(
-        read_all(&mut wrong, "x.sst", 0).await.unwrap_err().code(),
-        Code::Unauthenticated
-    );
+    assert_eq!(read_all(&mut wrong, "x.sst", 0).await.unwrap_err().code(), Code::Unauthenticated);
 
     let channel = Channel::from_shared(url.clone()).unwrap().connect().await.unwrap();
     let mut none = NodeAgentClient::new(channel);

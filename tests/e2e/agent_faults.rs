@@ -41,21 +41,14 @@ fn a_peer_killed_mid_transfer_is_replaced_by_another_holder() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    assert!(
-        eventually(Duration::from_secs(20), || partial_bytes(&me) >= 2 << 20),
-        "the transfer from a-dies started"
-    );
+    assert!(eventually(Duration::from_secs(20), || partial_bytes(&me) >= 2 << 20), "the transfer from a-dies started");
     dying.kill9();
     let out = finish(child, Duration::from_secs(60), started);
     assert_eq!(out.code, Some(0), "{out:?}");
     let summary = out.json();
     assert_eq!(summary["files_fetched"], 1);
     assert_eq!(summary["per_peer"], serde_json::json!({"b-stays": 1}));
-    assert_eq!(
-        summary["bytes_received"],
-        big.data.len(),
-        "resumed at the offset: no byte came twice"
-    );
+    assert_eq!(summary["bytes_received"], big.data.len(), "resumed at the offset: no byte came twice");
     assert!(big.is_in(&me));
     assert_eq!(temp_files(&me), 0);
 }
@@ -199,13 +192,7 @@ fn agents_register_again_after_a_coordinator_restart() {
         let mut child = Command::new(bin("depot"))
             .arg("serve")
             .arg(&archive)
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--json",
-                "--join-token",
-                token,
-            ])
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--json", "--join-token", token])
             .args(["--heartbeat-interval", "300ms", "--log-file"])
             .arg(dir.path().join("depot.log"))
             .stdin(Stdio::null())
@@ -214,9 +201,7 @@ fn agents_register_again_after_a_coordinator_restart() {
             .spawn()
             .unwrap();
         let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
         assert!(line.contains("registry"), "depot started: {line}");
         child
     };
@@ -226,14 +211,7 @@ fn agents_register_again_after_a_coordinator_restart() {
     let root = dir.path().join("nodes/a");
     std::fs::create_dir_all(&root).unwrap();
     file.write_to(&root);
-    let a = Agent::start(
-        dir.path(),
-        &root,
-        &registry,
-        token,
-        &["--node-id", "a", "--listen", "127.0.0.1:0"],
-    )
-    .unwrap();
+    let a = Agent::start(dir.path(), &root, &registry, token, &["--node-id", "a", "--listen", "127.0.0.1:0"]).unwrap();
 
     let _ = depot.kill();
     let _ = depot.wait();
@@ -242,9 +220,7 @@ fn agents_register_again_after_a_coordinator_restart() {
     let _context = runtime.enter();
     let coordinator = Coordinator::new(&registry, Secret::new(token), None).unwrap();
     let listed = eventually(Duration::from_secs(5), || {
-        runtime
-            .block_on(coordinator.list_peers())
-            .is_ok_and(|l| l.peers.iter().any(|p| p.node_id == "a"))
+        runtime.block_on(coordinator.list_peers()).is_ok_and(|l| l.peers.iter().any(|p| p.node_id == "a"))
     });
     assert!(listed, "agent a registered again with the new coordinator");
     assert!(a.stderr().contains("registered with the coordinator"), "{}", a.stderr());
@@ -258,15 +234,7 @@ fn agents_register_again_after_a_coordinator_restart() {
             .arg("fetch")
             .arg("--root")
             .arg(&me)
-            .args([
-                "--node-id",
-                "me",
-                "--coordinator",
-                &registry,
-                "--join-token",
-                token,
-                "--json",
-            ])
+            .args(["--node-id", "me", "--coordinator", &registry, "--join-token", token, "--json"])
             .args(["--meta", manifest.to_str().unwrap()]),
         Duration::from_secs(30),
     );
@@ -296,10 +264,7 @@ fn an_interrupted_fetch_leaves_nothing_partial() {
         .spawn()
         .unwrap();
     assert!(eventually(Duration::from_secs(20), || partial_bytes(&me) >= 1 << 20));
-    let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
+    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
     assert!(status.success());
     let out = finish(child, Duration::from_secs(10), started);
     assert_eq!(out.code, Some(130), "{out:?}");

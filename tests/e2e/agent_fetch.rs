@@ -14,9 +14,8 @@ use depot_tests::test_dir;
 fn fetch_collects_a_scattered_backup_and_leaves_present_files_alone() {
     let dir = test_dir();
     let cluster = Cluster::start(dir.path(), "500ms");
-    let files: Vec<DataFile> = (0..12)
-        .map(|i| DataFile::new(&format!("{}/{i}_write.sst", i % 3), 1000 + i * 70_001))
-        .collect();
+    let files: Vec<DataFile> =
+        (0..12).map(|i| DataFile::new(&format!("{}/{i}_write.sst", i % 3), 1000 + i * 70_001)).collect();
     write_backupmeta_v2(&cluster.archive().join("backup-1"), &files);
     let (a, b, c) = (cluster.node_dir("a"), cluster.node_dir("b"), cluster.node_dir("c"));
     for (i, f) in files.iter().enumerate() {
@@ -29,11 +28,7 @@ fn fetch_collects_a_scattered_backup_and_leaves_present_files_alone() {
     damaged.write_to(&c);
     let before = std::fs::metadata(c.join(&files[0].name)).unwrap().modified().unwrap();
 
-    let _agents = [
-        cluster.agent("a", &[]),
-        cluster.agent("b", &[]),
-        cluster.agent("c", &[]),
-    ];
+    let _agents = [cluster.agent("a", &[]), cluster.agent("b", &[]), cluster.agent("c", &[])];
     let meta = cluster.s3_url("backup-1/");
     let mut cmd = cluster.fetch_command("c", &meta, &["--concurrency", "4"]);
     cmd.envs(cluster.aws_env());
@@ -49,15 +44,8 @@ fn fetch_collects_a_scattered_backup_and_leaves_present_files_alone() {
     let expected_bytes: usize = files[1..].iter().map(|f| f.data.len()).sum();
     assert_eq!(summary["bytes_fetched"], expected_bytes);
     let per_peer = &summary["per_peer"];
-    assert_eq!(
-        per_peer["a"].as_u64().unwrap() + per_peer["b"].as_u64().unwrap(),
-        11,
-        "{summary}"
-    );
-    assert!(
-        per_peer.get("c").is_none(),
-        "a node never fetches from itself: {summary}"
-    );
+    assert_eq!(per_peer["a"].as_u64().unwrap() + per_peer["b"].as_u64().unwrap(), 11, "{summary}");
+    assert!(per_peer.get("c").is_none(), "a node never fetches from itself: {summary}");
     assert!(summary["seconds"].as_f64().unwrap() > 0.0);
     for f in &files {
         assert!(f.is_in(&c), "{} is byte-exact on c", f.name);
@@ -69,10 +57,7 @@ fn fetch_collects_a_scattered_backup_and_leaves_present_files_alone() {
         "a present, correct file is not rewritten"
     );
 
-    let again = run(
-        cluster.fetch_command("c", &meta, &[]).envs(cluster.aws_env()),
-        Duration::from_secs(60),
-    );
+    let again = run(cluster.fetch_command("c", &meta, &[]).envs(cluster.aws_env()), Duration::from_secs(60));
     assert_eq!(again.code, Some(0), "{again:?}");
     let summary = again.json();
     assert_eq!(summary["files_present"], 12);
@@ -104,11 +89,7 @@ fn a_file_no_node_has_is_named_and_the_rest_still_arrives() {
     assert_eq!(summary["files_failed"], 1);
     assert!(present.iter().all(|f| f.is_in(&cluster.node_dir("b"))));
     assert!(!cluster.node_dir("b").join("t/lost.sst").exists());
-    assert!(
-        out.elapsed < Duration::from_secs(5),
-        "absence is final, not retried: {:?}",
-        out.elapsed
-    );
+    assert!(out.elapsed < Duration::from_secs(5), "absence is final, not retried: {:?}", out.elapsed);
 
     // The human summary names the file too.
     let out = run(
@@ -140,11 +121,7 @@ fn a_file_no_node_has_is_named_and_the_rest_still_arrives() {
 fn verify_reports_holders_and_files_held_by_nobody() {
     let dir = test_dir();
     let cluster = Cluster::start(dir.path(), "500ms");
-    let files = [
-        DataFile::new("x/1.sst", 3000),
-        DataFile::new("x/2.sst", 4000),
-        DataFile::new("x/3.sst", 5000),
-    ];
+    let files = [DataFile::new("x/1.sst", 3000), DataFile::new("x/2.sst", 4000), DataFile::new("x/3.sst", 5000)];
     let manifest = dir.path().join("manifest.jsonl");
     write_jsonl(&manifest, &files);
     files[0].write_to(&cluster.node_dir("a"));
@@ -204,10 +181,7 @@ fn works_against_an_https_coordinator_with_its_generated_ca() {
     )
     .unwrap_or_else(|run| panic!("agent over TLS: {run:?}"));
     std::fs::create_dir_all(dir.path().join("archive/backup")).unwrap();
-    write_jsonl(
-        &dir.path().join("archive/backup/manifest.jsonl"),
-        std::slice::from_ref(&file),
-    );
+    write_jsonl(&dir.path().join("archive/backup/manifest.jsonl"), std::slice::from_ref(&file));
     let meta = format!(
         "s3://{}/backup/manifest.jsonl?endpoint={}&force-path-style=true&region={}",
         depot.field("bucket"),
@@ -266,9 +240,6 @@ async fn the_object_store_round_trips_through_depot() {
     assert_eq!(listed, ["data/1.cpt", "data/2.cpt"]);
     store.delete("data/1.cpt").await.unwrap();
     store.delete("data/1.cpt").await.unwrap();
-    assert!(matches!(
-        store.get("data/1.cpt").await,
-        Err(StoreError::NotFound { .. })
-    ));
+    assert!(matches!(store.get("data/1.cpt").await, Err(StoreError::NotFound { .. })));
     assert_eq!(store.list("").await.unwrap().len(), 2);
 }

@@ -15,11 +15,7 @@ async fn client(
     endpoint: &str,
     token: Option<&str>,
 ) -> NodeAgentClient<tonic::codegen::InterceptedService<tonic::transport::Channel, Bearer>> {
-    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned()).unwrap().connect().await.unwrap();
     // With no token, an interceptor that adds nothing harmful: an empty bearer.
     NodeAgentClient::with_interceptor(channel, Bearer(Secret::new(token.unwrap_or(""))))
 }
@@ -28,13 +24,7 @@ async fn read(
     c: &mut NodeAgentClient<tonic::codegen::InterceptedService<tonic::transport::Channel, Bearer>>,
     path: &str,
 ) -> Result<Vec<u8>, tonic::Status> {
-    let mut stream = c
-        .read_file(ReadFileRequest {
-            path: path.into(),
-            offset: 0,
-        })
-        .await?
-        .into_inner();
+    let mut stream = c.read_file(ReadFileRequest { path: path.into(), offset: 0 }).await?.into_inner();
     let mut out = Vec::new();
     while let Some(chunk) = stream.message().await? {
         out.extend(chunk.data);
@@ -59,16 +49,10 @@ async fn the_agent_refuses_strangers_and_paths_outside_its_root() {
 
     for token in [None, Some("wrong-token")] {
         let mut c = client(&agent.endpoint, token).await;
-        let err = c
-            .file_exists(FileExistsRequest { path: "ok.sst".into() })
-            .await
-            .unwrap_err();
+        let err = c.file_exists(FileExistsRequest { path: "ok.sst".into() }).await.unwrap_err();
         assert_eq!(err.code(), Code::Unauthenticated, "{token:?}: {err:?}");
         assert_eq!(read(&mut c, "ok.sst").await.unwrap_err().code(), Code::Unauthenticated);
-        assert_eq!(
-            c.stat(StatRequest { path: "ok.sst".into() }).await.unwrap_err().code(),
-            Code::Unauthenticated
-        );
+        assert_eq!(c.stat(StatRequest { path: "ok.sst".into() }).await.unwrap_err().code(), Code::Unauthenticated);
     }
 
     let coordinator = Coordinator::new(&cluster.registry, Secret::new(cluster.join_token.clone()), None).unwrap();
@@ -86,10 +70,7 @@ async fn the_agent_refuses_strangers_and_paths_outside_its_root() {
         let err = read(&mut c, path).await.unwrap_err();
         assert_eq!(err.code(), code, "{path}: {err:?}");
         assert!(!err.message().is_empty());
-        let err = c
-            .file_exists(FileExistsRequest { path: path.into() })
-            .await
-            .unwrap_err();
+        let err = c.file_exists(FileExistsRequest { path: path.into() }).await.unwrap_err();
         assert_eq!(err.code(), code, "{path}");
         let err = c.stat(StatRequest { path: path.into() }).await.unwrap_err();
         assert_eq!(err.code(), code, "{path}");
@@ -148,11 +129,7 @@ fn malformed_truncated_or_encrypted_backupmetas_get_clear_errors() {
     let meta = meta_dir.join("backupmeta");
     let cases: [(&str, Vec<u8>, &str); 4] = [
         ("truncated", good[..good.len() * 2 / 3].to_vec(), "truncated"),
-        (
-            "garbage",
-            b"\x07\xff\xfe\xfd not a backupmeta".to_vec(),
-            "not a readable BR backupmeta",
-        ),
+        ("garbage", b"\x07\xff\xfe\xfd not a backupmeta".to_vec(), "not a readable BR backupmeta"),
         ("empty", Vec::new(), "empty"),
         (
             "encrypted",
@@ -169,29 +146,19 @@ fn malformed_truncated_or_encrypted_backupmetas_get_clear_errors() {
         let out = cluster.fetch("me", meta_dir.to_str().unwrap(), &[]);
         assert_eq!(out.code, Some(2), "{what}: {out:?}");
         assert!(out.stderr.contains(needle), "{what}: {}", out.stderr);
-        assert!(
-            out.stderr.contains("backupmeta"),
-            "{what}: names the file: {}",
-            out.stderr
-        );
+        assert!(out.stderr.contains("backupmeta"), "{what}: names the file: {}", out.stderr);
         assert!(!out.stderr.contains("panicked"), "{what}: {}", out.stderr);
         assert!(out.json()["error"].is_string(), "{what}");
     }
     assert_eq!(
-        std::fs::read_dir(cluster.node_dir("me"))
-            .unwrap()
-            .flatten()
-            .filter(|e| e.file_name() != ".depot")
-            .count(),
+        std::fs::read_dir(cluster.node_dir("me")).unwrap().flatten().filter(|e| e.file_name() != ".depot").count(),
         0,
         "nothing fetched"
     );
     // With the key, the encrypted one is read.
     std::fs::write(
         &meta,
-        depot_agent::manifest::CrypterKey::from_hex(&"42".repeat(16))
-            .unwrap()
-            .encrypt_prefixed([1; 16], &good),
+        depot_agent::manifest::CrypterKey::from_hex(&"42".repeat(16)).unwrap().encrypt_prefixed([1; 16], &good),
     )
     .unwrap();
     for f in &files {
@@ -215,9 +182,7 @@ async fn agents_join_at_once_and_stop_cleanly() {
     let _b = cluster.agent("b", &[]);
     assert_eq!(ids(coordinator.list_peers().await.unwrap()), ["a", "b"]);
     assert_eq!(
-        std::fs::read_to_string(cluster.node_dir("a").join(".depot/node-id"))
-            .unwrap()
-            .trim(),
+        std::fs::read_to_string(cluster.node_dir("a").join(".depot/node-id")).unwrap().trim(),
         "a",
         "fetch on this root will know its node id"
     );

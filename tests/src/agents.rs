@@ -38,12 +38,7 @@ impl Cluster {
         let depot = Depot::start(&dir.join("archive"), &["--heartbeat-interval", heartbeat]);
         let registry = depot.field("registry");
         let join_token = depot.field("join_token");
-        Self {
-            dir: dir.to_path_buf(),
-            depot,
-            registry,
-            join_token,
-        }
+        Self { dir: dir.to_path_buf(), depot, registry, join_token }
     }
 
     /// The archive directory (the bucket's content).
@@ -221,19 +216,12 @@ impl Agent {
 
     /// The port it listens on.
     pub fn port(&self) -> u16 {
-        self.address
-            .rsplit_once(':')
-            .and_then(|(_, p)| p.parse().ok())
-            .expect("address has a port")
+        self.address.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).expect("address has a port")
     }
 
     /// Sends a signal (`STOP`, `CONT`, `TERM`, ...).
     pub fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.pid().to_string())
-            .status()
-            .expect("kill");
+        let status = Command::new("kill").arg(format!("-{name}")).arg(self.pid().to_string()).status().expect("kill");
         assert!(status.success(), "kill -{name} failed");
     }
 
@@ -266,11 +254,7 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-CONT")
-            .arg(self.child.id().to_string())
-            .stderr(Stdio::null())
-            .status();
+        let _ = Command::new("kill").arg("-CONT").arg(self.child.id().to_string()).stderr(Stdio::null()).status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -306,11 +290,7 @@ impl Run {
 /// When it does not finish in time.
 pub fn run(cmd: &mut Command, limit: Duration) -> Run {
     let started = Instant::now();
-    let child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn command");
+    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn command");
     finish(child, limit, started)
 }
 
@@ -370,10 +350,7 @@ pub struct DataFile {
 impl DataFile {
     /// A file with [`content`].
     pub fn new(name: &str, size: usize) -> Self {
-        Self {
-            name: name.to_owned(),
-            data: content(name, size),
-        }
+        Self { name: name.to_owned(), data: content(name, size) }
     }
 
     /// Writes it under `root`.
@@ -421,10 +398,8 @@ pub fn write_backupmeta_v2(dir: &Path, files: &[DataFile]) {
     let half = files.len() / 2;
     let mut index = brpb::MetaFile::default();
     for (n, part) in [&files[..half], &files[half..]].into_iter().enumerate() {
-        let meta_file = brpb::MetaFile {
-            data_files: part.iter().map(DataFile::to_brpb).collect(),
-            ..Default::default()
-        };
+        let meta_file =
+            brpb::MetaFile { data_files: part.iter().map(DataFile::to_brpb).collect(), ..Default::default() };
         let bytes = meta_file.encode_to_vec();
         let name = format!("backupmeta.datafile.{:09}", n + 1);
         std::fs::write(dir.join(&name), &bytes).expect("datafile");

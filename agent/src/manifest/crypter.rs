@@ -54,15 +54,15 @@ impl CrypterKey {
             return false;
         }
         match self.0.len() {
-            16 => ctr::Ctr128BE::<aes::Aes128>::new_from_slices(&self.0, iv)
-                .map(|mut c| c.apply_keystream(data))
-                .is_ok(),
-            24 => ctr::Ctr128BE::<aes::Aes192>::new_from_slices(&self.0, iv)
-                .map(|mut c| c.apply_keystream(data))
-                .is_ok(),
-            32 => ctr::Ctr128BE::<aes::Aes256>::new_from_slices(&self.0, iv)
-                .map(|mut c| c.apply_keystream(data))
-                .is_ok(),
+            16 => {
+                ctr::Ctr128BE::<aes::Aes128>::new_from_slices(&self.0, iv).map(|mut c| c.apply_keystream(data)).is_ok()
+            }
+            24 => {
+                ctr::Ctr128BE::<aes::Aes192>::new_from_slices(&self.0, iv).map(|mut c| c.apply_keystream(data)).is_ok()
+            }
+            32 => {
+                ctr::Ctr128BE::<aes::Aes256>::new_from_slices(&self.0, iv).map(|mut c| c.apply_keystream(data)).is_ok()
+            }
             _ => false,
         }
     }
@@ -102,10 +102,7 @@ mod tests {
         let iv = hex::decode("f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff").unwrap();
         let mut data = hex::decode("6bc1bee22e409f96e93d7e117393172aae2d8a571e03ac9c9eb76fac45af8e51").unwrap();
         assert!(key.apply(&iv, &mut data));
-        assert_eq!(
-            hex::encode(&data),
-            "874d6191b620e3261bef6864990db6ce9806f66b7970fdff8617187bb9fffdff"
-        );
+        assert_eq!(hex::encode(&data), "874d6191b620e3261bef6864990db6ce9806f66b7970fdff8617187bb9fffdff");
     }
 
     #[test]

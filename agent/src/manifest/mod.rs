@@ -224,37 +224,19 @@ impl ManifestSource {
             // tries the object first.
             let (dir, name) = prefix.rsplit_once('/').unwrap_or(("", prefix));
             let store = ObjectStore::open(&format!("s3://{bucket}/{dir}{query}"), options)?;
-            return Ok(Self {
-                store,
-                key: Some(name.to_owned()),
-            });
+            return Ok(Self { store, key: Some(name.to_owned()) });
         }
-        let path = meta
-            .strip_prefix("local://")
-            .or_else(|| meta.strip_prefix("file://"))
-            .unwrap_or(meta);
+        let path = meta.strip_prefix("local://").or_else(|| meta.strip_prefix("file://")).unwrap_or(meta);
         let path = std::path::Path::new(path);
         if path.is_dir() {
-            return Ok(Self {
-                store: ObjectStore::open(&path.display().to_string(), options)?,
-                key: None,
-            });
+            return Ok(Self { store: ObjectStore::open(&path.display().to_string(), options)?, key: None });
         }
-        let dir = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(std::path::Path::new("."));
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .ok_or_else(|| StoreError::BadUrl {
-                url: meta.to_owned(),
-                reason: "not a file or directory path".into(),
-            })?;
-        Ok(Self {
-            store: ObjectStore::open(&dir.display().to_string(), options)?,
-            key: Some(name.to_owned()),
-        })
+        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+        let name = path.file_name().and_then(|n| n.to_str()).ok_or_else(|| StoreError::BadUrl {
+            url: meta.to_owned(),
+            reason: "not a file or directory path".into(),
+        })?;
+        Ok(Self { store: ObjectStore::open(&dir.display().to_string(), options)?, key: Some(name.to_owned()) })
     }
 
     /// Reads and parses the manifest.
@@ -271,9 +253,9 @@ impl ManifestSource {
         match &self.key {
             None => match self.store.get(BACKUPMETA).await {
                 Ok(bytes) => Ok((self.store.clone(), BACKUPMETA.to_owned(), bytes)),
-                Err(StoreError::NotFound { .. }) => Err(ManifestError::NotFound {
-                    location: self.store.describe(BACKUPMETA),
-                }),
+                Err(StoreError::NotFound { .. }) => {
+                    Err(ManifestError::NotFound { location: self.store.describe(BACKUPMETA) })
+                }
                 Err(err) => Err(err.into()),
             },
             Some(key) => match self.store.get(key).await {
@@ -283,9 +265,9 @@ impl ManifestSource {
                     let inner = self.store.at(key);
                     match inner.get(BACKUPMETA).await {
                         Ok(bytes) => Ok((inner, BACKUPMETA.to_owned(), bytes)),
-                        Err(StoreError::NotFound { .. }) => Err(ManifestError::NotFound {
-                            location: self.store.describe(key),
-                        }),
+                        Err(StoreError::NotFound { .. }) => {
+                            Err(ManifestError::NotFound { location: self.store.describe(key) })
+                        }
                         Err(err) => Err(err.into()),
                     }
                 }
@@ -312,23 +294,14 @@ pub async fn parse(
     }
     if looks_like_json_lines(bytes) {
         let files = parse_json_lines(&file, bytes)?;
-        return Ok(Manifest {
-            source: file,
-            format: Format::JsonLines,
-            files,
-            end_version: None,
-            digest,
-        });
+        return Ok(Manifest { source: file, format: Format::JsonLines, files, end_version: None, digest });
     }
     let plain = match key {
         Some(key) => match key.decrypt_prefixed(bytes) {
             Some(plain) if scan_shape(&file, &plain).is_ok() => plain,
             // A key given for a backup that is not encrypted: the plaintext is what counts.
             _ if scan_shape(&file, bytes).is_ok() => {
-                tracing::warn!(
-                    file,
-                    "a backup encryption key was given, but the backupmeta is not encrypted"
-                );
+                tracing::warn!(file, "a backup encryption key was given, but the backupmeta is not encrypted");
                 bytes.to_vec()
             }
             _ => return Err(ManifestError::WrongKey { file }),
@@ -338,10 +311,8 @@ pub async fn parse(
             bytes.to_vec()
         }
     };
-    let meta = brpb::BackupMeta::decode(plain.as_slice()).map_err(|source| ManifestError::Decode {
-        file: file.clone(),
-        source,
-    })?;
+    let meta = brpb::BackupMeta::decode(plain.as_slice())
+        .map_err(|source| ManifestError::Decode { file: file.clone(), source })?;
     let mut collector = Collector::new(&file);
     for f in &meta.files {
         collector.add(f)?;
@@ -369,16 +340,8 @@ pub async fn parse(
 fn scan_shape(file: &str, bytes: &[u8]) -> Result<(), ManifestError> {
     match wire::scan_backup_meta(bytes) {
         Shape::Whole => Ok(()),
-        Shape::Truncated { at } => Err(ManifestError::Truncated {
-            file: file.to_owned(),
-            at,
-            len: bytes.len(),
-        }),
-        Shape::Foreign { at, what } => Err(ManifestError::NotPlaintext {
-            file: file.to_owned(),
-            at,
-            what,
-        }),
+        Shape::Truncated { at } => Err(ManifestError::Truncated { file: file.to_owned(), at, len: bytes.len() }),
+        Shape::Foreign { at, what } => Err(ManifestError::NotPlaintext { file: file.to_owned(), at, what }),
     }
 }
 
@@ -393,9 +356,7 @@ async fn walk_index(
     parent: &str,
 ) -> Result<(), ManifestError> {
     if depth >= MAX_INDEX_DEPTH {
-        return Err(ManifestError::TooDeep {
-            file: parent.to_owned(),
-        });
+        return Err(ManifestError::TooDeep { file: parent.to_owned() });
     }
     for f in &index.data_files {
         collector.add(f)?;
@@ -424,10 +385,8 @@ async fn walk_index(
                 });
             }
         }
-        let child = brpb::MetaFile::decode(content.as_slice()).map_err(|source| ManifestError::Decode {
-            file: file.clone(),
-            source,
-        })?;
+        let child = brpb::MetaFile::decode(content.as_slice())
+            .map_err(|source| ManifestError::Decode { file: file.clone(), source })?;
         Box::pin(walk_index(store, &child, key, collector, depth + 1, &file)).await?;
     }
     Ok(())
@@ -442,11 +401,7 @@ struct Collector {
 
 impl Collector {
     fn new(file: &str) -> Self {
-        Self {
-            file: file.to_owned(),
-            files: Vec::new(),
-            seen: HashMap::new(),
-        }
+        Self { file: file.to_owned(), files: Vec::new(), seen: HashMap::new() }
     }
 
     fn add(&mut self, f: &brpb::File) -> Result<(), ManifestError> {
@@ -461,11 +416,7 @@ impl Collector {
                 });
             }
         };
-        self.push(FileEntry {
-            name: f.name.clone(),
-            size: f.size,
-            sha256,
-        })
+        self.push(FileEntry { name: f.name.clone(), size: f.size, sha256 })
     }
 
     fn push(&mut self, entry: FileEntry) -> Result<(), ManifestError> {
@@ -479,10 +430,7 @@ impl Collector {
         match self.seen.entry(entry.name.clone()) {
             Entry::Occupied(at) => {
                 if self.files[*at.get()] != entry {
-                    return Err(ManifestError::Conflict {
-                        file: self.file.clone(),
-                        name: entry.name,
-                    });
+                    return Err(ManifestError::Conflict { file: self.file.clone(), name: entry.name });
                 }
             }
             Entry::Vacant(slot) => {
@@ -497,11 +445,7 @@ impl Collector {
 /// Whether the bytes start with a JSON object (after white space): a protobuf backupmeta never
 /// does, as `{` would be field 15 with the group wire type, which BR does not write.
 fn looks_like_json_lines(bytes: &[u8]) -> bool {
-    bytes
-        .iter()
-        .find(|b| !b.is_ascii_whitespace())
-        .is_some_and(|b| *b == b'{')
-        && std::str::from_utf8(bytes).is_ok()
+    bytes.iter().find(|b| !b.is_ascii_whitespace()).is_some_and(|b| *b == b'{') && std::str::from_utf8(bytes).is_ok()
 }
 
 #[derive(serde::Deserialize)]
@@ -524,21 +468,13 @@ fn parse_json_lines(file: &str, bytes: &[u8]) -> Result<Vec<FileEntry>, Manifest
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let bad = |message: String| ManifestError::BadLine {
-            file: file.to_owned(),
-            line: line_no,
-            message,
-        };
+        let bad = |message: String| ManifestError::BadLine { file: file.to_owned(), line: line_no, message };
         let entry: JsonEntry = serde_json::from_str(line).map_err(|err| bad(err.to_string()))?;
         let digest = hex::decode(&entry.sha256)
             .ok()
             .and_then(|d| Sha256Digest::try_from(d.as_slice()).ok())
             .ok_or_else(|| bad(format!("sha256 {:?} is not 64 hex digits", entry.sha256)))?;
-        collector.push(FileEntry {
-            name: entry.name,
-            size: entry.size,
-            sha256: Some(digest),
-        })?;
+        collector.push(FileEntry { name: entry.name, size: entry.size, sha256: Some(digest) })?;
     }
     Ok(collector.files)
 }

@@ -33,9 +33,7 @@ struct Backup {
 
 impl Backup {
     fn new() -> Self {
-        Self {
-            dir: tempfile::tempdir().unwrap(),
-        }
+        Self { dir: tempfile::tempdir().unwrap() }
     }
 
     fn write(&self, name: &str, bytes: &[u8]) {
@@ -71,14 +69,9 @@ async fn reads_a_v1_backupmeta() {
 #[tokio::test]
 async fn reads_a_v2_backupmeta_with_nested_indexes() {
     let backup = Backup::new();
-    let leaf1 = brpb::MetaFile {
-        data_files: vec![file("a/1.sst", b"one"), file("a/2.sst", b"two")],
-        ..Default::default()
-    };
-    let leaf2 = brpb::MetaFile {
-        data_files: vec![file("b/3.sst", b"three")],
-        ..Default::default()
-    };
+    let leaf1 =
+        brpb::MetaFile { data_files: vec![file("a/1.sst", b"one"), file("a/2.sst", b"two")], ..Default::default() };
+    let leaf2 = brpb::MetaFile { data_files: vec![file("b/3.sst", b"three")], ..Default::default() };
     let index_entry = |name: &str, m: &brpb::MetaFile| {
         let bytes = m.encode_to_vec();
         backup.write(name, &bytes);
@@ -92,17 +85,11 @@ async fn reads_a_v2_backupmeta_with_nested_indexes() {
     let e1 = index_entry("backupmeta.datafile.000000001", &leaf1);
     let e2 = index_entry("backupmeta.datafile.000000002", &leaf2);
     // One more level: an intermediate index naming the second leaf.
-    let mid = brpb::MetaFile {
-        meta_files: vec![e2],
-        ..Default::default()
-    };
+    let mid = brpb::MetaFile { meta_files: vec![e2], ..Default::default() };
     let e_mid = index_entry("backupmeta.metafile.000000003", &mid);
     let meta = brpb::BackupMeta {
         version: 1,
-        file_index: Some(brpb::MetaFile {
-            meta_files: vec![e1, e_mid],
-            data_files: vec![],
-        }),
+        file_index: Some(brpb::MetaFile { meta_files: vec![e1, e_mid], data_files: vec![] }),
         ..meta_v1(vec![])
     };
     backup.write(BACKUPMETA, &meta.encode_to_vec());
@@ -112,11 +99,9 @@ async fn reads_a_v2_backupmeta_with_nested_indexes() {
     assert_eq!(names, ["a/1.sst", "a/2.sst", "b/3.sst"]);
 
     // The manifest can also be named directly.
-    let direct = ManifestSource::parse(
-        &backup.dir.path().join(BACKUPMETA).display().to_string(),
-        &StoreOptions::default(),
-    )
-    .unwrap();
+    let direct =
+        ManifestSource::parse(&backup.dir.path().join(BACKUPMETA).display().to_string(), &StoreOptions::default())
+            .unwrap();
     assert_eq!(direct.load(None).await.unwrap().files.len(), 3);
 
     // A damaged index object is caught by its recorded digest.
@@ -143,10 +128,7 @@ async fn truncated_and_foreign_backupmetas_are_named_errors() {
         assert!(err.to_string().contains("truncated"), "{err}");
     }
     backup.write(BACKUPMETA, b"");
-    assert!(matches!(
-        backup.load(None).await.unwrap_err(),
-        ManifestError::Empty { .. }
-    ));
+    assert!(matches!(backup.load(None).await.unwrap_err(), ManifestError::Empty { .. }));
     backup.write(BACKUPMETA, b"\x0f\xff\xfe not protobuf");
     let err = backup.load(None).await.unwrap_err();
     assert!(matches!(err, ManifestError::NotPlaintext { .. }), "{err}");
@@ -162,10 +144,7 @@ async fn an_encrypted_backupmeta_needs_its_key() {
     let backup = Backup::new();
     let key = CrypterKey::from_hex("0123456789abcdef0123456789abcdef").unwrap();
     // v2 with an encrypted data file index, laid out as BR's MetaWriter does.
-    let leaf = brpb::MetaFile {
-        data_files: vec![file("t/1.sst", b"secret rows")],
-        ..Default::default()
-    };
+    let leaf = brpb::MetaFile { data_files: vec![file("t/1.sst", b"secret rows")], ..Default::default() };
     let plain_leaf = leaf.encode_to_vec();
     let iv = [9u8; 16];
     let mut sealed_leaf = plain_leaf.clone();
@@ -226,22 +205,10 @@ async fn reads_json_lines_and_refuses_bad_lines() {
     assert_eq!(manifest.files.len(), 2);
 
     for (content, needle) in [
-        (
-            format!("{{\"name\":\"a\",\"size\":3,\"sha256\":\"{sha}\"}}\n{{\"name\":\"b\"\n"),
-            ":2:",
-        ),
-        (
-            "{\"name\":\"a\",\"size\":3,\"sha256\":\"abc\"}".to_owned(),
-            "64 hex digits",
-        ),
-        (
-            format!("{{\"name\":\"../etc/passwd\",\"size\":3,\"sha256\":\"{sha}\"}}"),
-            "'..'",
-        ),
-        (
-            format!("{{\"name\":\"/abs\",\"size\":3,\"sha256\":\"{sha}\"}}"),
-            "starts with '/'",
-        ),
+        (format!("{{\"name\":\"a\",\"size\":3,\"sha256\":\"{sha}\"}}\n{{\"name\":\"b\"\n"), ":2:"),
+        ("{\"name\":\"a\",\"size\":3,\"sha256\":\"abc\"}".to_owned(), "64 hex digits"),
+        (format!("{{\"name\":\"../etc/passwd\",\"size\":3,\"sha256\":\"{sha}\"}}"), "'..'"),
+        (format!("{{\"name\":\"/abs\",\"size\":3,\"sha256\":\"{sha}\"}}"), "starts with '/'"),
         (
             format!(
                 "{{\"name\":\"a\",\"size\":3,\"sha256\":\"{sha}\"}}\n{{\"name\":\"a\",\"size\":4,\"sha256\":\"{sha}\"}}"
@@ -261,10 +228,7 @@ async fn reads_json_lines_and_refuses_bad_lines() {
 #[tokio::test]
 async fn unsafe_names_in_a_backupmeta_are_refused() {
     let backup = Backup::new();
-    backup.write(
-        BACKUPMETA,
-        &meta_v1(vec![file("../../outside.sst", b"x")]).encode_to_vec(),
-    );
+    backup.write(BACKUPMETA, &meta_v1(vec![file("../../outside.sst", b"x")]).encode_to_vec());
     let err = backup.load(None).await.unwrap_err();
     assert!(matches!(err, ManifestError::BadEntry { .. }), "{err}");
     assert!(err.to_string().contains("outside.sst"), "{err}");

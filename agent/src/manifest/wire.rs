@@ -73,10 +73,7 @@ pub fn scan_backup_meta(data: &[u8]) -> Shape {
             if known && known_fields > 0 {
                 Shape::Truncated { at: start }
             } else {
-                Shape::Foreign {
-                    at: start,
-                    what: what.to_owned(),
-                }
+                Shape::Foreign { at: start, what: what.to_owned() }
             }
         };
         let tag = match varint(data, &mut pos) {
@@ -93,9 +90,7 @@ pub fn scan_backup_meta(data: &[u8]) -> Shape {
         if let Some(expected) = expected
             && expected != wire
         {
-            return foreign(format!(
-                "field {field} with wire type {wire} (BackupMeta's has type {expected})"
-            ));
+            return foreign(format!("field {field} with wire type {wire} (BackupMeta's has type {expected})"));
         }
         let known = expected.is_some();
         match wire {
@@ -139,9 +134,7 @@ mod tests {
     #[test]
     fn recognises_whole_truncated_and_foreign_data() {
         // cluster_id = 7, br_version = "v8", files = [ File { name = "a.sst" } ]
-        let whole = [
-            0x08, 7, 0x5a, 2, b'v', b'8', 0x22, 7, 0x0a, 5, b'a', b'.', b's', b's', b't',
-        ];
+        let whole = [0x08, 7, 0x5a, 2, b'v', b'8', 0x22, 7, 0x0a, 5, b'a', b'.', b's', b's', b't'];
         assert_eq!(scan_backup_meta(&whole), Shape::Whole);
         assert_eq!(scan_backup_meta(&[]), Shape::Whole);
         assert_eq!(scan_backup_meta(&whole[..10]), Shape::Truncated { at: 6 });

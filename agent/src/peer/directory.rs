@@ -101,11 +101,7 @@ impl PeerDirectory {
         let asked = Instant::now();
         let mut cached = self.cached.lock().await;
         if let Some((at, peers)) = cached.as_ref()
-            && (if fresh {
-                *at >= asked
-            } else {
-                at.elapsed() < LIST_MAX_AGE
-            })
+            && (if fresh { *at >= asked } else { at.elapsed() < LIST_MAX_AGE })
         {
             return Ok(peers.clone());
         }
@@ -134,11 +130,7 @@ impl PeerDirectory {
                     })
                     .map_err(|err| tracing::warn!(node = p.node_id, address = p.address, %err, "unusable peer address"))
                     .ok();
-                Peer {
-                    node_id: p.node_id,
-                    address: p.address,
-                    client,
-                }
+                Peer { node_id: p.node_id, address: p.address, client }
             })
             .collect();
         let peers = Arc::new(peers);
@@ -152,11 +144,7 @@ impl PeerDirectory {
         if let Some(channel) = channels.get(address) {
             return Ok(channel.clone());
         }
-        let url = if address.contains("://") {
-            address.to_owned()
-        } else {
-            format!("http://{address}")
-        };
+        let url = if address.contains("://") { address.to_owned() } else { format!("http://{address}") };
         let channel = Endpoint::from_shared(url)?
             .connect_timeout(self.connect_timeout)
             .tcp_nodelay(true)
@@ -184,29 +172,17 @@ impl Load {
     /// lease is dropped. `None` when `candidates` is empty.
     pub fn pick<'a>(self: &Arc<Self>, candidates: &[&'a Peer]) -> Option<(&'a Peer, Lease)> {
         let mut counts = self.counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let chosen = candidates
-            .iter()
-            .min_by_key(|p| counts.get(&p.node_id).copied().unwrap_or_default())?;
+        let chosen = candidates.iter().min_by_key(|p| counts.get(&p.node_id).copied().unwrap_or_default())?;
         let entry = counts.entry(chosen.node_id.clone()).or_default();
         entry.0 += 1;
         entry.1 += 1;
-        Some((
-            chosen,
-            Lease {
-                load: self.clone(),
-                node_id: chosen.node_id.clone(),
-            },
-        ))
+        Some((chosen, Lease { load: self.clone(), node_id: chosen.node_id.clone() }))
     }
 
     /// Transfers currently in flight from `node_id`.
     #[must_use]
     pub fn in_flight(&self, node_id: &str) -> usize {
-        self.counts
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(node_id)
-            .map_or(0, |c| c.0)
+        self.counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(node_id).map_or(0, |c| c.0)
     }
 }
 
@@ -219,11 +195,7 @@ pub struct Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        let mut counts = self
-            .load
-            .counts
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut counts = self.load.counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(entry) = counts.get_mut(&self.node_id) {
             entry.0 = entry.0.saturating_sub(1);
         }
@@ -235,11 +207,7 @@ mod tests {
     use super::*;
 
     fn peer(id: &str) -> Peer {
-        Peer {
-            node_id: id.into(),
-            address: format!("{id}:1"),
-            client: None,
-        }
+        Peer { node_id: id.into(), address: format!("{id}:1"), client: None }
     }
 
     #[test]

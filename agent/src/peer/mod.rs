@@ -71,11 +71,7 @@ impl Default for RetryPolicy {
     /// Six rounds over about six seconds: long enough to ride out a peer restarting or a
     /// coordinator failing over, short enough that a dead cluster is reported promptly.
     fn default() -> Self {
-        Self {
-            rounds: 6,
-            initial_backoff: Duration::from_millis(200),
-            max_backoff: Duration::from_secs(3),
-        }
+        Self { rounds: 6, initial_backoff: Duration::from_millis(200), max_backoff: Duration::from_secs(3) }
     }
 }
 
@@ -101,10 +97,7 @@ pub struct Timeouts {
 
 impl Default for Timeouts {
     fn default() -> Self {
-        Self {
-            rpc: Duration::from_secs(5),
-            stall: Duration::from_secs(30),
-        }
+        Self { rpc: Duration::from_secs(5), stall: Duration::from_secs(30) }
     }
 }
 
@@ -328,9 +321,7 @@ impl PeerReader {
             Some(entry) => {
                 let path = path.clone();
                 let entry = entry.clone();
-                tokio::task::spawn_blocking(move || local_matches(&path, &entry))
-                    .await
-                    .unwrap_or(false)
+                tokio::task::spawn_blocking(move || local_matches(&path, &entry)).await.unwrap_or(false)
             }
             None => tokio::fs::metadata(&path).await.is_ok_and(|m| m.is_file()),
         };
@@ -339,11 +330,7 @@ impl PeerReader {
         } else {
             let entry = match expect {
                 Some(entry) => entry.clone(),
-                None => FileEntry {
-                    name: name.to_owned(),
-                    size: u64::MAX,
-                    sha256: None,
-                },
+                None => FileEntry { name: name.to_owned(), size: u64::MAX, sha256: None },
             };
             Origin::Peer(self.fetch(&entry).await?.node_id)
         };
@@ -394,36 +381,22 @@ impl PeerReader {
                     let (holders, unknown, notes) = self.survey(&live, entry).await;
                     if holders.is_empty() && unknown.is_empty() {
                         if !corrupt.is_empty() {
-                            return Err(FetchError::Corrupt {
-                                name: name.to_owned(),
-                                holders: corrupt,
-                            });
+                            return Err(FetchError::Corrupt { name: name.to_owned(), holders: corrupt });
                         }
                         return Err(FetchError::Missing {
                             name: name.to_owned(),
                             asked: live.len(),
-                            detail: if notes.is_empty() {
-                                String::new()
-                            } else {
-                                format!("; {}", notes.join("; "))
-                            },
+                            detail: if notes.is_empty() { String::new() } else { format!("; {}", notes.join("; ")) },
                         });
                     }
-                    match self
-                        .try_holders(entry, &dest, &holders, partial, &mut corrupt, &mut received)
-                        .await?
-                    {
+                    match self.try_holders(entry, &dest, &holders, partial, &mut corrupt, &mut received).await? {
                         Ok(fetched) => return Ok(fetched),
                         Err(last) => last.or_else(|| unknown.first().cloned()).unwrap_or_default(),
                     }
                 }
             };
             if round >= self.retry.rounds {
-                return Err(FetchError::Unavailable {
-                    name: name.to_owned(),
-                    rounds: round,
-                    last,
-                });
+                return Err(FetchError::Unavailable { name: name.to_owned(), rounds: round, last });
             }
             let delay = self.retry.backoff(round);
             tracing::info!(name, round, ?delay, last, "retrying");
@@ -452,10 +425,7 @@ impl PeerReader {
                 continue;
             }
             let size = if entry.size == u64::MAX {
-                holders
-                    .iter()
-                    .find(|(p, _)| p.node_id == peer.node_id)
-                    .map_or(0, |h| h.1)
+                holders.iter().find(|(p, _)| p.node_id == peer.node_id).map_or(0, |h| h.1)
             } else {
                 entry.size
             };
@@ -467,18 +437,8 @@ impl PeerReader {
                 Ok(()) if partial.len() < size => {
                     // Ended cleanly but short (the holder is stopping?): keep what came, so the
                     // next holder continues from here.
-                    tracing::warn!(
-                        name,
-                        node = peer.node_id,
-                        offset = partial.len(),
-                        size,
-                        "stream ended early"
-                    );
-                    last = Some(format!(
-                        "{}: stream ended at byte {} of {size}",
-                        peer.node_id,
-                        partial.len()
-                    ));
+                    tracing::warn!(name, node = peer.node_id, offset = partial.len(), size, "stream ended early");
+                    last = Some(format!("{}: stream ended at byte {} of {size}", peer.node_id, partial.len()));
                 }
                 Ok(()) => {
                     let digest = partial.finish_digest().await.map_err(|err| FetchError::Local {
@@ -528,13 +488,7 @@ impl PeerReader {
                     last = Some(format!("{}: no longer has the file", peer.node_id));
                 }
                 Err(TransferFailure::Broken(why)) => {
-                    tracing::warn!(
-                        name,
-                        node = peer.node_id,
-                        offset = partial.len(),
-                        why,
-                        "transfer broke off"
-                    );
+                    tracing::warn!(name, node = peer.node_id, offset = partial.len(), why, "transfer broke off");
                     last = Some(format!("{}: {why}", peer.node_id));
                 }
                 Err(TransferFailure::Local(err)) => {
@@ -557,9 +511,7 @@ impl PeerReader {
         peers: &[&'a Peer],
         entry: &FileEntry,
     ) -> (Vec<(&'a Peer, u64)>, Vec<String>, Vec<String>) {
-        let asks = peers
-            .iter()
-            .map(|peer| async move { (*peer, self.ask(peer, entry).await) });
+        let asks = peers.iter().map(|peer| async move { (*peer, self.ask(peer, entry).await) });
         let mut holders = Vec::new();
         let mut unknown = Vec::new();
         let mut notes = Vec::new();
@@ -580,9 +532,7 @@ impl PeerReader {
         let Some(mut client) = peer.client() else {
             return (Answer::No(None), 0);
         };
-        let call = client.file_exists(FileExistsRequest {
-            path: entry.name.clone(),
-        });
+        let call = client.file_exists(FileExistsRequest { path: entry.name.clone() });
         match tokio::time::timeout(self.timeouts.rpc, call).await {
             Err(_) => (Answer::Unknown("FileExists timed out".into()), 0),
             Ok(Ok(response)) => {
@@ -623,10 +573,7 @@ impl PeerReader {
         if offset == size && offset > 0 {
             return Ok(());
         }
-        let request = ReadFileRequest {
-            path: name.to_owned(),
-            offset,
-        };
+        let request = ReadFileRequest { path: name.to_owned(), offset };
         let mut stream = match tokio::time::timeout(self.timeouts.stall, client.read_file(request)).await {
             Err(_) => return Err(TransferFailure::Broken("ReadFile did not start in time".into())),
             Ok(Err(status)) if status.code() == Code::NotFound => return Err(TransferFailure::Gone),
@@ -637,10 +584,7 @@ impl PeerReader {
         loop {
             let next = match tokio::time::timeout(self.timeouts.stall, stream.message()).await {
                 Err(_) => {
-                    return Err(TransferFailure::Broken(format!(
-                        "stalled: no data for {:?}",
-                        self.timeouts.stall
-                    )));
+                    return Err(TransferFailure::Broken(format!("stalled: no data for {:?}", self.timeouts.stall)));
                 }
                 Ok(Err(status)) => return Err(TransferFailure::Broken(status_message(&status))),
                 Ok(Ok(next)) => next,
@@ -652,10 +596,7 @@ impl PeerReader {
                 return Err(TransferFailure::Oversize);
             }
             let n = chunk.data.len() as u64;
-            partial
-                .append(&self.root, &peer.node_id, chunk.data)
-                .await
-                .map_err(TransferFailure::Local)?;
+            partial.append(&self.root, &peer.node_id, chunk.data).await.map_err(TransferFailure::Local)?;
             self.progress.advance(n);
         }
     }

@@ -36,10 +36,7 @@ enum State {
     /// Idle: the sink is here.
     Idle(Sink),
     /// The writer thread has the sink and takes chunks from `tx`.
-    Writing {
-        tx: mpsc::Sender<Vec<u8>>,
-        writer: JoinHandle<(Sink, io::Result<()>)>,
-    },
+    Writing { tx: mpsc::Sender<Vec<u8>>, writer: JoinHandle<(Sink, io::Result<()>)> },
 }
 
 /// The received-so-far bytes of one file. Dropping it deletes the temp file (once the writer
@@ -93,11 +90,7 @@ impl Partial {
         tmp.file().set_len(len)?;
         let mut file = tmp.file();
         file.seek(SeekFrom::Start(len))?;
-        Ok(Self {
-            state: State::Idle(Sink { tmp, hasher }),
-            len,
-            contributors: BTreeSet::new(),
-        })
+        Ok(Self { state: State::Idle(Sink { tmp, hasher }), len, contributors: BTreeSet::new() })
     }
 
     /// Bytes received so far: the offset the next `ReadFile` starts from.
@@ -131,13 +124,9 @@ impl Partial {
             match std::mem::take(&mut self.state) {
                 State::Empty => {
                     let root = root.clone();
-                    let tmp = tokio::task::spawn_blocking(move || root.temp_file())
-                        .await
-                        .map_err(io::Error::other)??;
-                    self.state = State::Idle(Sink {
-                        tmp,
-                        hasher: Sha256::new(),
-                    });
+                    let tmp =
+                        tokio::task::spawn_blocking(move || root.temp_file()).await.map_err(io::Error::other)??;
+                    self.state = State::Idle(Sink { tmp, hasher: Sha256::new() });
                 }
                 State::Idle(sink) => {
                     let (tx, rx) = mpsc::channel(QUEUE_CHUNKS);
@@ -202,19 +191,14 @@ impl Partial {
     /// # Errors
     /// [`CommitError`]; the temp file is gone either way.
     pub(crate) async fn commit(mut self, root: &Root, dest: &Path) -> Result<(), CommitError> {
-        let io_err = |source: io::Error| CommitError::Io {
-            path: root.tmp_dir(),
-            source,
-        };
+        let io_err = |source: io::Error| CommitError::Io { path: root.tmp_dir(), source };
         self.settle().await.map_err(io_err)?;
         let tmp = match std::mem::take(&mut self.state) {
             State::Idle(sink) => sink.tmp,
             _ => root.temp_file().map_err(io_err)?,
         };
         let dest = dest.to_path_buf();
-        tokio::task::spawn_blocking(move || tmp.commit(&dest))
-            .await
-            .map_err(|err| io_err(io::Error::other(err)))?
+        tokio::task::spawn_blocking(move || tmp.commit(&dest)).await.map_err(|err| io_err(io::Error::other(err)))?
     }
 }
 

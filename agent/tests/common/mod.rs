@@ -37,19 +37,15 @@ impl MemoryRegistry {
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v == format!("Bearer {JOIN}"));
-        if ok {
-            Ok(())
-        } else {
-            Err(Status::unauthenticated("wrong join token"))
-        }
+        if ok { Ok(()) } else { Err(Status::unauthenticated("wrong join token")) }
     }
 
     /// Adds an entry directly (e.g. a fake peer at some address).
     pub fn insert(&self, node_id: &str, address: &str) {
-        self.agents.lock().unwrap().insert(
-            node_id.into(),
-            (address.into(), Instant::now() + Duration::from_secs(3600)),
-        );
+        self.agents
+            .lock()
+            .unwrap()
+            .insert(node_id.into(), (address.into(), Instant::now() + Duration::from_secs(3600)));
     }
 }
 
@@ -58,10 +54,7 @@ impl Registry for MemoryRegistry {
     async fn register(&self, request: Request<RegisterRequest>) -> Result<Response<RegisterResponse>, Status> {
         self.check(request.metadata())?;
         let r = request.into_inner();
-        self.agents
-            .lock()
-            .unwrap()
-            .insert(r.node_id, (r.address, Instant::now()));
+        self.agents.lock().unwrap().insert(r.node_id, (r.address, Instant::now()));
         Ok(Response::new(RegisterResponse {
             peer_token: PEER.into(),
             heartbeat_interval_ms: self.interval.as_millis() as u64,
@@ -97,19 +90,13 @@ impl Registry for MemoryRegistry {
                 last_seen_ms: now.saturating_duration_since(*seen).as_millis() as u64,
             })
             .collect();
-        Ok(Response::new(ListPeersResponse {
-            peers,
-            peer_token: PEER.into(),
-        }))
+        Ok(Response::new(ListPeersResponse { peers, peer_token: PEER.into() }))
     }
 }
 
 /// Starts a registry; returns it and its URL.
 pub async fn start_registry() -> (MemoryRegistry, String) {
-    let registry = MemoryRegistry {
-        agents: Arc::default(),
-        interval: Duration::from_millis(200),
-    };
+    let registry = MemoryRegistry { agents: Arc::default(), interval: Duration::from_millis(200) };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let svc = RegistryServer::new(registry.clone());
@@ -160,20 +147,12 @@ pub fn put(dir: &Path, name: &str, size: usize) -> FileEntry {
     let path = dir.join(name);
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(&path, &data).unwrap();
-    FileEntry {
-        name: name.into(),
-        size: size as u64,
-        sha256: Some(Sha256::digest(&data).into()),
-    }
+    FileEntry { name: name.into(), size: size as u64, sha256: Some(Sha256::digest(&data).into()) }
 }
 
 /// The manifest entry for `name` of `size` without writing it anywhere.
 pub fn entry(name: &str, size: usize) -> FileEntry {
-    FileEntry {
-        name: name.into(),
-        size: size as u64,
-        sha256: Some(Sha256::digest(content(name, size)).into()),
-    }
+    FileEntry { name: name.into(), size: size as u64, sha256: Some(Sha256::digest(content(name, size)).into()) }
 }
 
 /// Files left in a root's `.depot/tmp/`.
