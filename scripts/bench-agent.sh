@@ -10,13 +10,14 @@
 #                   raw_tcp_copy (written and fsynced too).
 #   fetch_2000_*    `depot-agent fetch` of 2,000 files of 1 MiB spread over 3 peers.
 #   rss_*_kib       peak RSS (VmHWM) of the serving agents and of the fetching agents (<= 64 MiB).
-# Each timing is the best of $RUNS runs (default 3). Files live under $BENCH_DIR (default
+# Each timing is the best of $RUNS runs (default $ROUNDS, as scripts/bench.sh, else 3), which
+# calls this script at its end. Files live under $BENCH_DIR (default
 # /dev/shm when it has room, so the disk's fsync speed does not hide the transfer's; set
 # BENCH_DIR to a disk directory to include it). Needs ~7 GiB there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-RUNS="${RUNS:-3}"
+RUNS="${RUNS:-${ROUNDS:-3}}"
 if [[ -z "${BENCH_DIR:-}" ]]; then
     if [[ -w /dev/shm ]] && (( $(df -Pk /dev/shm | awk 'NR==2 {print $4}') > 8 * 1024 * 1024 )); then
         BENCH_DIR=/dev/shm
