@@ -202,20 +202,20 @@ fn agents_register_again_after_a_coordinator_restart() {
             .unwrap();
         let mut line = String::new();
         std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let child = KillOnDrop(child);
         assert!(line.contains("registry"), "depot started: {line}");
         child
     };
     let registry = format!("http://127.0.0.1:{port}");
-    let mut depot = start_depot();
+    let depot = start_depot();
     let file = DataFile::new("k/1.sst", 10_000);
     let root = dir.path().join("nodes/a");
     std::fs::create_dir_all(&root).unwrap();
     file.write_to(&root);
     let a = Agent::start(dir.path(), &root, &registry, token, &["--node-id", "a", "--listen", "127.0.0.1:0"]).unwrap();
 
-    let _ = depot.kill();
-    let _ = depot.wait();
-    let mut depot = start_depot();
+    drop(depot);
+    let depot = start_depot();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let _context = runtime.enter();
     let coordinator = Coordinator::new(&registry, Secret::new(token), None).unwrap();
@@ -240,8 +240,17 @@ fn agents_register_again_after_a_coordinator_restart() {
     );
     assert_eq!(out.code, Some(0), "{out:?}");
     assert!(file.is_in(&me));
-    let _ = depot.kill();
-    let _ = wait_timeout(&mut depot, Duration::from_secs(5));
+    drop(depot);
+}
+
+/// A child process killed when dropped, also when the test panics.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = wait_timeout(&mut self.0, Duration::from_secs(5));
+    }
 }
 
 /// Ctrl-C during a fetch: exit code 130, and nothing partial is left, neither under the
