@@ -1,1 +1,45 @@
-//! depot-agent.
+//! depot-agent: serves a node's backup files to its peers and fetches the ones it lacks.
+//!
+//! A BR backup to `local://` storage leaves each TiKV's SST files on that node's own disk; a
+//! restore then needs every file on every node. The agent runs on each node: it serves the
+//! node's backup directory to its peers (`NodeAgent`: `FileExists`, `ReadFile`, `Stat`), keeps
+//! itself listed with the coordinator (`depot serve`), and `fetch` copies in the files a backup
+//! lists that this node lacks, from whichever live peer holds them, verified by size and
+//! SHA-256. This is BR's "when an SST file is missing, try to copy from its peer", made into a
+//! tool for an air-gapped cluster.
+//!
+//! # Layout
+//! - [`service`]: the `NodeAgent` gRPC service over a root directory (safe names, streaming
+//!   reads from an offset, cached digests) and [`service::serve`].
+//! - [`auth`]: the join token and peer token ([`auth::Secret`]), the server-side check
+//!   ([`auth::TokenSlot`]) and the client-side `authorization` header.
+//! - [`registry`]: the coordinator's registry from the agent's side: register, heartbeat
+//!   (re-registering after a coordinator restart), list peers.
+//! - [`peer`]: [`peer::PeerReader`], the peer-fallback reader (local if present, else from the
+//!   least busy live holder, verified, resumable from an offset, with bounded retries).
+//! - [`manifest`]: BR `backupmeta` v1/v2 (kvproto field numbers, encrypted ones with a key) and
+//!   JSON-lines manifests.
+//! - [`objstore`]: a local directory or an S3 bucket behind get/put/list/delete, for manifests
+//!   (and checkpoints).
+//! - [`fetch`]: the `fetch` job: local check, concurrent fetch, summary, the [`fetch::Recorder`]
+//!   hook.
+//! - [`verify`]: which live nodes hold each file (by `Stat`, no data moved).
+//! - [`node`]: running an agent: bind, register, serve, heartbeat, stop cleanly.
+//! - [`digest`], [`trust`], [`progress`]: SHA-256 of files, extra CAs, the progress bar.
+//!
+//! The binary (`src/main.rs`) only parses flags, calls these, prints and picks the exit code.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod auth;
+pub mod digest;
+pub mod fetch;
+pub mod manifest;
+pub mod node;
+pub mod objstore;
+pub mod peer;
+pub mod progress;
+pub mod registry;
+pub mod service;
+pub mod trust;
+pub mod verify;

@@ -1,6 +1,9 @@
 //! End-to-end tests: the real `depot` (and `depot-agent`) binaries on loopback, driven by
 //! real clients. One test binary, one module per topic.
 
+mod agent_faults;
+mod agent_fetch;
+mod agent_security;
 mod s3_contract;
 mod s3_faults;
 mod serve_cli;

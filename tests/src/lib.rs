@@ -14,6 +14,7 @@ use std::time::Duration;
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use aws_smithy_http_client::tls;
 
+pub mod agents;
 pub mod raw;
 
 /// The path of a workspace binary, `name` being `depot` or `depot-agent`.

@@ -1,0 +1,256 @@
+//! Running a node agent (`serve`): bind, register with the coordinator, serve the root, keep
+//! heartbeating, stop cleanly.
+//!
+//! The agent registers *before* it reports itself ready: until it holds the peer token from the
+//! coordinator it cannot tell a peer from a stranger, so a ready agent is one that peers can
+//! already use. Its node id is written to `<root>/.depot/node-id`, which is how `fetch` on the
+//! same root knows which node it runs on (and does not count itself as a peer).
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use depot_fs::{OpenRootError, Root};
+use serde::Serialize;
+
+use crate::auth::{Secret, TokenSlot};
+use crate::registry::{Coordinator, RegistryError, heartbeat_loop};
+use crate::service::{self, NodeAgentService, ServeStats};
+use crate::trust::ExtraCa;
+
+/// File under the root's `.depot/` holding the node id of the agent serving that root.
+pub const NODE_ID_FILE: &str = "node-id";
+
+/// How long `serve` waits for the coordinator at start before giving up.
+const REGISTER_PATIENCE: Duration = Duration::from_secs(30);
+
+/// How long in-flight transfers may continue after a stop is requested.
+const DRAIN_LIMIT: Duration = Duration::from_secs(5);
+
+/// Everything `serve` needs.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// The directory served.
+    pub root: std::path::PathBuf,
+    /// Address to bind (`127.0.0.1:0` picks a free port).
+    pub listen: String,
+    /// `host:port` peers should use; default: the bound address.
+    pub advertise: Option<String>,
+    /// This node's id; default: the one recorded for this root, else the host name.
+    pub node_id: Option<String>,
+    /// The registry's URL.
+    pub coordinator: String,
+    /// The join token.
+    pub join_token: Secret,
+    /// Extra CA for an HTTPS coordinator.
+    pub ca: Option<ExtraCa>,
+    /// `ReadFile` chunk size.
+    pub chunk_size: usize,
+    /// Cap on the bytes per second served to peers, all streams together.
+    pub max_rate: Option<u64>,
+}
+
+/// A started agent, as reported once ready (`--json` prints it).
+#[derive(Debug, Clone, Serialize)]
+pub struct Ready {
+    /// URL of the `NodeAgent` service.
+    pub endpoint: String,
+    /// The registered node id.
+    pub node_id: String,
+    /// The advertised `host:port`.
+    pub address: String,
+    /// The root served.
+    pub root: String,
+}
+
+/// What a stopped agent did.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServeReport {
+    /// `ReadFile` streams served.
+    pub reads: u64,
+    /// Bytes sent.
+    pub bytes_sent: u64,
+    /// Requests refused for unsafe names.
+    pub refused: u64,
+    /// Seconds it ran.
+    pub seconds: f64,
+}
+
+/// Why the agent could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// The root cannot be used.
+    #[error(transparent)]
+    Root(#[from] OpenRootError),
+    /// The listen address cannot be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The advertised address cannot be worked out.
+    #[error("{0}")]
+    Advertise(String),
+    /// Registration failed.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// The server failed.
+    #[error("the agent's server failed: {0}")]
+    Server(#[from] tonic::transport::Error),
+}
+
+/// The machine's host name (Linux), for default node ids.
+#[must_use]
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok().filter(|s| !s.is_empty()))
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+/// The node id recorded for `root` by the agent serving it, if any.
+#[must_use]
+pub fn recorded_node_id(root: &Path) -> Option<String> {
+    std::fs::read_to_string(root.join(depot_fs::STATE_DIR).join(NODE_ID_FILE))
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+}
+
+/// The node id `fetch` uses by default: the serving agent's for this root, else the host name.
+#[must_use]
+pub fn default_node_id(root: &Path) -> String {
+    recorded_node_id(root).unwrap_or_else(host_name)
+}
+
+/// The address peers should dial: `advertise` if given, else the bound address; an
+/// unspecified bind address (`0.0.0.0`) is replaced by the host name.
+fn advertised(bound: SocketAddr, advertise: Option<&str>) -> Result<String, NodeError> {
+    match advertise {
+        Some(a) if a.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()) => {
+            Ok(a.to_owned())
+        }
+        Some(a) => Err(NodeError::Advertise(format!("--advertise {a:?} is not HOST:PORT (e.g. 10.0.0.5:7070)"))),
+        None if bound.ip().is_unspecified() => Ok(format!("{}:{}", host_name(), bound.port())),
+        None => Ok(match bound.ip() {
+            IpAddr::V6(ip) => format!("[{ip}]:{}", bound.port()),
+            IpAddr::V4(ip) => format!("{ip}:{}", bound.port()),
+        }),
+    }
+}
+
+/// Runs the agent until `shutdown` resolves. `on_ready` is called once it is registered and
+/// serving.
+///
+/// # Errors
+/// [`NodeError`] when it cannot start (root, bind, registration) or the server fails.
+pub async fn serve(
+    options: ServeOptions,
+    on_ready: impl FnOnce(&Ready),
+    shutdown: impl Future<Output = ()>,
+) -> Result<ServeReport, NodeError> {
+    let started = Instant::now();
+    let root = Root::open(&options.root)?;
+    let node_id = options.node_id.clone().or_else(|| recorded_node_id(root.dir())).unwrap_or_else(host_name);
+    let listener = tokio::net::TcpListener::bind(&options.listen)
+        .await
+        .map_err(|source| NodeError::Bind { addr: options.listen.clone(), source })?;
+    let bound = listener.local_addr().map_err(|source| NodeError::Bind { addr: options.listen.clone(), source })?;
+    let address = advertised(bound, options.advertise.as_deref())?;
+
+    let coordinator = Coordinator::new(&options.coordinator, options.join_token.clone(), options.ca.as_ref())?;
+    let registration = coordinator.register_patiently(&node_id, &address, REGISTER_PATIENCE).await?;
+    let tokens = TokenSlot::default();
+    tokens.set(registration.peer_token.clone());
+    let recorded = std::fs::create_dir_all(root.state_dir())
+        .and_then(|()| std::fs::write(root.state_dir().join(NODE_ID_FILE), format!("{node_id}\n")));
+    if let Err(err) = recorded {
+        tracing::warn!(%err, "cannot record the node id under .depot/");
+    }
+
+    let service =
+        NodeAgentService::new(root.clone()).with_chunk_size(options.chunk_size).with_rate_limit(options.max_rate);
+    let stats: Arc<ServeStats> = service.stats();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let server = {
+        let mut stop_rx = stop_rx.clone();
+        let tokens = tokens.clone();
+        tokio::spawn(async move {
+            service::serve(listener, service, tokens, async move {
+                let _ = stop_rx.wait_for(|stop| *stop).await;
+            })
+            .await
+        })
+    };
+    let heartbeats = {
+        let mut stop_rx = stop_rx.clone();
+        tokio::spawn(heartbeat_loop(coordinator, node_id.clone(), address.clone(), tokens, registration, async move {
+            let _ = stop_rx.wait_for(|stop| *stop).await;
+        }))
+    };
+    let ready = Ready {
+        endpoint: format!("http://{address}"),
+        node_id: node_id.clone(),
+        address: address.clone(),
+        root: root.dir().display().to_string(),
+    };
+    tracing::info!(node_id, address, root = %root.dir().display(), "serving");
+    on_ready(&ready);
+
+    tokio::pin!(server);
+    let outcome = tokio::select! {
+        result = &mut server => Some(result),
+        () = shutdown => None,
+    };
+    let result = match outcome {
+        Some(result) => result,
+        None => {
+            tracing::info!("stopping: no new requests; in-flight transfers get {DRAIN_LIMIT:?}");
+            let _ = stop_tx.send(true);
+            match tokio::time::timeout(DRAIN_LIMIT, &mut server).await {
+                Ok(result) => result,
+                Err(_) => {
+                    tracing::warn!("in-flight transfers did not finish in time; stopping anyway");
+                    server.abort();
+                    Ok(Ok(()))
+                }
+            }
+        }
+    };
+    let _ = stop_tx.send(true);
+    let _ = heartbeats.await;
+    match result {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => return Err(err.into()),
+        Err(join) => tracing::error!(%join, "server task failed"),
+    }
+    Ok(ServeReport {
+        reads: stats.reads.load(Ordering::Relaxed),
+        bytes_sent: stats.bytes_sent.load(Ordering::Relaxed),
+        refused: stats.refused.load(Ordering::Relaxed),
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn advertises_something_dialable() {
+        let bound: SocketAddr = "127.0.0.1:7070".parse().unwrap();
+        assert_eq!(advertised(bound, None).unwrap(), "127.0.0.1:7070");
+        assert_eq!(advertised(bound, Some("node1:9")).unwrap(), "node1:9");
+        assert!(advertised(bound, Some("node1")).is_err());
+        let any: SocketAddr = "0.0.0.0:7070".parse().unwrap();
+        assert!(advertised(any, None).unwrap().ends_with(":7070"));
+        assert!(!advertised(any, None).unwrap().starts_with("0.0.0.0"));
+    }
+}

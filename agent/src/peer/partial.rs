@@ -1,0 +1,214 @@
+//! A file being received: a temp file in the root's `.depot/tmp/`, how many bytes it holds,
+//! and the running SHA-256 of those bytes.
+//!
+//! Hashing and writing run on a blocking thread fed through a short queue, so they overlap
+//! with receiving the next chunks instead of alternating with it (on a loopback transfer the
+//! hash is the slowest stage; alternating would add the network time on top of it).
+
+use std::collections::BTreeSet;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::Path;
+
+use depot_fs::{CommitError, Root, TempFile};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::digest::Sha256Digest;
+
+/// Chunks queued for the writer thread: enough to keep it busy while the next chunk arrives,
+/// few enough that a slow disk holds back the network (and memory) quickly.
+const QUEUE_CHUNKS: usize = 3;
+
+/// The temp file and the hash of what it holds, owned by whoever is writing.
+#[derive(Debug)]
+struct Sink {
+    tmp: TempFile,
+    hasher: Sha256,
+}
+
+/// Where the sink is: here, or with the writer thread.
+#[derive(Debug, Default)]
+enum State {
+    /// Nothing received yet: no temp file (files that are never fetched cost nothing).
+    #[default]
+    Empty,
+    /// Idle: the sink is here.
+    Idle(Sink),
+    /// The writer thread has the sink and takes chunks from `tx`.
+    Writing { tx: mpsc::Sender<Vec<u8>>, writer: JoinHandle<(Sink, io::Result<()>)> },
+}
+
+/// The received-so-far bytes of one file. Dropping it deletes the temp file (once the writer
+/// thread, if running, has seen its queue close).
+///
+/// Bytes from several holders may be spliced (a transfer that breaks off continues from the
+/// same offset on the next holder); [`Partial::contributors`] says whose bytes are in it, so a
+/// checksum failure can be blamed on a single holder only when it is certain.
+#[derive(Debug, Default)]
+pub struct Partial {
+    state: State,
+    /// Bytes handed to the writer (all of them written unless it reports an error).
+    len: u64,
+    contributors: BTreeSet<String>,
+}
+
+impl Partial {
+    /// An empty partial file.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Continues from the first `len` bytes of an existing temp file (e.g. one a checkpoint
+    /// recorded before an interruption): those bytes are re-hashed, anything after them is cut.
+    /// Blocking: call it from `spawn_blocking`.
+    ///
+    /// # Errors
+    /// The I/O error reading the file, or `UnexpectedEof` when it holds fewer than `len` bytes.
+    pub fn resume(tmp: TempFile, len: u64) -> io::Result<Self> {
+        let mut file = tmp.file();
+        file.seek(SeekFrom::Start(0))?;
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut read = 0u64;
+        let mut reader = file.take(len);
+        loop {
+            let n = reader.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            read += n as u64;
+        }
+        if read != len {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("the partial file holds {read} bytes, not {len}"),
+            ));
+        }
+        tmp.file().set_len(len)?;
+        let mut file = tmp.file();
+        file.seek(SeekFrom::Start(len))?;
+        Ok(Self { state: State::Idle(Sink { tmp, hasher }), len, contributors: BTreeSet::new() })
+    }
+
+    /// Bytes received so far: the offset the next `ReadFile` starts from.
+    #[must_use]
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether nothing has been received.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The peers whose bytes are in the file.
+    #[must_use]
+    pub fn contributors(&self) -> &BTreeSet<String> {
+        &self.contributors
+    }
+
+    /// Queues `data` received from `node_id` for hashing and writing.
+    ///
+    /// # Errors
+    /// A local I/O error (disk full, ...) from this or an earlier chunk.
+    pub(crate) async fn append(&mut self, root: &Root, node_id: &str, data: Vec<u8>) -> io::Result<()> {
+        if !self.contributors.contains(node_id) {
+            self.contributors.insert(node_id.to_owned());
+        }
+        let n = data.len() as u64;
+        loop {
+            match std::mem::take(&mut self.state) {
+                State::Empty => {
+                    let root = root.clone();
+                    let tmp =
+                        tokio::task::spawn_blocking(move || root.temp_file()).await.map_err(io::Error::other)??;
+                    self.state = State::Idle(Sink { tmp, hasher: Sha256::new() });
+                }
+                State::Idle(sink) => {
+                    let (tx, rx) = mpsc::channel(QUEUE_CHUNKS);
+                    let writer = tokio::task::spawn_blocking(move || write_queue(sink, rx));
+                    self.state = State::Writing { tx, writer };
+                }
+                State::Writing { tx, writer } => {
+                    if tx.send(data).await.is_ok() {
+                        self.state = State::Writing { tx, writer };
+                        self.len += n;
+                        return Ok(());
+                    }
+                    // The writer stopped on an error: collect it.
+                    self.state = State::Writing { tx, writer };
+                    self.settle().await?;
+                    return Err(io::Error::other("the writer stopped"));
+                }
+            }
+        }
+    }
+
+    /// Waits for the writer thread to finish the queued chunks and takes the sink back.
+    async fn settle(&mut self) -> io::Result<()> {
+        match std::mem::take(&mut self.state) {
+            State::Writing { tx, writer } => {
+                drop(tx);
+                let (sink, result) = writer.await.map_err(io::Error::other)?;
+                self.state = State::Idle(sink);
+                result
+            }
+            other => {
+                self.state = other;
+                Ok(())
+            }
+        }
+    }
+
+    /// Waits for everything queued to be written and returns the digest of all bytes
+    /// received. Call once, at the end.
+    ///
+    /// # Errors
+    /// A local I/O error from writing.
+    pub(crate) async fn finish_digest(&mut self) -> io::Result<Sha256Digest> {
+        self.settle().await?;
+        Ok(match &mut self.state {
+            State::Idle(sink) => std::mem::take(&mut sink.hasher).finalize().into(),
+            _ => Sha256::new().finalize().into(),
+        })
+    }
+
+    /// Stops the writer and deletes the temp file, before returning.
+    pub(crate) async fn discard(mut self) {
+        let _ = self.settle().await;
+        if let State::Idle(sink) = std::mem::take(&mut self.state) {
+            let _ = tokio::task::spawn_blocking(move || drop(sink)).await;
+        }
+    }
+
+    /// Makes the file durable and renames it to `dest` (creating parents). A zero-byte file
+    /// that never received a chunk is created empty. Call after [`Partial::finish_digest`].
+    ///
+    /// # Errors
+    /// [`CommitError`]; the temp file is gone either way.
+    pub(crate) async fn commit(mut self, root: &Root, dest: &Path) -> Result<(), CommitError> {
+        let io_err = |source: io::Error| CommitError::Io { path: root.tmp_dir(), source };
+        self.settle().await.map_err(io_err)?;
+        let tmp = match std::mem::take(&mut self.state) {
+            State::Idle(sink) => sink.tmp,
+            _ => root.temp_file().map_err(io_err)?,
+        };
+        let dest = dest.to_path_buf();
+        tokio::task::spawn_blocking(move || tmp.commit(&dest)).await.map_err(|err| io_err(io::Error::other(err)))?
+    }
+}
+
+/// The writer thread: hashes and writes queued chunks until the queue closes or a write fails.
+fn write_queue(mut sink: Sink, mut rx: mpsc::Receiver<Vec<u8>>) -> (Sink, io::Result<()>) {
+    while let Some(data) = rx.blocking_recv() {
+        sink.hasher.update(&data);
+        if let Err(err) = sink.tmp.write_all(&data) {
+            return (sink, Err(err));
+        }
+    }
+    (sink, Ok(()))
+}

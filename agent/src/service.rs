@@ -1,0 +1,374 @@
+//! The `NodeAgent` gRPC service: a node's backup directory, readable by its peers.
+//!
+//! Every name a peer sends goes through [`depot_fs::Root::resolve`], so `..`, absolute paths,
+//! symlinks leading out of the root and Depot's own `.depot/` directory are refused before the
+//! file system is touched. Files are streamed from an offset (so an interrupted transfer can
+//! resume) by a blocking reader thread that stays at most a few chunks ahead of the network, so
+//! a slow peer costs a few MiB of memory, not the file's size.
+
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use depot_fs::{NameRule, Root, UnsafeName};
+use depot_proto::agent::node_agent_server::{NodeAgent, NodeAgentServer};
+use depot_proto::agent::{
+    FileChunk, FileExistsRequest, FileExistsResponse, ReadFileRequest, StatRequest, StatResponse,
+};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::{Request, Response, Status};
+
+use crate::auth::{RequireToken, TokenSlot};
+use crate::digest::DigestCache;
+
+/// Default size of one `ReadFile` chunk. Measured on loopback (see `scripts/bench-agent.sh`):
+/// 1 MiB chunks keep per-message overhead (framing, syscalls, task wake-ups) well under the cost
+/// of the bytes themselves, while two chunks in flight stay far inside the memory budget.
+pub const DEFAULT_CHUNK_SIZE: usize = 1024 * 1024;
+
+/// Chunks the reader thread may read ahead of the network.
+const READ_AHEAD_CHUNKS: usize = 2;
+
+/// Files hashed at once by `Stat`: hashing is disk- and CPU-bound, so more would only thrash.
+const HASHING_PERMITS: usize = 2;
+
+/// HTTP/2 flow-control windows. The defaults (64 KiB) cap a single stream far below loopback
+/// speed; 4 MiB per stream and 16 MiB per connection keep a 1 GiB transfer streaming while
+/// bounding what a slow receiver can make this agent buffer.
+pub(crate) const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+pub(crate) const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+/// Largest HTTP/2 frame we accept; peers send 1 MiB chunks in few frames.
+pub(crate) const MAX_FRAME: u32 = 1024 * 1024;
+
+/// Why a request on a path was refused or failed. The `Display` text is what the caller reads.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServiceError {
+    /// The name breaks a rule of [`depot_fs::validate`] or leads out of the root.
+    #[error(transparent)]
+    UnsafeName(#[from] UnsafeName),
+    /// Nothing by that name on this node.
+    #[error("{name:?} does not exist on this node")]
+    NotFound {
+        /// The name asked for.
+        name: String,
+    },
+    /// The name is a directory or another non-file.
+    #[error("{name:?} is not a regular file on this node")]
+    NotAFile {
+        /// The name asked for.
+        name: String,
+    },
+    /// `ReadFile` asked to start past the end of the file.
+    #[error("offset {offset} is past the end of {name:?}, which is {size} bytes long")]
+    OffsetPastEnd {
+        /// The name asked for.
+        name: String,
+        /// The offset asked for.
+        offset: u64,
+        /// The file's size.
+        size: u64,
+    },
+    /// A local I/O error.
+    #[error("cannot read {name:?} on this node: {source}")]
+    Io {
+        /// The name asked for.
+        name: String,
+        /// The underlying error.
+        source: io::Error,
+    },
+}
+
+impl From<ServiceError> for Status {
+    fn from(err: ServiceError) -> Self {
+        let message = err.to_string();
+        match err {
+            ServiceError::UnsafeName(UnsafeName { rule: NameRule::EscapesRoot, .. }) => {
+                Status::permission_denied(message)
+            }
+            ServiceError::UnsafeName(_) => Status::invalid_argument(message),
+            ServiceError::NotFound { .. } => Status::not_found(message),
+            ServiceError::NotAFile { .. } => Status::failed_precondition(message),
+            ServiceError::OffsetPastEnd { .. } => Status::out_of_range(message),
+            ServiceError::Io { .. } => Status::internal(message),
+        }
+    }
+}
+
+/// Counters for the summary `serve` prints when it stops.
+#[derive(Debug, Default)]
+pub struct ServeStats {
+    /// `ReadFile` streams started.
+    pub reads: AtomicU64,
+    /// Bytes handed to the network by `ReadFile`.
+    pub bytes_sent: AtomicU64,
+    /// Requests refused for an unsafe name.
+    pub refused: AtomicU64,
+}
+
+/// A cap on the bytes per second all `ReadFile` streams of an agent send together, so a
+/// node serving its peers keeps disk and network for its own work (and tests can make a
+/// transfer last long enough to interrupt it).
+#[derive(Debug)]
+pub struct RateLimit {
+    bytes_per_second: f64,
+    /// When the next byte may go out: every chunk reserves its share of time after it.
+    next: std::sync::Mutex<Instant>,
+}
+
+impl RateLimit {
+    /// At most `bytes_per_second` (at least 1).
+    #[must_use]
+    pub fn new(bytes_per_second: u64) -> Self {
+        Self { bytes_per_second: bytes_per_second.max(1) as f64, next: std::sync::Mutex::new(Instant::now()) }
+    }
+
+    /// Blocks until `bytes` more may be sent. Called from the reader threads.
+    fn wait(&self, bytes: usize) {
+        let wait = {
+            let mut next = self.next.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let now = Instant::now();
+            let start = (*next).max(now);
+            *next = start + Duration::from_secs_f64(bytes as f64 / self.bytes_per_second);
+            start - now
+        };
+        if !wait.is_zero() {
+            std::thread::sleep(wait);
+        }
+    }
+}
+
+/// The `NodeAgent` implementation over one root directory. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct NodeAgentService {
+    root: Root,
+    /// Optional cap on the bytes per second sent by all streams together.
+    rate: Option<Arc<RateLimit>>,
+    /// Digests for `Stat`, so `verify` costs one hash per file version, not one per call.
+    digests: Arc<DigestCache>,
+    /// Bounds concurrent hashing (see [`HASHING_PERMITS`]).
+    hashing: Arc<Semaphore>,
+    chunk_size: usize,
+    stats: Arc<ServeStats>,
+}
+
+impl NodeAgentService {
+    /// Serves files under `root`.
+    #[must_use]
+    pub fn new(root: Root) -> Self {
+        Self {
+            root,
+            rate: None,
+            digests: Arc::default(),
+            hashing: Arc::new(Semaphore::new(HASHING_PERMITS)),
+            chunk_size: DEFAULT_CHUNK_SIZE,
+            stats: Arc::default(),
+        }
+    }
+
+    /// Sets the `ReadFile` chunk size (clamped to 4 KiB..=4 MiB, under gRPC's message limit).
+    #[must_use]
+    pub fn with_chunk_size(mut self, bytes: usize) -> Self {
+        self.chunk_size = bytes.clamp(4096, 4 * 1024 * 1024);
+        self
+    }
+
+    /// Caps the bytes per second all `ReadFile` streams send together.
+    #[must_use]
+    pub fn with_rate_limit(mut self, bytes_per_second: Option<u64>) -> Self {
+        self.rate = bytes_per_second.map(|r| Arc::new(RateLimit::new(r)));
+        self
+    }
+
+    /// The counters this service updates.
+    #[must_use]
+    pub fn stats(&self) -> Arc<ServeStats> {
+        self.stats.clone()
+    }
+
+    /// Resolves a peer-supplied name, counting refusals.
+    fn resolve(&self, name: &str) -> Result<PathBuf, ServiceError> {
+        self.root.resolve(name).map_err(|err| {
+            self.stats.refused.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%err, "refused a request");
+            ServiceError::from(err)
+        })
+    }
+
+    /// The size of the regular file at `path`, `None` when there is none.
+    async fn file_size(name: &str, path: PathBuf) -> Result<Option<u64>, ServiceError> {
+        match tokio::fs::metadata(&path).await {
+            Ok(meta) if meta.is_file() => Ok(Some(meta.len())),
+            Ok(_) => Ok(None),
+            Err(err) if matches!(err.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => Ok(None),
+            Err(source) => Err(ServiceError::Io { name: name.to_owned(), source }),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl NodeAgent for NodeAgentService {
+    #[tracing::instrument(skip_all, fields(path = %request.get_ref().path))]
+    async fn file_exists(&self, request: Request<FileExistsRequest>) -> Result<Response<FileExistsResponse>, Status> {
+        let name = request.into_inner().path;
+        let path = self.resolve(&name)?;
+        let size = Self::file_size(&name, path).await?;
+        Ok(Response::new(FileExistsResponse { exists: size.is_some(), size: size.unwrap_or(0) }))
+    }
+
+    type ReadFileStream = ReceiverStream<Result<FileChunk, Status>>;
+
+    #[tracing::instrument(skip_all, fields(path = %request.get_ref().path, offset = request.get_ref().offset))]
+    async fn read_file(&self, request: Request<ReadFileRequest>) -> Result<Response<Self::ReadFileStream>, Status> {
+        let ReadFileRequest { path: name, offset } = request.into_inner();
+        let path = self.resolve(&name)?;
+        let opened = {
+            let name = name.clone();
+            tokio::task::spawn_blocking(move || open_at(&name, &path, offset))
+                .await
+                .map_err(|err| Status::internal(format!("reader task failed: {err}")))??
+        };
+        self.stats.reads.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(READ_AHEAD_CHUNKS);
+        let chunk_size = self.chunk_size;
+        let stats = self.stats.clone();
+        let rate = self.rate.clone();
+        tokio::task::spawn_blocking(move || stream_file(opened, &name, chunk_size, rate.as_deref(), &tx, &stats));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    #[tracing::instrument(skip_all, fields(path = %request.get_ref().path))]
+    async fn stat(&self, request: Request<StatRequest>) -> Result<Response<StatResponse>, Status> {
+        let name = request.into_inner().path;
+        let path = self.resolve(&name)?;
+        if Self::file_size(&name, path.clone()).await?.is_none() {
+            return Ok(Response::new(StatResponse::default()));
+        }
+        let _permit = self.hashing.acquire().await.map_err(|_| Status::unavailable("the agent is shutting down"))?;
+        let digests = self.digests.clone();
+        let hashed = tokio::task::spawn_blocking(move || digests.digest(&path))
+            .await
+            .map_err(|err| Status::internal(format!("hashing task failed: {err}")))?;
+        match hashed {
+            Ok((size, sha256)) => Ok(Response::new(StatResponse { exists: true, size, sha256: sha256.to_vec() })),
+            // Deleted between the two looks: it does not exist now.
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(Response::new(StatResponse::default())),
+            Err(source) => Err(ServiceError::Io { name, source }.into()),
+        }
+    }
+}
+
+/// A file opened for `ReadFile`, positioned at the requested offset.
+struct Opened {
+    file: File,
+    remaining: u64,
+}
+
+fn open_at(name: &str, path: &std::path::Path, offset: u64) -> Result<Opened, ServiceError> {
+    let io_err = |source: io::Error| match source.kind() {
+        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory => ServiceError::NotFound { name: name.to_owned() },
+        _ => ServiceError::Io { name: name.to_owned(), source },
+    };
+    let mut file = File::open(path).map_err(io_err)?;
+    let meta = file.metadata().map_err(io_err)?;
+    if !meta.is_file() {
+        return Err(ServiceError::NotAFile { name: name.to_owned() });
+    }
+    let size = meta.len();
+    if offset > size {
+        return Err(ServiceError::OffsetPastEnd { name: name.to_owned(), offset, size });
+    }
+    file.seek(SeekFrom::Start(offset)).map_err(io_err)?;
+    Ok(Opened { file, remaining: size - offset })
+}
+
+/// Reads `opened` to the size it had when opened, chunk by chunk, into `tx`. Stops early when
+/// the caller goes away (the receiver is dropped).
+fn stream_file(
+    mut opened: Opened,
+    name: &str,
+    chunk_size: usize,
+    rate: Option<&RateLimit>,
+    tx: &mpsc::Sender<Result<FileChunk, Status>>,
+    stats: &ServeStats,
+) {
+    while opened.remaining > 0 {
+        let want = usize::try_from(opened.remaining).map_or(chunk_size, |r| r.min(chunk_size));
+        let mut data = vec![0u8; want];
+        let mut filled = 0;
+        while filled < want {
+            match opened.file.read(&mut data[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(source) => {
+                    let err = ServiceError::Io { name: name.to_owned(), source };
+                    let _ = tx.blocking_send(Err(err.into()));
+                    return;
+                }
+            }
+        }
+        if filled == 0 {
+            // Truncated while being read: the receiver sees a short file and rejects it.
+            tracing::warn!(name, "file shrank while being read");
+            return;
+        }
+        data.truncate(filled);
+        opened.remaining -= filled as u64;
+        if let Some(rate) = rate {
+            rate.wait(filled);
+        }
+        if tx.blocking_send(Ok(FileChunk { data })).is_err() {
+            return;
+        }
+        stats.bytes_sent.fetch_add(filled as u64, Ordering::Relaxed);
+    }
+}
+
+/// Serves `service` on `listener`, every call checked against `tokens`, until `shutdown`
+/// completes; then stops accepting and waits for in-flight calls.
+///
+/// # Errors
+/// The transport error that stopped the server.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    service: NodeAgentService,
+    tokens: TokenSlot,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let svc = NodeAgentServer::with_interceptor(service, RequireToken(tokens));
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .add_service(svc)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+}
+
+/// Binds `addr` and serves on it in a background task: for tests and embedders. Returns the
+/// bound address.
+///
+/// # Errors
+/// The I/O error binding.
+pub async fn spawn(
+    addr: SocketAddr,
+    service: NodeAgentService,
+    tokens: TokenSlot,
+) -> io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let handle = tokio::spawn(async move {
+        if let Err(err) = serve(listener, service, tokens, std::future::pending()).await {
+            tracing::error!(%err, "agent server stopped");
+        }
+    });
+    Ok((local, handle))
+}

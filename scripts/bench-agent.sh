@@ -1,0 +1,177 @@
+#!/usr/bin/env bash
+# Agent benchmarks (issue 3), release build, everything on loopback in one run. Prints
+# `name=value` lines:
+#   raw_tcp_*       a raw loopback TCP copy of the same 1 GiB file (python3 sockets, separate
+#                   sender and receiver processes, 1 MiB reads/writes): the yardstick.
+#   readfile_*      ReadFile of the 1 GiB file from one agent (the protocol alone: bytes
+#                   discarded, as raw_tcp_devnull); readfile_vs_raw_ratio is the issue's target
+#                   (>= 0.8).
+#   fetch_1gib_*    `depot-agent fetch` of the file (sha256 verified, written, fsynced), against
+#                   raw_tcp_copy (written and fsynced too).
+#   fetch_2000_*    `depot-agent fetch` of 2,000 files of 1 MiB spread over 3 peers.
+#   rss_*_kib       peak RSS (VmHWM) of the serving agents and of the fetching agents (<= 64 MiB).
+# Each timing is the best of $RUNS runs (default $ROUNDS, as scripts/bench.sh, else 3), which
+# calls this script at its end. Files live under $BENCH_DIR (default
+# /dev/shm when it has room, so the disk's fsync speed does not hide the transfer's; set
+# BENCH_DIR to a disk directory to include it). Needs ~7 GiB there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+RUNS="${RUNS:-${ROUNDS:-3}}"
+if [[ -z "${BENCH_DIR:-}" ]]; then
+    if [[ -w /dev/shm ]] && (( $(df -Pk /dev/shm | awk 'NR==2 {print $4}') > 8 * 1024 * 1024 )); then
+        BENCH_DIR=/dev/shm
+    else
+        BENCH_DIR="${TMPDIR:-/tmp}"
+    fi
+fi
+command -v python3 >/dev/null || { echo "bench-agent.sh needs python3 (raw TCP baseline, data generation)" >&2; exit 2; }
+
+echo "# building release binaries" >&2
+cargo build --release -q -p depot-server -p depot-agent --example readfile
+target="${CARGO_TARGET_DIR:-target}/release"
+DEPOT="$target/depot"
+AGENT="$target/depot-agent"
+READFILE="$target/examples/readfile"
+
+work="$(mktemp -d "$BENCH_DIR/depot-bench-XXXXXX")"
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+mkdir -p "$work"/{archive,logs,big,fetch1,n1,n2,n3,fetch2000}
+field() { sed -n "s/.*\"$1\":\"\([^\"]*\)\".*/\1/p" "$2"; }
+wait_line() { for _ in $(seq 200); do [[ -s "$1" ]] && return 0; sleep 0.05; done; echo "no output in $1" >&2; exit 2; }
+hwm_kib() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
+best() { sort -g | head -1; }
+
+cat >"$work/tool.py" <<'EOF'
+import hashlib, json, os, socket, sys, time
+BUF = 1 << 20
+cmd = sys.argv[1]
+if cmd == "gen-big":            # gen-big PATH SIZE MANIFEST
+    path, size, manifest = sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    h = hashlib.sha256(); block = os.urandom(BUF)
+    with open(path, "wb") as f:
+        for i in range(size // BUF):
+            chunk = i.to_bytes(8, "little") + block[8:]
+            f.write(chunk); h.update(chunk)
+    with open(manifest, "w") as m:
+        m.write(json.dumps({"name": os.path.basename(path), "size": size, "sha256": h.hexdigest()}) + "\n")
+elif cmd == "gen-many":         # gen-many COUNT SIZE MANIFEST DIR...
+    count, size, manifest, dirs = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5:]
+    block = os.urandom(size)
+    with open(manifest, "w") as m:
+        for i in range(count):
+            name = f"{i % 50}/{i}_{i * 7919}_default.sst"
+            data = i.to_bytes(8, "little") + block[8:]
+            d = os.path.join(dirs[i % len(dirs)], os.path.dirname(name)); os.makedirs(d, exist_ok=True)
+            with open(os.path.join(dirs[i % len(dirs)], name), "wb") as f: f.write(data)
+            m.write(json.dumps({"name": name, "size": size, "sha256": hashlib.sha256(data).hexdigest()}) + "\n")
+elif cmd == "send":             # send FILE PORTFILE: serve FILE to one connection
+    srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(1)
+    with open(sys.argv[3] + ".tmp", "w") as f: f.write(str(srv.getsockname()[1]))
+    os.rename(sys.argv[3] + ".tmp", sys.argv[3])
+    conn, _ = srv.accept(); buf = bytearray(BUF); mv = memoryview(buf)
+    with open(sys.argv[2], "rb", buffering=0) as f:
+        while (n := f.readinto(buf)):
+            conn.sendall(mv[:n])
+    conn.close()
+elif cmd == "recv":             # recv PORT OUT: prints seconds (OUT fsynced unless /dev/null)
+    s = socket.create_connection(("127.0.0.1", int(sys.argv[2]))); buf = bytearray(BUF); mv = memoryview(buf)
+    t0 = time.monotonic()
+    with open(sys.argv[3], "wb", buffering=0) as out:
+        while (n := s.recv_into(mv)):
+            out.write(mv[:n])
+        if sys.argv[3] != "/dev/null":
+            os.fsync(out.fileno())
+    print(f"{time.monotonic() - t0:.6f}")
+elif cmd == "json":             # json FIELD < JSON
+    print(json.load(sys.stdin)[sys.argv[2]])
+EOF
+tool() { python3 "$work/tool.py" "$@"; }
+
+raw_copy() { # raw_copy OUT -> seconds
+    rm -f "$work/port"
+    tool send "$work/big/big.bin" "$work/port" & local sender=$!
+    for _ in $(seq 200); do [[ -s "$work/port" ]] && break; sleep 0.02; done
+    tool recv "$(cat "$work/port")" "$1"
+    wait "$sender"
+}
+
+# A fetch, recording the peak RSS of the fetching process (VmHWM, polled until it exits) in
+# $work/fetch.peak (a file: fetch_json runs in command substitutions).
+echo 0 >"$work/fetch.peak"
+fetch_json() { # fetch_json ROOT NODE MANIFEST -> the JSON summary
+    "$AGENT" fetch --root "$1" --node-id "$2" --meta "$3" --json --log-file "$work/logs/fetch.log" >"$work/fetch.json" &
+    local pid=$! peak=0 now
+    while kill -0 "$pid" 2>/dev/null; do
+        now=$(hwm_kib "$pid" 2>/dev/null || echo 0); (( now > peak )) && peak=$now
+        sleep 0.02
+    done
+    wait "$pid" || { echo "fetch failed: $(cat "$work/fetch.json")" >&2; exit 2; }
+    (( peak > $(cat "$work/fetch.peak") )) && echo "$peak" >"$work/fetch.peak"
+    cat "$work/fetch.json"
+}
+
+echo "# generating data under $work" >&2
+tool gen-big "$work/big/big.bin" $((1 << 30)) "$work/big.jsonl"
+tool gen-many 2000 $((1 << 20)) "$work/many.jsonl" "$work/n1" "$work/n2" "$work/n3"
+
+"$DEPOT" serve "$work/archive" --listen 127.0.0.1:0 --json --log-file "$work/logs/depot.log" >"$work/depot.json" 2>/dev/null &
+pids+=($!)
+wait_line "$work/depot.json"
+export DEPOT_COORDINATOR="$(field registry "$work/depot.json")"
+export DEPOT_JOIN_TOKEN="$(field join_token "$work/depot.json")"
+
+start_agent() { # start_agent ID ROOT -> pid in last_pid
+    "$AGENT" serve --root "$2" --listen 127.0.0.1:0 --node-id "$1" --json --log-file "$work/logs/$1.log" >"$work/$1.json" &
+    last_pid=$!
+    pids+=("$last_pid")
+    wait_line "$work/$1.json"
+}
+start_agent big "$work/big"; big_pid=$last_pid
+
+echo "# 1 GiB: raw TCP vs ReadFile vs fetch ($RUNS runs each)" >&2
+raw_null=$(for _ in $(seq "$RUNS"); do raw_copy /dev/null; done | best)
+readfile=$(for _ in $(seq "$RUNS"); do "$READFILE" "$DEPOT_COORDINATOR" "$DEPOT_JOIN_TOKEN" big big.bin | awk '{print $2}'; done | best)
+raw_file=$(for _ in $(seq "$RUNS"); do raw_copy "$work/fetch1/raw.bin"; rm -f "$work/fetch1/raw.bin"; done | best)
+fetch1=$(for _ in $(seq "$RUNS"); do
+    rm -f "$work/fetch1/big.bin"
+    fetch_json "$work/fetch1" me "$work/big.jsonl" | tool json transfer_seconds
+done | best)
+gib=$((1 << 30))
+awk -v raw="$raw_null" -v rf="$readfile" -v rawf="$raw_file" -v f="$fetch1" -v g="$gib" 'BEGIN {
+    printf "raw_tcp_devnull_seconds=%.3f\nraw_tcp_devnull_gib_per_s=%.2f\n", raw, g / raw / 2^30
+    printf "readfile_1gib_seconds=%.3f\nreadfile_gib_per_s=%.2f\n", rf, g / rf / 2^30
+    printf "readfile_vs_raw_ratio=%.2f\n", raw / rf
+    printf "raw_tcp_copy_seconds=%.3f\nraw_tcp_copy_gib_per_s=%.2f\n", rawf, g / rawf / 2^30
+    printf "fetch_1gib_seconds=%.3f\nfetch_1gib_gib_per_s=%.2f\n", f, g / f / 2^30
+    printf "fetch_vs_raw_copy_ratio=%.2f\n", rawf / f
+}'
+
+echo "# 2,000 x 1 MiB over 3 peers ($RUNS runs)" >&2
+start_agent n1 "$work/n1"; n1_pid=$last_pid
+start_agent n2 "$work/n2"; n2_pid=$last_pid
+start_agent n3 "$work/n3"; n3_pid=$last_pid
+many=$(for _ in $(seq "$RUNS"); do
+    rm -rf "$work/fetch2000"; mkdir -p "$work/fetch2000"
+    fetch_json "$work/fetch2000" me "$work/many.jsonl" >"$work/many.json"
+    [[ "$(tool json files_fetched <"$work/many.json")" == 2000 ]] || { echo "fetch of 2000 files incomplete" >&2; exit 2; }
+    tool json transfer_seconds <"$work/many.json"
+done | best)
+awk -v s="$many" 'BEGIN {
+    printf "fetch_2000x1mib_seconds=%.3f\nfetch_2000x1mib_files_per_s=%.0f\nfetch_2000x1mib_mb_per_s=%.1f\n", s, 2000 / s, 2000 * 1048576 / s / 1e6
+}'
+
+serve_peak=0
+for pid in "$big_pid" "$n1_pid" "$n2_pid" "$n3_pid"; do
+    now=$(hwm_kib "$pid"); (( now > serve_peak )) && serve_peak=$now
+done
+echo "rss_serving_agent_kib=$serve_peak"
+echo "rss_fetching_agent_kib=$(cat "$work/fetch.peak")"
+echo "bench_dir=$BENCH_DIR"
+echo "cpus=$(nproc)"
