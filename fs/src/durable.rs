@@ -86,13 +86,22 @@ impl TempFile {
         let parent =
             dest.parent().ok_or_else(|| CommitError::Conflict { path: dest.to_path_buf(), what: "not a file path" })?;
         // Retried a few times: a concurrent delete may prune a parent directory (left empty)
-        // between its creation and the rename, and an empty directory at `dest` gives way.
-        for _ in 0..5 {
-            create_dirs_durably(parent)?;
+        // while it is being created or before the rename, and an empty directory at `dest`
+        // gives way.
+        for _ in 0..10 {
+            match create_dirs_durably(parent) {
+                Err(CommitError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => continue,
+                result => result?,
+            }
             let err = match std::fs::rename(&self.path, dest) {
                 Ok(()) => {
                     self.committed = true;
-                    return sync_dir(parent).map_err(CommitError::io(parent));
+                    return match sync_dir(parent) {
+                        // The new file was deleted (and its directory pruned) by a concurrent
+                        // delete of the same name: the write itself happened.
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                        result => result.map_err(CommitError::io(parent)),
+                    };
                 }
                 Err(err) => err,
             };
@@ -243,6 +252,30 @@ mod tests {
         assert!(matches!(err, CommitError::Conflict { .. }), "{err}");
         assert_eq!(std::fs::read(root.dir().join("d/e/f")).unwrap(), b"x");
         assert_eq!(std::fs::read_dir(root.tmp_dir()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn commits_survive_concurrent_deletes_pruning_their_directories() {
+        let (_dir, root) = root();
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let root = root.clone();
+                std::thread::spawn(move || {
+                    for i in 0..200 {
+                        let dest = root.dir().join(format!("race/d{}/e/k{t}-{i}", i % 2));
+                        let mut tmp = root.temp_file().unwrap();
+                        tmp.write_all(b"x").unwrap();
+                        tmp.commit(&dest).unwrap_or_else(|e| panic!("commit {}: {e}", dest.display()));
+                        std::fs::remove_file(&dest).unwrap();
+                        root.prune_empty_dirs(dest.parent().unwrap());
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().expect("no commit failed");
+        }
+        assert!(!root.dir().join("race").exists());
     }
 
     #[test]
