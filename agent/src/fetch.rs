@@ -7,7 +7,9 @@
 //!    failed (for another reason), with bytes, per-peer counts and throughput.
 //!
 //! Each file verified and in place is reported to a [`Recorder`] — the hook checkpoints use to
-//! make a long fetch resumable.
+//! make a long fetch resumable. With a [`Checkpoint`] of an earlier run (`resume`), files it
+//! recorded are trusted while their size and mtime match (no hashing), and transfers continue
+//! from the bytes an interrupted run left.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -17,9 +19,10 @@ use depot_fs::Root;
 use futures::StreamExt;
 use serde::Serialize;
 
+use crate::checkpoint::{self, Checkpoint, Recorded};
 use crate::digest::Sha256Digest;
 use crate::manifest::{FileEntry, Manifest};
-use crate::peer::{Origin, PeerReader, Progress};
+use crate::peer::{Origin, Partial, PeerReader, Progress};
 use crate::registry::RegistryError;
 
 /// A file verified and installed, as told to a [`Recorder`].
@@ -64,6 +67,9 @@ pub struct FetchJob {
     pub recorder: Arc<dyn Recorder>,
     /// Shows progress (hashing and transfer).
     pub progress: Arc<dyn JobProgress>,
+    /// An earlier run's checkpoint to resume from: its recorded files are trusted without
+    /// hashing, and its partial transfers continue.
+    pub resume: Option<Arc<Checkpoint>>,
 }
 
 /// A progress display for the two phases of a fetch.
@@ -136,8 +142,10 @@ pub struct FetchSummary {
     pub manifest: String,
     /// Files the job had to make present (the manifest's, or the `--files-from` subset).
     pub files_needed: usize,
-    /// Files already present and correct.
+    /// Files already present and correct (hashed, or trusted from a checkpoint).
     pub files_present: usize,
+    /// Of those, files trusted from the checkpoint of an interrupted run without re-hashing.
+    pub files_resumed: usize,
     /// Files fetched from peers.
     pub files_fetched: usize,
     /// Fetched files that replaced a local file with wrong content.
@@ -156,6 +164,8 @@ pub struct FetchSummary {
     pub bytes_fetched: u64,
     /// Bytes received over the network (more than `bytes_fetched` when transfers restarted).
     pub bytes_received: u64,
+    /// Bytes of partial transfers an interrupted run left, not transferred again.
+    pub bytes_resumed: u64,
     /// Node id -> files fetched from it.
     pub per_peer: BTreeMap<String, u64>,
     /// Node id -> files and bytes fetched from it.
@@ -164,6 +174,23 @@ pub struct FetchSummary {
     pub seconds: f64,
     /// Wall time of the transfer phase.
     pub transfer_seconds: f64,
+    /// What became of the checkpoint (absent with `--no-checkpoint`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<CheckpointReport>,
+}
+
+/// The checkpoint's part of a [`FetchSummary`].
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CheckpointReport {
+    /// Where it lives.
+    pub location: String,
+    /// Damaged records that were skipped (their files were checked again).
+    pub skipped_records: Vec<String>,
+    /// Whether it was removed (after success).
+    pub removed: bool,
+    /// Why removing or writing it failed, if it did: a leftover checkpoint makes the next run
+    /// with this task resume from it.
+    pub error: Option<String>,
 }
 
 impl FetchSummary {
@@ -195,8 +222,10 @@ impl FetchJob {
         let checks = futures::stream::iter(files.iter().cloned())
             .map(|entry| {
                 let root = self.root.clone();
+                let recorded = self.resume.as_ref().and_then(|c| c.trusted().get(&entry.name).cloned());
                 async move {
-                    let checked = tokio::task::spawn_blocking(move || check_local(&root, &entry)).await;
+                    let checked =
+                        tokio::task::spawn_blocking(move || check_local(&root, &entry, recorded.as_ref())).await;
                     checked.unwrap_or_else(|err| Local::Unusable(format!("check task failed: {err}")))
                 }
             })
@@ -209,8 +238,9 @@ impl FetchJob {
             index += 1;
             self.progress.advance(entry.size);
             match local {
-                Local::Present(mtime) => {
+                Local::Present(mtime) | Local::Resumed(mtime) => {
                     summary.files_present += 1;
+                    summary.files_resumed += usize::from(matches!(local, Local::Resumed(_)));
                     summary.bytes_present += entry.size;
                     self.recorder.installed(&FileRecord {
                         name: entry.name.clone(),
@@ -255,15 +285,18 @@ impl FetchJob {
             self.progress.start_transfer(needed.len(), needed.iter().map(|(e, _)| e.size).sum());
             let results = futures::stream::iter(needed)
                 .map(|(entry, replacing)| async move {
-                    let result = reader.fetch(&entry).await;
-                    (entry, replacing, result)
+                    let partial = self.partial_for(&entry).await;
+                    let resumed = partial.resumed_bytes();
+                    let result = reader.fetch_resuming(&entry, partial).await;
+                    (entry, replacing, result.map(|fetched| (fetched, resumed)))
                 })
                 .buffer_unordered(self.concurrency.max(1));
             let mut results = std::pin::pin!(results);
             while let Some((entry, replacing, result)) = results.next().await {
                 match result {
-                    Ok(fetched) => {
+                    Ok((fetched, resumed)) => {
                         summary.files_fetched += 1;
+                        summary.bytes_resumed += resumed;
                         summary.files_replaced += usize::from(replacing);
                         summary.bytes_fetched += fetched.size;
                         summary.bytes_received += fetched.bytes_received;
@@ -312,6 +345,29 @@ impl FetchJob {
     }
 }
 
+impl FetchJob {
+    /// Where `entry`'s bytes are received: with a checkpoint, a resumable partial that
+    /// continues an interrupted transfer; otherwise a plain temp file.
+    async fn partial_for(&self, entry: &FileEntry) -> Partial {
+        let Some(checkpoint) = &self.resume else {
+            return Partial::new();
+        };
+        let path = checkpoint.partial_path(&entry.name);
+        let opened = tokio::task::spawn_blocking(move || Partial::resumable(&path)).await;
+        match opened {
+            Ok(Ok(partial)) => partial,
+            Ok(Err(err)) => {
+                tracing::warn!(name = entry.name, %err, "cannot continue the interrupted transfer; starting over");
+                Partial::new()
+            }
+            Err(err) => {
+                tracing::warn!(name = entry.name, %err, "cannot open the partial transfer; starting over");
+                Partial::new()
+            }
+        }
+    }
+}
+
 /// The manifest's files, or those named in `only` (in manifest order).
 fn select(manifest: &Manifest, only: Option<&[String]>) -> Result<Vec<FileEntry>, FetchJobError> {
     let Some(only) = only else {
@@ -334,6 +390,8 @@ fn select(manifest: &Manifest, only: Option<&[String]>) -> Result<Vec<FileEntry>
 enum Local {
     /// Right size and digest (with its mtime).
     Present(Option<SystemTime>),
+    /// Recorded by a checkpoint and unchanged since (same size and mtime): not hashed again.
+    Resumed(Option<SystemTime>),
     /// Nothing there.
     Absent,
     /// Something else there (wrong size or digest): it will be replaced.
@@ -342,11 +400,18 @@ enum Local {
     Unusable(String),
 }
 
-fn check_local(root: &Root, entry: &FileEntry) -> Local {
+fn check_local(root: &Root, entry: &FileEntry, recorded: Option<&Recorded>) -> Local {
     let path = match root.resolve(&entry.name) {
         Ok(path) => path,
         Err(err) => return Local::Unusable(err.to_string()),
     };
+    if let Some(recorded) = recorded
+        && recorded.size == entry.size
+        && recorded.sha256 == entry.sha256.map(hex::encode)
+        && checkpoint::unchanged(&path, recorded)
+    {
+        return Local::Resumed(std::fs::metadata(&path).and_then(|m| m.modified()).ok());
+    }
     match std::fs::metadata(&path) {
         Err(_) => Local::Absent,
         Ok(meta) if !meta.is_file() => {
@@ -412,6 +477,14 @@ impl std::fmt::Display for FetchSummary {
             self.files_fetched,
             self.files_failed
         )?;
+        if self.files_resumed > 0 || self.bytes_resumed > 0 {
+            writeln!(
+                f,
+                "  resumed from the checkpoint: {} file(s) trusted without hashing, {} of partial transfers not sent again",
+                self.files_resumed,
+                human_bytes(self.bytes_resumed)
+            )?;
+        }
         if self.files_fetched > 0 {
             let secs = self.transfer_seconds.max(1e-9);
             writeln!(
@@ -433,6 +506,21 @@ impl std::fmt::Display for FetchSummary {
                 .map(|(node, share)| format!("{node}: {} file(s), {}", share.files, human_bytes(share.bytes)))
                 .collect();
             writeln!(f, "  from {}", peers.join("; "))?;
+        }
+        if let Some(checkpoint) = &self.checkpoint {
+            if !checkpoint.skipped_records.is_empty() {
+                writeln!(
+                    f,
+                    "  warning: {} damaged checkpoint record(s) skipped (their files were checked again): {}",
+                    checkpoint.skipped_records.len(),
+                    checkpoint.skipped_records.join(", ")
+                )?;
+            }
+            match (&checkpoint.error, checkpoint.removed) {
+                (Some(error), _) => writeln!(f, "  warning: checkpoint {}: {error}", checkpoint.location)?,
+                (None, true) => writeln!(f, "  checkpoint removed: {}", checkpoint.location)?,
+                (None, false) => writeln!(f, "  progress saved: {} (run again to resume)", checkpoint.location)?,
+            }
         }
         if !self.missing.is_empty() {
             writeln!(f, "  missing (no live node has them): {}", self.missing.len())?;
@@ -493,8 +581,8 @@ mod tests {
         let states: Vec<&str> = m
             .files
             .iter()
-            .map(|f| match check_local(&root, f) {
-                Local::Present(_) => "present",
+            .map(|f| match check_local(&root, f, None) {
+                Local::Present(_) | Local::Resumed(_) => "present",
                 Local::Absent => "absent",
                 Local::Wrong => "wrong",
                 Local::Unusable(_) => "unusable",

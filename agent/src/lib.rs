@@ -23,6 +23,8 @@
 //!   (and checkpoints).
 //! - [`fetch`]: the `fetch` job: local check, concurrent fetch, summary, the [`fetch::Recorder`]
 //!   hook.
+//! - [`checkpoint`]: what makes a long fetch resumable: recorded files, a lease lock, the
+//!   job's identity, partial transfers kept between runs.
 //! - [`verify`]: which live nodes hold each file (by `Stat`, no data moved).
 //! - [`node`]: running an agent: bind, register, serve, heartbeat, stop cleanly.
 //! - [`digest`], [`trust`], [`progress`]: SHA-256 of files, extra CAs, the progress bar.
@@ -32,6 +34,7 @@
 #![deny(missing_docs)]
 
 pub mod auth;
+pub mod checkpoint;
 pub mod digest;
 pub mod fetch;
 pub mod manifest;

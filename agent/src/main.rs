@@ -17,10 +17,11 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use depot_agent::auth::Secret;
-use depot_agent::fetch::{FetchJob, NoRecorder, sweep_stale_temp_files};
+use depot_agent::checkpoint::{Checkpoint, Identity, Settings};
+use depot_agent::fetch::{CheckpointReport, FetchJob, NoRecorder, Recorder, sweep_stale_temp_files};
 use depot_agent::manifest::{CrypterKey, Manifest, ManifestSource};
 use depot_agent::node::{self, ServeOptions};
-use depot_agent::objstore::StoreOptions;
+use depot_agent::objstore::{ObjectStore, StoreOptions};
 use depot_agent::peer::{PeerDirectory, PeerReader, RetryPolicy, Timeouts};
 use depot_agent::progress::Bar;
 use depot_agent::registry::Coordinator;
@@ -188,6 +189,78 @@ struct FetchArgs {
     /// Append logs to this file (default: DIR/.depot/logs/fetch.log).
     #[arg(long, value_name = "FILE")]
     log_file: Option<PathBuf>,
+    #[command(flatten)]
+    checkpoint: CheckpointArgs,
+}
+
+/// Resumable fetches: see `depot_agent::checkpoint`.
+#[derive(Debug, Args)]
+struct CheckpointArgs {
+    /// Where checkpoints go: a directory or an s3:// URL, where each node gets its own
+    /// directory (default: DIR/.depot/checkpoints).
+    #[arg(long, value_name = "URL")]
+    checkpoint_storage: Option<String>,
+    /// How often progress is written to the checkpoint.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    checkpoint_interval: Duration,
+    /// The job's name: a re-run with the same name resumes its checkpoint.
+    #[arg(long, default_value = "fetch", value_name = "NAME")]
+    task: String,
+    /// Discard this task's checkpoint and partial transfers, and start over.
+    #[arg(long)]
+    fresh: bool,
+    /// Keep no checkpoint (a re-run checks every file again).
+    #[arg(long, conflicts_with_all = ["checkpoint_storage", "fresh"])]
+    no_checkpoint: bool,
+    /// Lease of the checkpoint lock (refreshed every third of it).
+    #[arg(long, default_value = "60s", value_parser = parse_duration, hide = true)]
+    checkpoint_lease: Duration,
+    /// Keep the checkpoint after success (for benchmarks: a re-run then resumes everything).
+    #[arg(long, hide = true)]
+    keep_checkpoint: bool,
+}
+
+impl CheckpointArgs {
+    /// Takes the task's checkpoint for `manifest`, or `None` with `--no-checkpoint`.
+    async fn open(
+        &self,
+        root: &depot_fs::Root,
+        manifest: &Manifest,
+        node_id: &str,
+        ca: Option<&ExtraCa>,
+    ) -> anyhow::Result<Option<Checkpoint>> {
+        if self.no_checkpoint {
+            return Ok(None);
+        }
+        let task_ok = !self.task.is_empty()
+            && self.task.len() <= 64
+            && self.task.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        if !task_ok {
+            bail!("--task {:?}: use 1 to 64 letters, digits, '-', '_' or '.'", self.task);
+        }
+        let store = match &self.checkpoint_storage {
+            // Shared storage: one directory per node, so every node's progress sits side by side.
+            Some(url) => ObjectStore::open(url, &StoreOptions { ca: ca.cloned() })?.at(node_id),
+            None => ObjectStore::open(
+                root.state_dir().join("checkpoints").to_str().context("non-UTF-8 root")?,
+                &StoreOptions::default(),
+            )?,
+        };
+        let settings = Settings {
+            store,
+            task: self.task.clone(),
+            interval: self.checkpoint_interval,
+            lease: self.checkpoint_lease,
+            fresh: self.fresh,
+            partial_dir: root.state_dir().join("resume").join(format!("fetch-{}", self.task)),
+        };
+        let identity = Identity {
+            manifest_sha256: hex::encode(manifest.digest),
+            backup_end_version: manifest.end_version,
+            node_id: node_id.to_owned(),
+        };
+        Ok(Some(Checkpoint::open(settings, identity).await?))
+    }
 }
 
 #[derive(Debug, Args)]
@@ -376,21 +449,70 @@ async fn fetch(args: FetchArgs) -> anyhow::Result<u8> {
             .with_timeouts(Timeouts { rpc: args.rpc_timeout, stall: args.stall_timeout })
             .with_progress(bar.clone())
     });
+    let checkpoint = args.checkpoint.open(&root, &manifest, &node_id, ca.as_ref()).await?.map(Arc::new);
     let job = FetchJob {
         root: root.clone(),
         reader,
         concurrency: usize::from(args.concurrency),
-        recorder: Arc::new(NoRecorder),
+        recorder: checkpoint.clone().map_or_else(|| Arc::new(NoRecorder) as Arc<dyn Recorder>, |c| c),
         progress: bar,
+        resume: checkpoint.clone(),
     };
-    let summary = tokio::select! {
-        result = job.run(&manifest, only.as_deref()) => result?,
+    let keep_up = async {
+        match &checkpoint {
+            Some(checkpoint) => checkpoint.keep_up().await,
+            None => std::future::pending().await,
+        }
+    };
+    let result = tokio::select! {
+        result = job.run(&manifest, only.as_deref()) => result,
+        lost = keep_up => {
+            return Err(anyhow::Error::from(lost.expect_err("keep_up returns only on error"))
+                .context("stopped: another fetch took over the checkpoint"));
+        }
         () = stop_signal() => {
             tracing::warn!("interrupted");
-            eprintln!("depot-agent fetch: interrupted; files not yet verified were discarded");
+            let saved = match &checkpoint {
+                Some(checkpoint) => match checkpoint.suspend().await {
+                    Ok(()) => format!("progress saved in {}; run again to resume", checkpoint.location()),
+                    Err(err) => format!("progress could not be saved: {err}"),
+                },
+                None => "files not yet verified were discarded".to_owned(),
+            };
+            eprintln!("depot-agent fetch: interrupted; {saved}");
             return Ok(EXIT_INTERRUPTED);
         }
     };
+    let mut summary = match result {
+        Ok(summary) => summary,
+        Err(err) => {
+            if let Some(checkpoint) = &checkpoint
+                && let Err(save) = checkpoint.suspend().await
+            {
+                tracing::warn!(%save, "cannot save the checkpoint");
+            }
+            return Err(err.into());
+        }
+    };
+    if let Some(checkpoint) = &checkpoint {
+        let mut report = CheckpointReport {
+            location: checkpoint.location(),
+            skipped_records: checkpoint.skipped().to_vec(),
+            ..CheckpointReport::default()
+        };
+        let outcome = if summary.complete() && !args.checkpoint.keep_checkpoint {
+            report.removed = true;
+            checkpoint.complete().await
+        } else {
+            checkpoint.suspend().await
+        };
+        if let Err(err) = outcome {
+            tracing::error!(%err, "checkpoint");
+            report.removed = false;
+            report.error = Some(err.to_string());
+        }
+        summary.checkpoint = Some(report);
+    }
     tracing::info!(?summary, "fetch finished");
     if args.json {
         print_json(&summary);

@@ -229,6 +229,20 @@ impl ObjectStore {
         }
     }
 
+    /// Removes the empty directories a local store leaves after deletes (its base included,
+    /// and the temp directory its writes use). S3 has no directories: a no-op there.
+    ///
+    /// # Errors
+    /// [`StoreError::Io`] other than "not empty" or "not found".
+    pub fn remove_empty(&self) -> Result<(), StoreError> {
+        match self {
+            Self::Local(s) => {
+                remove_empty_dirs(&s.base).map(|_| ()).map_err(|source| StoreError::Io { path: s.base.clone(), source })
+            }
+            Self::S3(_) => Ok(()),
+        }
+    }
+
     /// Deletes an object; deleting a missing one succeeds (as in S3).
     ///
     /// # Errors
@@ -238,6 +252,29 @@ impl ObjectStore {
             Self::Local(s) => s.delete(key).await,
             Self::S3(s) => s.delete(key).await,
         }
+    }
+}
+
+/// Removes `dir` and every directory under it that holds no files. Returns whether `dir` went.
+fn remove_empty_dirs(dir: &Path) -> std::io::Result<bool> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(true),
+        Err(err) => return Err(err),
+    };
+    let mut empty = true;
+    for entry in entries {
+        let entry = entry?;
+        empty &= entry.file_type()?.is_dir() && remove_empty_dirs(&entry.path())?;
+    }
+    if !empty {
+        return Ok(false);
+    }
+    match std::fs::remove_dir(dir) {
+        Ok(()) => Ok(true),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(true),
+        Err(err) if err.kind() == std::io::ErrorKind::DirectoryNotEmpty => Ok(false),
+        Err(err) => Err(err),
     }
 }
 

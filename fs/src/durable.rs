@@ -20,6 +20,8 @@ pub struct TempFile {
     path: PathBuf,
     /// Set once renamed into place, so `Drop` leaves it alone.
     committed: bool,
+    /// A resumable file outlives its writer; see [`TempFile::resumable`].
+    keep_on_drop: bool,
 }
 
 /// Why [`TempFile::commit`] failed. The temp file is deleted either way.
@@ -59,7 +61,35 @@ impl TempFile {
         let name = format!("{:016x}.tmp", rand::rng().random::<u64>());
         let path = dir.join(name);
         let file = OpenOptions::new().write(true).read(true).create_new(true).open(&path)?;
-        Ok(Self { file, path, committed: false })
+        Ok(Self { file, path, committed: false, keep_on_drop: false })
+    }
+
+    /// Opens (or creates) a temp file at a stable `path`, keeping what it holds, positioned at
+    /// its end. Unlike [`TempFile::create_in`], it is *not* deleted on drop: an interrupted
+    /// transfer leaves its bytes for the next run to continue from. [`TempFile::discard`]
+    /// deletes it; [`TempFile::commit`] installs it as usual.
+    ///
+    /// # Errors
+    /// The I/O error opening or creating it (or its directory).
+    pub fn resumable(path: &Path) -> io::Result<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
+        std::io::Seek::seek(&mut file, io::SeekFrom::End(0))?;
+        Ok(Self { file, path: path.to_path_buf(), committed: false, keep_on_drop: true })
+    }
+
+    /// Deletes the file now, resumable or not.
+    ///
+    /// # Errors
+    /// The I/O error removing it (a missing file is not one).
+    pub fn discard(mut self) -> io::Result<()> {
+        self.keep_on_drop = true; // removed here, not again in Drop
+        match std::fs::remove_file(&self.path) {
+            Err(err) if err.kind() != io::ErrorKind::NotFound => Err(err),
+            _ => Ok(()),
+        }
     }
 
     /// The open file, for writes at offsets, `set_len`, metadata or extended attributes.
@@ -138,6 +168,7 @@ impl Write for TempFile {
 impl Drop for TempFile {
     fn drop(&mut self) {
         if !self.committed
+            && !self.keep_on_drop
             && let Err(err) = std::fs::remove_file(&self.path)
             && err.kind() != io::ErrorKind::NotFound
         {
@@ -234,6 +265,24 @@ mod tests {
         tmp.write_all(b"partial").unwrap();
         let path = tmp.path().to_path_buf();
         drop(tmp);
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn a_resumable_file_outlives_its_writer_and_continues_where_it_stopped() {
+        let (_dir, root) = root();
+        let path = root.state_dir().join("resume/job/x.part");
+        let mut first = TempFile::resumable(&path).unwrap();
+        first.write_all(b"hello ").unwrap();
+        drop(first);
+        assert_eq!(std::fs::read(&path).unwrap(), b"hello ");
+        let mut second = TempFile::resumable(&path).unwrap();
+        second.write_all(b"world").unwrap();
+        second.commit(&root.dir().join("done")).unwrap();
+        assert_eq!(std::fs::read(root.dir().join("done")).unwrap(), b"hello world");
+        assert!(!path.exists());
+        let third = TempFile::resumable(&path).unwrap();
+        third.discard().unwrap();
         assert!(!path.exists());
     }
 

@@ -359,8 +359,12 @@ impl PeerReader {
     /// [`FetchError`].
     pub async fn fetch_resuming(&self, entry: &FileEntry, mut partial: Partial) -> Result<Fetched, FetchError> {
         let result = self.fetch_into(entry, &mut partial).await;
-        // On success the bytes were committed; otherwise the temp file goes, before returning.
-        partial.discard().await;
+        match &result {
+            // Holders may be back later: a resumable partial keeps its bytes for that run.
+            Err(err) if err.is_retryable() => partial.keep().await,
+            // On success the bytes were committed; otherwise the temp file goes, before returning.
+            _ => partial.discard().await,
+        }
         result
     }
 
@@ -461,9 +465,10 @@ impl PeerReader {
                             bytes_received: *received,
                         }));
                     }
-                    let discarded = std::mem::take(partial);
+                    let discarded = std::mem::replace(partial, partial.restart());
                     self.progress.rewind(discarded.len());
-                    let blame = discarded.contributors().len() == 1;
+                    // Bytes resumed from an earlier run have no known sender: blame nobody then.
+                    let blame = discarded.contributors().len() == 1 && !discarded.resumed();
                     discarded.discard().await;
                     tracing::warn!(
                         name,
@@ -477,7 +482,7 @@ impl PeerReader {
                     last = Some(format!("{}: checksum mismatch", peer.node_id));
                 }
                 Err(TransferFailure::Oversize) => {
-                    let discarded = std::mem::take(partial);
+                    let discarded = std::mem::replace(partial, partial.restart());
                     self.progress.rewind(discarded.len());
                     discarded.discard().await;
                     tracing::warn!(name, node = peer.node_id, "sent more bytes than the file has");

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeSet;
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use depot_fs::{CommitError, Root, TempFile};
 use sha2::{Digest, Sha256};
@@ -51,6 +51,10 @@ pub struct Partial {
     /// Bytes handed to the writer (all of them written unless it reports an error).
     len: u64,
     contributors: BTreeSet<String>,
+    /// Where a resumable partial keeps its bytes between runs; see [`Partial::resumable`].
+    resume_path: Option<PathBuf>,
+    /// Bytes it started with (from an earlier run), not received in this one.
+    resumed_bytes: u64,
 }
 
 impl Partial {
@@ -90,7 +94,50 @@ impl Partial {
         tmp.file().set_len(len)?;
         let mut file = tmp.file();
         file.seek(SeekFrom::Start(len))?;
-        Ok(Self { state: State::Idle(Sink { tmp, hasher }), len, contributors: BTreeSet::new() })
+        Ok(Self {
+            state: State::Idle(Sink { tmp, hasher }),
+            len,
+            contributors: BTreeSet::new(),
+            resume_path: None,
+            resumed_bytes: len,
+        })
+    }
+
+    /// A partial file at a stable `path` (a [`TempFile::resumable`]): bytes an earlier,
+    /// interrupted run left there are re-hashed and the transfer continues after them, and if
+    /// this transfer is interrupted too (or fails in a way a later run may fix) its bytes stay
+    /// for the next run. Their correctness is settled by the final size and SHA-256 check, like
+    /// every other byte. Blocking: call it from `spawn_blocking`.
+    ///
+    /// # Errors
+    /// The I/O error opening or re-hashing the file.
+    pub fn resumable(path: &Path) -> io::Result<Self> {
+        let existing = std::fs::metadata(path).map_or(0, |m| m.len());
+        let mut partial = if existing > 0 { Self::resume(TempFile::resumable(path)?, existing)? } else { Self::new() };
+        partial.resume_path = Some(path.to_path_buf());
+        Ok(partial)
+    }
+
+    /// Bytes it started with, left by an earlier run (not transferred again).
+    #[must_use]
+    pub fn resumed_bytes(&self) -> u64 {
+        self.resumed_bytes
+    }
+
+    /// Whether it started from bytes of an earlier run.
+    pub(crate) fn resumed(&self) -> bool {
+        self.resumed_bytes > 0
+    }
+
+    /// Whether the bytes survive an interruption ([`Partial::resumable`]).
+    #[must_use]
+    pub fn is_resumable(&self) -> bool {
+        self.resume_path.is_some()
+    }
+
+    /// An empty partial writing to the same place as this one (after this one is discarded).
+    pub(crate) fn restart(&self) -> Self {
+        Self { resume_path: self.resume_path.clone(), ..Self::default() }
     }
 
     /// Bytes received so far: the offset the next `ReadFile` starts from.
@@ -124,8 +171,13 @@ impl Partial {
             match std::mem::take(&mut self.state) {
                 State::Empty => {
                     let root = root.clone();
-                    let tmp =
-                        tokio::task::spawn_blocking(move || root.temp_file()).await.map_err(io::Error::other)??;
+                    let resume_path = self.resume_path.clone();
+                    let tmp = tokio::task::spawn_blocking(move || match resume_path {
+                        Some(path) => TempFile::resumable(&path),
+                        None => root.temp_file(),
+                    })
+                    .await
+                    .map_err(io::Error::other)??;
                     self.state = State::Idle(Sink { tmp, hasher: Sha256::new() });
                 }
                 State::Idle(sink) => {
@@ -177,11 +229,23 @@ impl Partial {
         })
     }
 
-    /// Stops the writer and deletes the temp file, before returning.
+    /// Stops the writer and deletes the temp file (resumable or not), before returning.
     pub(crate) async fn discard(mut self) {
         let _ = self.settle().await;
         if let State::Idle(sink) = std::mem::take(&mut self.state) {
-            let _ = tokio::task::spawn_blocking(move || drop(sink)).await;
+            let _ = tokio::task::spawn_blocking(move || sink.tmp.discard()).await;
+        }
+    }
+
+    /// Stops the writer, leaving the bytes of a resumable partial in place for a later run;
+    /// any other partial is discarded.
+    pub(crate) async fn keep(mut self) {
+        if !self.is_resumable() {
+            return self.discard().await;
+        }
+        let _ = self.settle().await;
+        if let State::Idle(sink) = std::mem::take(&mut self.state) {
+            let _ = tokio::task::spawn_blocking(move || sink.tmp.file().sync_data()).await;
         }
     }
 
