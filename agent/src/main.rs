@@ -454,7 +454,9 @@ async fn fetch(args: FetchArgs) -> anyhow::Result<u8> {
         root: root.clone(),
         reader,
         concurrency: usize::from(args.concurrency),
-        recorder: checkpoint.clone().map_or_else(|| Arc::new(NoRecorder) as Arc<dyn Recorder>, |c| c as Arc<dyn Recorder>),
+        recorder: checkpoint
+            .clone()
+            .map_or_else(|| Arc::new(NoRecorder) as Arc<dyn Recorder>, |c| c as Arc<dyn Recorder>),
         progress: bar,
         resume: checkpoint.clone(),
     };

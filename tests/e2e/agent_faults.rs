@@ -7,16 +7,10 @@ use std::time::{Duration, Instant};
 
 use depot_agent::auth::Secret;
 use depot_agent::registry::Coordinator;
-use depot_tests::agents::{Agent, Cluster, DataFile, eventually, finish, temp_files, write_jsonl};
+use depot_tests::agents::{Agent, Cluster, DataFile, eventually, finish, partial_bytes, temp_files, write_jsonl};
 use depot_tests::{bin, test_dir, wait_timeout};
 
 /// Bytes in the fetching node's temp files: how far an in-flight transfer has come.
-fn partial_bytes(root: &std::path::Path) -> u64 {
-    std::fs::read_dir(root.join(".depot/tmp"))
-        .map(|d| d.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
-        .unwrap_or(0)
-}
-
 /// The holder picked first (node ids break ties) is killed with `kill -9` while it streams;
 /// the transfer continues from the same offset on the other holder, and nothing partial is
 /// left behind.
@@ -253,10 +247,11 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// Ctrl-C during a fetch: exit code 130, and nothing partial is left, neither under the
-/// file's name nor in `.depot/tmp/`.
+/// Ctrl-C during a fetch: exit code 130, nothing under the file's name; the bytes received so
+/// far are kept for the next run (checkpoints are on by default), which continues from them.
+/// With `--no-checkpoint` nothing partial is left at all.
 #[test]
-fn an_interrupted_fetch_leaves_nothing_partial() {
+fn an_interrupted_fetch_keeps_its_partial_transfer_for_the_next_run() {
     let dir = test_dir();
     let cluster = Cluster::start(dir.path(), "500ms");
     let big = DataFile::new("i/1.sst", 16 << 20);
@@ -277,7 +272,31 @@ fn an_interrupted_fetch_leaves_nothing_partial() {
     assert!(status.success());
     let out = finish(child, Duration::from_secs(10), started);
     assert_eq!(out.code, Some(130), "{out:?}");
-    assert!(out.stderr.contains("interrupted"), "{}", out.stderr);
+    assert!(out.stderr.contains("interrupted") && out.stderr.contains("progress saved"), "{}", out.stderr);
     assert!(!me.join("i/1.sst").exists());
-    assert_eq!(temp_files(&me), 0, "the partial temp file is gone");
+    assert_eq!(temp_files(&me), 0);
+    let kept = partial_bytes(&me);
+    assert!(kept >= 1 << 20, "the received bytes are kept: {kept}");
+
+    let again = cluster.fetch("me", manifest.to_str().unwrap(), &[]);
+    assert_eq!(again.code, Some(0), "{again:?}");
+    let summary = again.json();
+    assert!(summary["bytes_resumed"].as_u64().unwrap() >= kept.min(1 << 20), "{summary}");
+    assert!(summary["bytes_received"].as_u64().unwrap() <= big.data.len() as u64 - (1 << 20), "{summary}");
+    assert!(big.is_in(&me));
+    assert_eq!(partial_bytes(&me), 0, "a finished fetch leaves nothing behind");
+
+    // Without checkpoints, an interruption leaves nothing partial.
+    std::fs::remove_file(me.join("i/1.sst")).unwrap();
+    let child = cluster
+        .fetch_command("me", manifest.to_str().unwrap(), &["--no-checkpoint"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(eventually(Duration::from_secs(20), || partial_bytes(&me) >= 1 << 20));
+    Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let out = finish(child, Duration::from_secs(10), Instant::now());
+    assert_eq!(out.code, Some(130), "{out:?}");
+    assert!(eventually(Duration::from_secs(5), || partial_bytes(&me) == 0), "the partial temp file is gone");
 }

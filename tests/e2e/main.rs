@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `depot` (and `depot-agent`) binaries on loopback, driven by
 //! real clients. One test binary, one module per topic.
 
+mod agent_checkpoint;
 mod agent_faults;
 mod agent_fetch;
 mod agent_security;

@@ -442,6 +442,22 @@ pub fn temp_files(root: &Path) -> usize {
     std::fs::read_dir(root.join(".depot/tmp")).map_or(0, |d| d.count())
 }
 
+/// Bytes of transfers in progress under `root`: temp files in `.depot/tmp/` and resumable
+/// partial transfers in `.depot/resume/`.
+pub fn partial_bytes(root: &Path) -> u64 {
+    fn sum(dir: &Path) -> u64 {
+        std::fs::read_dir(dir).map_or(0, |d| {
+            d.flatten()
+                .map(|e| match e.file_type() {
+                    Ok(t) if t.is_dir() => sum(&e.path()),
+                    _ => e.metadata().map_or(0, |m| m.len()),
+                })
+                .sum()
+        })
+    }
+    sum(&root.join(".depot/tmp")) + sum(&root.join(".depot/resume"))
+}
+
 /// Polls `condition` every 20 ms for at most `limit`; whether it became true.
 pub fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;
