@@ -8,7 +8,12 @@
 #                   (>= 0.8).
 #   fetch_1gib_*    `depot-agent fetch` of the file (sha256 verified, written, fsynced), against
 #                   raw_tcp_copy (written and fsynced too).
-#   fetch_2000_*    `depot-agent fetch` of 2,000 files of 1 MiB spread over 3 peers.
+#   fetch_2000_*    `depot-agent fetch` of 2,000 files of 1 MiB spread over 3 peers, with
+#                   checkpoints (the default) and without (`--no-checkpoint`):
+#                   checkpoint_overhead_pct is the cost (target < 2%).
+#   resume_2000_*   the whole job run again once every file is recorded in its checkpoint
+#                   (nothing re-hashed) vs. run again without one (every file re-hashed) vs.
+#                   the original run.
 #   rss_*_kib       peak RSS (VmHWM) of the serving agents and of the fetching agents (<= 64 MiB).
 # Each timing is the best of $RUNS runs (default $ROUNDS, as scripts/bench.sh, else 3), which
 # calls this script at its end. Files live under $BENCH_DIR (default
@@ -105,8 +110,8 @@ raw_copy() { # raw_copy OUT -> seconds
 # A fetch, recording the peak RSS of the fetching process (VmHWM, polled until it exits) in
 # $work/fetch.peak (a file: fetch_json runs in command substitutions).
 echo 0 >"$work/fetch.peak"
-fetch_json() { # fetch_json ROOT NODE MANIFEST -> the JSON summary
-    "$AGENT" fetch --root "$1" --node-id "$2" --meta "$3" --json --log-file "$work/logs/fetch.log" >"$work/fetch.json" &
+fetch_json() { # fetch_json ROOT NODE MANIFEST [ARGS...] -> the JSON summary
+    "$AGENT" fetch --root "$1" --node-id "$2" --meta "$3" --json --log-file "$work/logs/fetch.log" "${@:4}" >"$work/fetch.json" &
     local pid=$! peak=0 now
     while kill -0 "$pid" 2>/dev/null; do
         now=$(hwm_kib "$pid" 2>/dev/null || echo 0); (( now > peak )) && peak=$now
@@ -157,14 +162,34 @@ echo "# 2,000 x 1 MiB over 3 peers ($RUNS runs)" >&2
 start_agent n1 "$work/n1"; n1_pid=$last_pid
 start_agent n2 "$work/n2"; n2_pid=$last_pid
 start_agent n3 "$work/n3"; n3_pid=$last_pid
-many=$(for _ in $(seq "$RUNS"); do
+fetch_many() { # fetch_many ARGS... -> transfer seconds of a fresh fetch of the 2,000 files
     rm -rf "$work/fetch2000"; mkdir -p "$work/fetch2000"
-    fetch_json "$work/fetch2000" me "$work/many.jsonl" >"$work/many.json"
+    fetch_json "$work/fetch2000" me "$work/many.jsonl" "$@" >"$work/many.json"
     [[ "$(tool json files_fetched <"$work/many.json")" == 2000 ]] || { echo "fetch of 2000 files incomplete" >&2; exit 2; }
     tool json transfer_seconds <"$work/many.json"
-done | best)
-awk -v s="$many" 'BEGIN {
+}
+: >"$work/with.txt"; : >"$work/without.txt"
+for _ in $(seq "$RUNS"); do # interleaved, so both see the same machine
+    fetch_many >>"$work/with.txt"
+    fetch_many --no-checkpoint >>"$work/without.txt"
+done
+many=$(best <"$work/with.txt")
+many_off=$(best <"$work/without.txt")
+awk -v s="$many" -v off="$many_off" 'BEGIN {
     printf "fetch_2000x1mib_seconds=%.3f\nfetch_2000x1mib_files_per_s=%.0f\nfetch_2000x1mib_mb_per_s=%.1f\n", s, 2000 / s, 2000 * 1048576 / s / 1e6
+    printf "fetch_2000x1mib_no_checkpoint_seconds=%.3f\n", off
+    printf "checkpoint_overhead_pct=%.1f\n", (s - off) / off * 100
+}'
+
+echo "# resuming a fully recorded 2,000-file job" >&2
+rm -rf "$work/fetch2000"; mkdir -p "$work/fetch2000"
+original=$(fetch_json "$work/fetch2000" me "$work/many.jsonl" --keep-checkpoint | tool json seconds)
+resumed=$(fetch_json "$work/fetch2000" me "$work/many.jsonl" | tee "$work/resumed.json" | tool json seconds)
+[[ "$(tool json files_resumed <"$work/resumed.json")" == 2000 ]] || { echo "the re-run did not resume every file" >&2; exit 2; }
+recheck=$(fetch_json "$work/fetch2000" me "$work/many.jsonl" --no-checkpoint | tool json seconds)
+awk -v o="$original" -v r="$resumed" -v c="$recheck" 'BEGIN {
+    printf "resume_2000_original_seconds=%.3f\nresume_2000_resumed_seconds=%.3f\nresume_2000_recheck_seconds=%.3f\n", o, r, c
+    printf "resume_2000_fraction_of_original=%.3f\n", r / o
 }'
 
 serve_peak=0
