@@ -33,7 +33,7 @@ fi
 command -v python3 >/dev/null || { echo "bench-agent.sh needs python3 (raw TCP baseline, data generation)" >&2; exit 2; }
 
 echo "# building release binaries" >&2
-cargo build --release -q -p depot-server -p depot-agent --example readfile
+cargo build --release -q -p depot-server -p depot-agent --bins --example readfile
 target="${CARGO_TARGET_DIR:-target}/release"
 DEPOT="$target/depot"
 AGENT="$target/depot-agent"

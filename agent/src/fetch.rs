@@ -11,7 +11,8 @@
 //! recorded are trusted while their size and mtime match (no hashing), and transfers continue
 //! from the bytes an interrupted run left.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -283,9 +284,11 @@ impl FetchJob {
             }
             let transfer_started = Instant::now();
             self.progress.start_transfer(needed.len(), needed.iter().map(|(e, _)| e.size).sum());
+            let existing = self.resume.as_ref().map(|c| c.existing_partials()).unwrap_or_default();
+            let existing = &existing;
             let results = futures::stream::iter(needed)
                 .map(|(entry, replacing)| async move {
-                    let partial = self.partial_for(&entry).await;
+                    let partial = self.partial_for(&entry, existing).await;
                     let resumed = partial.resumed_bytes();
                     let result = reader.fetch_resuming(&entry, partial).await;
                     (entry, replacing, result.map(|fetched| (fetched, resumed)))
@@ -346,15 +349,17 @@ impl FetchJob {
 }
 
 impl FetchJob {
-    /// Where `entry`'s bytes are received: with a checkpoint, a resumable partial that
-    /// continues an interrupted transfer; otherwise a plain temp file.
-    async fn partial_for(&self, entry: &FileEntry) -> Partial {
+    /// Where `entry`'s bytes are received: with a checkpoint, a resumable partial (continuing
+    /// an interrupted transfer when `existing` lists one); otherwise a plain temp file.
+    async fn partial_for(&self, entry: &FileEntry, existing: &HashSet<PathBuf>) -> Partial {
         let Some(checkpoint) = &self.resume else {
             return Partial::new();
         };
         let path = checkpoint.partial_path(&entry.name);
-        let opened = tokio::task::spawn_blocking(move || Partial::resumable(&path)).await;
-        match opened {
+        if !existing.contains(&path) {
+            return Partial::resumable_new(&path);
+        }
+        match tokio::task::spawn_blocking(move || Partial::resumable(&path)).await {
             Ok(Ok(partial)) => partial,
             Ok(Err(err)) => {
                 tracing::warn!(name = entry.name, %err, "cannot continue the interrupted transfer; starting over");

@@ -72,10 +72,14 @@ impl TempFile {
     /// # Errors
     /// The I/O error opening or creating it (or its directory).
     pub fn resumable(path: &Path) -> io::Result<Self> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
+        let open = || OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path);
+        let mut file = match open() {
+            Err(err) if err.kind() == io::ErrorKind::NotFound && path.parent().is_some() => {
+                std::fs::create_dir_all(path.parent().expect("checked"))?;
+                open()?
+            }
+            result => result?,
+        };
         std::io::Seek::seek(&mut file, io::SeekFrom::End(0))?;
         Ok(Self { file, path: path.to_path_buf(), committed: false, keep_on_drop: true })
     }

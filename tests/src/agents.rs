@@ -5,7 +5,6 @@
 //! (each agent's root) and `logs/` (every process's stderr and log file), so a failing test
 //! leaves what is needed to see why.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
@@ -168,17 +167,7 @@ impl Agent {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr_path).expect("stderr file"));
-        let mut child = cmd.spawn().expect("spawn depot-agent");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let (mut child, rx) = crate::spawn_lines(&mut cmd);
         let ready = rx.recv_timeout(Duration::from_secs(10)).ok();
         // An agent that fails prints `{"error": ..}` instead of its ready line.
         let banner: Option<serde_json::Value> = ready

@@ -94,17 +94,7 @@ impl Depot {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr_path).expect("stderr file"));
-        let mut child = cmd.spawn().expect("spawn depot");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let (mut child, rx) = spawn_lines(&mut cmd);
         let line = rx.recv_timeout(Duration::from_secs(10)).unwrap_or_default();
         let Ok(banner) = serde_json::from_str(&line) else {
             let _ = child.kill();
@@ -189,6 +179,26 @@ pub struct Stopped {
     pub stderr: String,
     /// Lines it wrote to stdout after the banner.
     pub stdout: Vec<String>,
+}
+
+/// Spawns `cmd` with its stdout piped into a channel, one line at a time (a thread reads it,
+/// so a test can wait for a ready line with a timeout).
+///
+/// # Panics
+/// When the command cannot be spawned.
+pub fn spawn_lines(cmd: &mut Command) -> (Child, mpsc::Receiver<String>) {
+    let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, rx)
 }
 
 /// Waits for a child to exit, at most `limit`.

@@ -237,6 +237,15 @@ impl Checkpoint {
         self.settings.partial_dir.join(format!("{}.part", hex::encode(Sha256::digest(name.as_bytes()))))
     }
 
+    /// The partial transfers an earlier run left (their paths), listed once so a fetch only
+    /// opens those and creates the others lazily.
+    #[must_use]
+    pub fn existing_partials(&self) -> HashSet<PathBuf> {
+        std::fs::read_dir(&self.settings.partial_dir)
+            .map(|dir| dir.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
+    }
+
     /// Records a verified, installed file (once per name).
     pub fn record(&self, record: Recorded) {
         let mut pending = self.pending.lock().expect("checkpoint lock");
@@ -274,30 +283,31 @@ impl Checkpoint {
         Ok(())
     }
 
-    /// Runs until `self` is completed or suspended: flushes every interval and refreshes the
+    /// Runs alongside the job (the caller drops it when the job ends): flushes every interval and refreshes the
     /// lease every third of its duration. Returns only on a lost lease.
     ///
     /// # Errors
     /// [`LockError::Lost`]; storage errors are logged and retried at the next tick.
     pub async fn keep_up(&self) -> Result<(), CheckpointError> {
-        let tick = self.settings.interval.min(self.settings.lease / 3).max(Duration::from_millis(10));
-        let mut since_flush = Duration::ZERO;
-        let mut since_refresh = Duration::ZERO;
+        let every = |period: Duration| {
+            let period = period.max(Duration::from_millis(10));
+            let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticks
+        };
+        let mut flush = every(self.settings.interval);
+        let mut refresh = every(self.settings.lease / 3);
         loop {
-            tokio::time::sleep(tick).await;
-            since_flush += tick;
-            since_refresh += tick;
-            if since_refresh >= self.settings.lease / 3 {
-                match self.refresh().await {
-                    Ok(()) => since_refresh = Duration::ZERO,
+            tokio::select! {
+                _ = refresh.tick() => match self.refresh().await {
+                    Ok(()) => {}
                     Err(CheckpointError::Lock(lost @ LockError::Lost { .. })) => return Err(lost.into()),
                     Err(err) => tracing::warn!(%err, "cannot refresh the checkpoint lease; trying again"),
-                }
-            }
-            if since_flush >= self.settings.interval {
-                match self.flush().await {
-                    Ok(_) => since_flush = Duration::ZERO,
-                    Err(err) => tracing::warn!(%err, "cannot write a checkpoint record; trying again"),
+                },
+                _ = flush.tick() => {
+                    if let Err(err) = self.flush().await {
+                        tracing::warn!(%err, "cannot write a checkpoint record; trying again");
+                    }
                 }
             }
         }

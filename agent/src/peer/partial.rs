@@ -124,6 +124,13 @@ impl Partial {
         self.resumed_bytes
     }
 
+    /// A resumable partial at `path` that holds nothing yet (no I/O: the file is created when
+    /// the first bytes arrive). For files with no earlier bytes; see [`Partial::resumable`].
+    #[must_use]
+    pub fn resumable_new(path: &Path) -> Self {
+        Self { resume_path: Some(path.to_path_buf()), ..Self::default() }
+    }
+
     /// Whether it started from bytes of an earlier run.
     pub(crate) fn resumed(&self) -> bool {
         self.resumed_bytes > 0
