@@ -283,23 +283,11 @@ struct VerifyArgs {
     log_file: Option<PathBuf>,
 }
 
-/// Parses `500ms`, `30s`, `2m` or a bare number of seconds.
+/// Parses a positive duration the way `depot serve` does (humantime: `500ms`, `30s`, `2m`).
 fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let (number, scale) = if let Some(n) = text.strip_suffix("ms") {
-        (n, 0.001)
-    } else if let Some(n) = text.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = text.strip_suffix('m') {
-        (n, 60.0)
-    } else {
-        (text, 1.0)
-    };
-    let value: f64 = number.trim().parse().map_err(|_| format!("{text:?} is not a duration (e.g. 500ms, 30s, 2m)"))?;
-    if !(value.is_finite() && value > 0.0) {
-        return Err(format!("{text:?} must be positive"));
-    }
-    Ok(Duration::from_secs_f64(value * scale))
+    let duration = humantime::parse_duration(text.trim())
+        .map_err(|err| format!("{text:?} is not a duration ({err}; e.g. 500ms, 30s, 2m)"))?;
+    if duration.is_zero() { Err(format!("{text:?} must be positive")) } else { Ok(duration) }
 }
 
 /// Parses `4096`, `512K`/`512KiB`, `100M`/`100MiB`, `1G`/`1GiB` (powers of 1024).
@@ -595,7 +583,7 @@ mod tests {
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
-        assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("1s 500ms").unwrap(), Duration::from_millis(1500));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("0s").is_err());
     }
