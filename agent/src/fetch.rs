@@ -359,17 +359,11 @@ impl FetchJob {
         if !existing.contains(&path) {
             return Partial::resumable_new(&path);
         }
-        match tokio::task::spawn_blocking(move || Partial::resumable(&path)).await {
-            Ok(Ok(partial)) => partial,
-            Ok(Err(err)) => {
-                tracing::warn!(name = entry.name, %err, "cannot continue the interrupted transfer; starting over");
-                Partial::new()
-            }
-            Err(err) => {
-                tracing::warn!(name = entry.name, %err, "cannot open the partial transfer; starting over");
-                Partial::new()
-            }
-        }
+        let opened = tokio::task::spawn_blocking(move || Partial::resumable(&path)).await;
+        opened.map_err(std::io::Error::other).flatten().unwrap_or_else(|err| {
+            tracing::warn!(name = entry.name, %err, "cannot continue the interrupted transfer; starting over");
+            Partial::new()
+        })
     }
 }
 
@@ -410,14 +404,15 @@ fn check_local(root: &Root, entry: &FileEntry, recorded: Option<&Recorded>) -> L
         Ok(path) => path,
         Err(err) => return Local::Unusable(err.to_string()),
     };
-    if let Some(recorded) = recorded
+    let meta = std::fs::metadata(&path);
+    if let (Some(recorded), Ok(meta)) = (recorded, &meta)
         && recorded.size == entry.size
         && recorded.sha256 == entry.sha256.map(hex::encode)
-        && checkpoint::unchanged(&path, recorded)
+        && checkpoint::unchanged(meta, recorded)
     {
-        return Local::Resumed(std::fs::metadata(&path).and_then(|m| m.modified()).ok());
+        return Local::Resumed(meta.modified().ok());
     }
-    match std::fs::metadata(&path) {
+    match meta {
         Err(_) => Local::Absent,
         Ok(meta) if !meta.is_file() => {
             Local::Unusable(format!("{} exists and is not a regular file; move it away", path.display()))

@@ -2,10 +2,11 @@
 //! identity, and checkpoints kept in the archive over S3.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime};
 
-use depot_tests::agents::{Cluster, DataFile, eventually, partial_bytes, write_backupmeta_v2, write_jsonl};
+use depot_tests::agents::{
+    Cluster, DataFile, eventually, partial_bytes, spawn_piped, write_backupmeta_v2, write_jsonl,
+};
 use depot_tests::test_dir;
 
 /// The names recorded in the `.cpt` objects under `data` (each: a header line, then JSON).
@@ -52,13 +53,7 @@ fn kill_and_resume(cluster: &Cluster, extra: &[&str], checkpoint_data: &dyn Fn()
     let me = cluster.node_dir("me");
     let mut args = vec!["--checkpoint-interval", "100ms", "--concurrency", "2"];
     args.extend_from_slice(extra);
-    let mut child = cluster
-        .fetch_command("me", manifest.to_str().unwrap(), &args)
-        .envs(cluster.aws_env())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_piped(cluster.fetch_command("me", manifest.to_str().unwrap(), &args).envs(cluster.aws_env()));
     assert!(
         eventually(Duration::from_secs(20), || cpt_count(&checkpoint_data()) >= 1 && partial_bytes(&me) >= 1 << 20),
         "the fetch recorded files and started the big one"
@@ -163,12 +158,7 @@ fn a_second_fetch_of_the_task_is_refused_until_the_holder_is_gone_or_its_lease_e
     let _a = cluster.agent("a", &["--max-rate", "2MiB"]);
     let me = cluster.node_dir("me");
     let lock = me.join(".depot/checkpoints/fetch-fetch/checkpoint.lock");
-    let mut first = cluster
-        .fetch_command("me", manifest.to_str().unwrap(), &[])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut first = spawn_piped(&mut cluster.fetch_command("me", manifest.to_str().unwrap(), &[]));
     assert!(eventually(Duration::from_secs(20), || lock.exists()));
 
     let refused = cluster.fetch("me", manifest.to_str().unwrap(), &[]);

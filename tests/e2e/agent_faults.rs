@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use depot_agent::auth::Secret;
 use depot_agent::registry::Coordinator;
-use depot_tests::agents::{Agent, Cluster, DataFile, eventually, finish, partial_bytes, temp_files, write_jsonl};
+use depot_tests::agents::{
+    Agent, Cluster, DataFile, eventually, finish, partial_bytes, spawn_piped, temp_files, write_jsonl,
+};
 use depot_tests::{bin, test_dir, wait_timeout};
 
 /// Bytes in the fetching node's temp files: how far an in-flight transfer has come.
@@ -29,12 +31,7 @@ fn a_peer_killed_mid_transfer_is_replaced_by_another_holder() {
     let me = cluster.node_dir("me");
 
     let started = Instant::now();
-    let child = cluster
-        .fetch_command("me", manifest.to_str().unwrap(), &["--stall-timeout", "2s"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_piped(&mut cluster.fetch_command("me", manifest.to_str().unwrap(), &["--stall-timeout", "2s"]));
     assert!(eventually(Duration::from_secs(20), || partial_bytes(&me) >= 2 << 20), "the transfer from a-dies started");
     dying.kill9();
     let out = finish(child, Duration::from_secs(60), started);
@@ -125,12 +122,7 @@ fn an_unreachable_holder_is_retried_until_it_is_back() {
 
     holder.signal("STOP");
     let started = Instant::now();
-    let child = cluster
-        .fetch_command("me", manifest.to_str().unwrap(), &retry_args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_piped(&mut cluster.fetch_command("me", manifest.to_str().unwrap(), &retry_args));
     std::thread::sleep(Duration::from_millis(1200));
     holder.signal("CONT");
     let out = finish(child, Duration::from_secs(30), started);
@@ -144,12 +136,7 @@ fn an_unreachable_holder_is_retried_until_it_is_back() {
     holder.kill9();
     write_jsonl(&manifest, &files);
     let started = Instant::now();
-    let child = cluster
-        .fetch_command("me", manifest.to_str().unwrap(), &retry_args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_piped(&mut cluster.fetch_command("me", manifest.to_str().unwrap(), &retry_args));
     std::thread::sleep(Duration::from_millis(800));
     let _back = cluster.agent("h", &["--listen", &format!("127.0.0.1:{port}")]);
     let out = finish(child, Duration::from_secs(30), started);
@@ -261,12 +248,7 @@ fn an_interrupted_fetch_keeps_its_partial_transfer_for_the_next_run() {
     let _slow = cluster.agent("slow", &["--max-rate", "4MiB"]);
     let me = cluster.node_dir("me");
     let started = Instant::now();
-    let child = cluster
-        .fetch_command("me", manifest.to_str().unwrap(), &[])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_piped(&mut cluster.fetch_command("me", manifest.to_str().unwrap(), &[]));
     assert!(eventually(Duration::from_secs(20), || partial_bytes(&me) >= 1 << 20));
     let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
     assert!(status.success());
@@ -288,12 +270,7 @@ fn an_interrupted_fetch_keeps_its_partial_transfer_for_the_next_run() {
 
     // Without checkpoints, an interruption leaves nothing partial.
     std::fs::remove_file(me.join("i/1.sst")).unwrap();
-    let child = cluster
-        .fetch_command("me", manifest.to_str().unwrap(), &["--no-checkpoint"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_piped(&mut cluster.fetch_command("me", manifest.to_str().unwrap(), &["--no-checkpoint"]));
     assert!(eventually(Duration::from_secs(20), || partial_bytes(&me) >= 1 << 20));
     Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
     let out = finish(child, Duration::from_secs(10), Instant::now());

@@ -279,8 +279,16 @@ impl Run {
 /// When it does not finish in time.
 pub fn run(cmd: &mut Command, limit: Duration) -> Run {
     let started = Instant::now();
-    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn command");
-    finish(child, limit, started)
+    finish(spawn_piped(cmd), limit, started)
+}
+
+/// Spawns `cmd` with stdout and stderr piped, for [`finish`] to collect (or for a test that
+/// interrupts it first).
+///
+/// # Panics
+/// When it cannot be spawned.
+pub fn spawn_piped(cmd: &mut Command) -> Child {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"))
 }
 
 /// Waits for a spawned child (stdout and stderr piped), killing it after `limit`.

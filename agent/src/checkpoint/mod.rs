@@ -347,31 +347,27 @@ impl Checkpoint {
 
 impl Recorder for Checkpoint {
     fn installed(&self, record: &FileRecord) {
-        let mtime_ns = record
-            .mtime
-            .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
-            .map_or(0, |d| i128::try_from(d.as_nanos()).unwrap_or(0));
         self.record(Recorded {
             name: record.name.clone(),
             size: record.size,
             sha256: record.sha256.map(hex::encode),
-            mtime_ns,
+            mtime_ns: record.mtime.and_then(unix_nanos).unwrap_or(0),
         });
     }
 }
 
-/// Whether the file at `path` is still what `recorded` describes (same size and mtime), so it
-/// need not be hashed again.
+/// Whether a file whose metadata is `meta` is still what `recorded` describes (same size and
+/// mtime), so it need not be hashed again.
 #[must_use]
-pub fn unchanged(path: &Path, recorded: &Recorded) -> bool {
-    std::fs::metadata(path).is_ok_and(|m| {
-        let mtime_ns = m
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
-            .and_then(|d| i128::try_from(d.as_nanos()).ok());
-        m.is_file() && m.len() == recorded.size && mtime_ns == Some(recorded.mtime_ns)
-    })
+pub fn unchanged(meta: &std::fs::Metadata, recorded: &Recorded) -> bool {
+    meta.is_file()
+        && meta.len() == recorded.size
+        && meta.modified().ok().and_then(unix_nanos) == Some(recorded.mtime_ns)
+}
+
+/// Nanoseconds since the epoch, the unit of [`Recorded::mtime_ns`].
+fn unix_nanos(t: SystemTime) -> Option<i128> {
+    t.duration_since(SystemTime::UNIX_EPOCH).ok().and_then(|d| i128::try_from(d.as_nanos()).ok())
 }
 
 fn differences(was: &Identity, now: &Identity) -> Vec<String> {
