@@ -71,9 +71,14 @@ struct CoordinatorArgs {
     /// The join token `depot serve` printed.
     #[arg(long, env = "DEPOT_JOIN_TOKEN", hide_env_values = true, value_name = "TOKEN")]
     join_token: Option<String>,
-    /// PEM CA to trust for https:// coordinators and archives (default: $SSL_CERT_FILE).
+    /// PEM CA to trust for https:// coordinators and archives (default: $SSL_CERT_FILE; `depot
+    /// serve` writes ARCHIVE/.depot/tls/bundle.pem for it).
     #[arg(long, value_name = "PEM")]
     ca_file: Option<PathBuf>,
+    /// Accept a plain http:// coordinator that is not on this machine (the join token and the
+    /// node secret then cross the network in clear; warned about at every start).
+    #[arg(long)]
+    insecure_coordinator: bool,
 }
 
 impl CoordinatorArgs {
@@ -89,7 +94,7 @@ impl CoordinatorArgs {
         let Some(token) = &self.join_token else {
             bail!("--coordinator needs --join-token (or DEPOT_JOIN_TOKEN): the join_token `depot serve` printed");
         };
-        Ok(Some(Coordinator::new(url, Secret::new(token.clone()), ca)?))
+        Ok(Some(Coordinator::with_insecure(url, Secret::new(token.clone()), ca, self.insecure_coordinator)?))
     }
 }
 
@@ -357,6 +362,23 @@ async fn stop_signal() {
     }
 }
 
+/// Ends a fetch/verify run's membership (its client-only certificate) when dropped, if it
+/// joined at all: the coordinator forgets it at once instead of at the certificate's expiry.
+struct Leave(Coordinator);
+
+impl Drop for Leave {
+    fn drop(&mut self) {
+        if self.0.identity().is_some() {
+            // Best effort, bounded to a second (multi-threaded runtime: blocking here is allowed).
+            tokio::task::block_in_place(|| {
+                tokio::runtime::Handle::current().block_on(async {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), self.0.deregister()).await;
+                });
+            });
+        }
+    }
+}
+
 fn print_json(value: &impl serde::Serialize) {
     println!("{}", serde_json::to_string(value).unwrap_or_else(|err| format!("{{\"error\":\"{err}\"}}")));
 }
@@ -378,6 +400,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<u8> {
         coordinator,
         join_token: Secret::new(join_token),
         ca,
+        insecure_coordinator: args.coordinator.insecure_coordinator,
         chunk_size: args.chunk_size,
         max_rate: args.max_rate,
     };
@@ -431,7 +454,9 @@ async fn fetch(args: FetchArgs) -> anyhow::Result<u8> {
     let only = args.files_from.as_deref().map(read_list).transpose()?;
     let node_id = args.node_id.clone().unwrap_or_else(|| node::default_node_id(root.dir()));
     let bar = Arc::new(Bar::new(!args.json));
-    let reader = args.coordinator.connect(ca.as_ref())?.map(|coordinator| {
+    let coordinator = args.coordinator.connect(ca.as_ref())?;
+    let _leave = coordinator.clone().map(Leave);
+    let reader = coordinator.map(|coordinator| {
         PeerReader::new(root.clone(), PeerDirectory::new(coordinator, Some(node_id.clone())))
             .with_retry(RetryPolicy { rounds: args.retries, ..RetryPolicy::default() })
             .with_timeouts(Timeouts { rpc: args.rpc_timeout, stall: args.stall_timeout })
@@ -526,6 +551,7 @@ async fn verify(args: VerifyArgs) -> anyhow::Result<u8> {
         bail!("verify needs --coordinator (or DEPOT_COORDINATOR) to find the live nodes");
     };
     let manifest = args.manifest.load(ca.as_ref()).await?;
+    let _leave = Leave(coordinator.clone());
     let directory = PeerDirectory::new(coordinator, None);
     let report =
         depot_agent::verify::verify(&manifest, &directory, usize::from(args.concurrency), args.rpc_timeout).await?;

@@ -19,12 +19,16 @@ use depot_proto::agent::node_agent_server::{NodeAgent, NodeAgentServer};
 use depot_proto::agent::{
     FileChunk, FileExistsRequest, FileExistsResponse, ReadFileRequest, StatRequest, StatResponse,
 };
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
 use tokio::sync::{Semaphore, mpsc};
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
+use tower::Service as _;
 
-use crate::auth::{RequireToken, TokenSlot};
+use crate::auth::RequirePeer;
 use crate::digest::DigestCache;
+use crate::identity::{Identity, PeerIdentity};
 
 /// Default size of one `ReadFile` chunk. Measured on loopback (see `scripts/bench-agent.sh`):
 /// 1 MiB chunks keep per-message overhead (framing, syscalls, task wake-ups) well under the cost
@@ -213,7 +217,7 @@ impl NodeAgentService {
 
 #[tonic::async_trait]
 impl NodeAgent for NodeAgentService {
-    #[tracing::instrument(skip_all, fields(path = %request.get_ref().path))]
+    #[tracing::instrument(skip_all, fields(caller = caller(&request), path = %request.get_ref().path))]
     async fn file_exists(&self, request: Request<FileExistsRequest>) -> Result<Response<FileExistsResponse>, Status> {
         let name = request.into_inner().path;
         let path = self.resolve(&name)?;
@@ -223,9 +227,10 @@ impl NodeAgent for NodeAgentService {
 
     type ReadFileStream = ReceiverStream<Result<FileChunk, Status>>;
 
-    #[tracing::instrument(skip_all, fields(path = %request.get_ref().path, offset = request.get_ref().offset))]
+    #[tracing::instrument(skip_all, fields(caller = caller(&request), path = %request.get_ref().path, offset = request.get_ref().offset))]
     async fn read_file(&self, request: Request<ReadFileRequest>) -> Result<Response<Self::ReadFileStream>, Status> {
         let ReadFileRequest { path: name, offset } = request.into_inner();
+        tracing::info!("ReadFile");
         let path = self.resolve(&name)?;
         let opened = {
             let name = name.clone();
@@ -242,7 +247,7 @@ impl NodeAgent for NodeAgentService {
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
-    #[tracing::instrument(skip_all, fields(path = %request.get_ref().path))]
+    #[tracing::instrument(skip_all, fields(caller = caller(&request), path = %request.get_ref().path))]
     async fn stat(&self, request: Request<StatRequest>) -> Result<Response<StatResponse>, Status> {
         let name = request.into_inner().path;
         let path = self.resolve(&name)?;
@@ -330,27 +335,81 @@ fn stream_file(
     }
 }
 
-/// Serves `service` on `listener`, every call checked against `tokens`, until `shutdown`
-/// completes; then stops accepting and waits for in-flight calls.
+/// The node id of a call's caller (from its certificate), for the log.
+fn caller<T>(request: &Request<T>) -> &str {
+    request.extensions().get::<PeerIdentity>().map_or("?", |p| p.node_id.as_str())
+}
+
+/// How long a caller may take to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves `service` (the real one, or a test double) on `listener` over mutual TLS with
+/// `identity`, every call checked by [`RequirePeer`], until `shutdown` completes; then stops
+/// accepting and waits for in-flight calls.
 ///
 /// # Errors
-/// The transport error that stopped the server.
-pub async fn serve(
+/// None so far; the signature leaves room for fatal accept errors.
+pub async fn serve<S: NodeAgent>(
     listener: tokio::net::TcpListener,
-    service: NodeAgentService,
-    tokens: TokenSlot,
+    service: S,
+    identity: Arc<Identity>,
     shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), tonic::transport::Error> {
-    let svc = NodeAgentServer::with_interceptor(service, RequireToken(tokens));
-    tonic::transport::Server::builder()
-        .tcp_nodelay(true)
+) -> io::Result<()> {
+    let routes = tonic::service::Routes::new(NodeAgentServer::with_interceptor(service, RequirePeer(identity.clone())));
+    let acceptor = tokio_rustls::TlsAcceptor::from(identity.server_config());
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(MAX_FRAME)
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .add_service(svc)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .timer(TokioTimer::new());
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(err) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(%err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let (acceptor, routes, builder, watcher) =
+            (acceptor.clone(), routes.clone(), builder.clone(), graceful.watcher());
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(err)) => {
+                    tracing::info!(%peer, %err, "TLS handshake refused");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let who = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| PeerIdentity::of(c));
+            let service = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+                if let Some(who) = &who {
+                    req.extensions_mut().insert(who.clone());
+                }
+                let mut routes = routes.clone();
+                async move { routes.call(req).await }
+            });
+            if let Err(err) = watcher.watch(builder.serve_connection(TokioIo::new(tls), service)).await {
+                tracing::debug!(%peer, %err, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }
 
 /// Binds `addr` and serves on it in a background task: for tests and embedders. Returns the
@@ -358,15 +417,15 @@ pub async fn serve(
 ///
 /// # Errors
 /// The I/O error binding.
-pub async fn spawn(
+pub async fn spawn<S: NodeAgent>(
     addr: SocketAddr,
-    service: NodeAgentService,
-    tokens: TokenSlot,
+    service: S,
+    identity: Arc<Identity>,
 ) -> io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     let handle = tokio::spawn(async move {
-        if let Err(err) = serve(listener, service, tokens, std::future::pending()).await {
+        if let Err(err) = serve(listener, service, identity, std::future::pending()).await {
             tracing::error!(%err, "agent server stopped");
         }
     });

@@ -29,6 +29,8 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Print the s3:// storage URL that br:///DIR translates to.
     Url(UrlArgs),
+    /// The nodes joined to a running server: list, remove (revoke), rotate the join token.
+    Nodes(crate::nodes_cli::NodesArgs),
 }
 
 #[derive(Debug, Args)]
@@ -78,6 +80,9 @@ struct ServeArgs {
     /// How long Ctrl-C waits for requests in flight.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     shutdown_timeout: Duration,
+    /// Lifetime of the certificates issued to nodes at join (they renew at two thirds of it).
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    cert_lifetime: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -119,6 +124,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(*args),
         Command::Url(args) => url(args),
+        Command::Nodes(args) => crate::nodes_cli::run(args),
     }
 }
 
@@ -142,6 +148,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tls_files: args.tls_cert.zip(args.tls_key),
         multi_bucket: args.multi_bucket,
         heartbeat_interval: args.heartbeat_interval,
+        cert_lifetime: args.cert_lifetime,
         drain_timeout: args.shutdown_timeout,
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
 use crate::archive::{Archive, Layout};
+use crate::cluster::Cluster;
 use crate::credentials::{CredentialError, Credentials, Given};
 use crate::registry::Registry;
 use crate::s3::Depot;
@@ -61,6 +62,8 @@ pub struct Config {
     pub multi_bucket: bool,
     /// How often agents heartbeat.
     pub heartbeat_interval: Duration,
+    /// Lifetime of the certificates issued to nodes.
+    pub cert_lifetime: Duration,
     /// How long Ctrl-C waits for requests in flight.
     pub drain_timeout: Duration,
 }
@@ -78,6 +81,7 @@ impl Config {
             tls_files: None,
             multi_bucket: false,
             heartbeat_interval: Duration::from_secs(5),
+            cert_lifetime: Duration::from_secs(24 * 3600),
             drain_timeout: Duration::from_secs(30),
         }
     }
@@ -278,7 +282,10 @@ impl Server {
         };
         let stats = Arc::new(Stats::default());
         let archive = Arc::new(Archive::new(root.clone(), layout));
-        let registry = Registry::new(credentials.join_token.clone(), config.heartbeat_interval);
+        let cluster = Arc::new(Cluster::open(&state, config.cert_lifetime)?);
+        let admin_token = write_admin_token(&state).map_err(state_err(&state.join("cluster")))?;
+        let registry =
+            Registry::new(credentials.join_token.clone(), admin_token, Arc::clone(&cluster), config.heartbeat_interval);
         let app = App {
             s3: s3_service(Depot::new(archive, Arc::clone(&stats), config.region.clone()), &credentials),
             grpc: registry.routes(),
@@ -355,6 +362,25 @@ impl Server {
         tracing::info!(?summary, "stopped");
         summary
     }
+}
+
+/// Where `depot nodes` finds the admin token of the server on an archive.
+pub fn admin_token_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("cluster").join("admin-token")
+}
+
+/// A fresh admin token for this run, written (mode 0600) for `depot nodes`.
+fn write_admin_token(state_dir: &Path) -> io::Result<SecretKey> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let path = admin_token_path(state_dir);
+    std::fs::create_dir_all(path.parent().expect("has a parent"))?;
+    let token = crate::credentials::random_token(40);
+    let _ = std::fs::remove_file(&path);
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
+    file.write_all(token.as_bytes())?;
+    file.sync_all()?;
+    Ok(SecretKey::from(token))
 }
 
 /// The s3s service: Depot's S3 behind SigV4 with the run's credentials.
