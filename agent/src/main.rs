@@ -127,6 +127,8 @@ struct ServeArgs {
     /// ReadFile chunk size in bytes.
     #[arg(long, default_value_t = depot_agent::service::DEFAULT_CHUNK_SIZE, hide = true)]
     chunk_size: usize,
+    #[command(flatten)]
+    limits: depot_net::LimitArgs,
 }
 
 #[derive(Debug, Args)]
@@ -403,7 +405,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<u8> {
         insecure_coordinator: args.coordinator.insecure_coordinator,
         chunk_size: args.chunk_size,
         max_rate: args.max_rate,
+        limits: args.limits.limits(),
     };
+    match depot_net::raise_open_file_limit() {
+        Ok((before, after)) => tracing::info!(?before, ?after, "open-file limit (soft) raised to the hard limit"),
+        Err(err) => tracing::warn!(%err, "cannot raise the open-file limit"),
+    }
     let json = args.json;
     let report = node::serve(
         options,

@@ -54,6 +54,8 @@ pub struct ServeOptions {
     pub chunk_size: usize,
     /// Cap on the bytes per second served to peers, all streams together.
     pub max_rate: Option<u64>,
+    /// Connection caps and timeouts against hostile clients.
+    pub limits: depot_net::Limits,
 }
 
 /// A started agent, as reported once ready (`--json` prints it).
@@ -198,11 +200,12 @@ pub async fn serve(
         NodeAgentService::new(root.clone()).with_chunk_size(options.chunk_size).with_rate_limit(options.max_rate);
     let stats: Arc<ServeStats> = service.stats();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let limits = options.limits;
     let server = {
         let mut stop_rx = stop_rx.clone();
         let identity = identity.clone();
         tokio::spawn(async move {
-            service::serve(listener, service, identity, async move {
+            service::serve(listener, service, identity, limits, async move {
                 let _ = stop_rx.wait_for(|stop| *stop).await;
             })
             .await

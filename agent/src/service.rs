@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use depot_fs::{NameRule, Root, UnsafeName};
+use depot_net::{Limits, Tracked, Tracker};
 use depot_proto::agent::node_agent_server::{NodeAgent, NodeAgentServer};
 use depot_proto::agent::{
     FileChunk, FileExistsRequest, FileExistsResponse, ReadFileRequest, StatRequest, StatResponse,
@@ -340,12 +341,11 @@ fn caller<T>(request: &Request<T>) -> &str {
     request.extensions().get::<PeerIdentity>().map_or("?", |p| p.node_id.as_str())
 }
 
-/// How long a caller may take to finish the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Serves `service` (the real one, or a test double) on `listener` over mutual TLS with
 /// `identity`, every call checked by [`RequirePeer`], until `shutdown` completes; then stops
-/// accepting and waits for in-flight calls.
+/// accepting and waits for in-flight calls. Hostile clients are held off by `limits` (see
+/// `depot_net`: caps shedding the longest-idle connection, a header timeout that also bounds the
+/// TLS handshake, an idle timeout).
 ///
 /// # Errors
 /// None so far; the signature leaves room for fatal accept errors.
@@ -353,8 +353,10 @@ pub async fn serve<S: NodeAgent>(
     listener: tokio::net::TcpListener,
     service: S,
     identity: Arc<Identity>,
+    limits: Limits,
     shutdown: impl Future<Output = ()> + Send,
 ) -> io::Result<()> {
+    let tracker = Tracker::new(limits);
     let routes = tonic::service::Routes::new(NodeAgentServer::with_interceptor(service, RequirePeer(identity.clone())));
     let acceptor = tokio_rustls::TlsAcceptor::from(identity.server_config());
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
@@ -379,31 +381,43 @@ pub async fn serve<S: NodeAgent>(
             },
             () = &mut shutdown => break,
         };
+        let Some(conn) = tracker.admit(peer.ip()) else {
+            continue; // every connection is busy: this one is dropped
+        };
         let _ = stream.set_nodelay(true);
+        let stream = Tracked::new(stream, &conn);
         let (acceptor, routes, builder, watcher) =
             (acceptor.clone(), routes.clone(), builder.clone(), graceful.watcher());
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(err)) => {
-                    tracing::info!(%peer, %err, "TLS handshake refused");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
+            let activity = conn.activity();
+            let serve = async {
+                let tls = match acceptor.accept(stream).await {
+                    Ok(tls) => tls,
+                    Err(err) => {
+                        tracing::info!(%peer, %err, "TLS handshake refused");
+                        return;
+                    }
+                };
+                let who = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| PeerIdentity::of(c));
+                let service = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+                    let in_flight = activity.request();
+                    if let Some(who) = &who {
+                        req.extensions_mut().insert(who.clone());
+                    }
+                    let mut routes = routes.clone();
+                    async move {
+                        let response = routes.call(req).await;
+                        drop(in_flight);
+                        response
+                    }
+                });
+                if let Err(err) = watcher.watch(builder.serve_connection(TokioIo::new(tls), service)).await {
+                    tracing::debug!(%peer, %err, "connection ended with an error");
                 }
             };
-            let who = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| PeerIdentity::of(c));
-            let service = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-                if let Some(who) = &who {
-                    req.extensions_mut().insert(who.clone());
-                }
-                let mut routes = routes.clone();
-                async move { routes.call(req).await }
-            });
-            if let Err(err) = watcher.watch(builder.serve_connection(TokioIo::new(tls), service)).await {
-                tracing::debug!(%peer, %err, "connection ended with an error");
+            tokio::select! {
+                () = serve => {}
+                why = conn.closed() => tracing::debug!(%peer, ?why, "connection closed by the agent"),
             }
         });
     }
@@ -425,7 +439,7 @@ pub async fn spawn<S: NodeAgent>(
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     let handle = tokio::spawn(async move {
-        if let Err(err) = serve(listener, service, identity, std::future::pending()).await {
+        if let Err(err) = serve(listener, service, identity, Limits::default(), std::future::pending()).await {
             tracing::error!(%err, "agent server stopped");
         }
     });

@@ -256,9 +256,15 @@ async fn an_unreachable_holder_is_retried_until_it_comes_up() {
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
-        depot_agent::service::serve(listener, NodeAgentService::new(root), identity, std::future::pending())
-            .await
-            .unwrap();
+        depot_agent::service::serve(
+            listener,
+            NodeAgentService::new(root),
+            identity,
+            depot_net::Limits::default(),
+            std::future::pending(),
+        )
+        .await
+        .unwrap();
     });
     let got = reader(&url, me.path(), "me").fetch(&entry).await.unwrap();
     assert_eq!(got.node_id, "late");

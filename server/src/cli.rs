@@ -83,6 +83,8 @@ struct ServeArgs {
     /// Lifetime of the certificates issued to nodes at join (they renew at two thirds of it).
     #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
     cert_lifetime: Duration,
+    #[command(flatten)]
+    limits: depot_net::LimitArgs,
 }
 
 #[derive(Debug, Args)]
@@ -149,14 +151,20 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         multi_bucket: args.multi_bucket,
         heartbeat_interval: args.heartbeat_interval,
         cert_lifetime: args.cert_lifetime,
+        limits: args.limits.limits(),
         drain_timeout: args.shutdown_timeout,
     };
+    let raised = depot_net::raise_open_file_limit();
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let mut server = Server::bind(config).await?;
         let log_file = args.log_file.unwrap_or_else(|| server.banner().archive.join(".depot/depot.log"));
         init_logging(&log_file, &args.log_level)?;
         server.set_log_file(log_file);
+        match raised {
+            Ok((before, after)) => tracing::info!(?before, ?after, "open-file limit (soft) raised to the hard limit"),
+            Err(err) => tracing::warn!(%err, "cannot raise the open-file limit"),
+        }
         if server.swept() > 0 {
             tracing::info!(files = server.swept(), "removed temp files left by an interrupted run");
         }

@@ -64,6 +64,8 @@ pub struct Config {
     pub heartbeat_interval: Duration,
     /// Lifetime of the certificates issued to nodes.
     pub cert_lifetime: Duration,
+    /// Connection caps and timeouts against hostile clients.
+    pub limits: depot_net::Limits,
     /// How long Ctrl-C waits for requests in flight.
     pub drain_timeout: Duration,
 }
@@ -82,6 +84,7 @@ impl Config {
             multi_bucket: false,
             heartbeat_interval: Duration::from_secs(5),
             cert_lifetime: Duration::from_secs(24 * 3600),
+            limits: depot_net::Limits::default(),
             drain_timeout: Duration::from_secs(30),
         }
     }
@@ -213,6 +216,7 @@ pub struct Server {
     root: Root,
     swept: usize,
     drain: Duration,
+    limits: depot_net::Limits,
     /// Held while serving: one server per archive.
     _lock: File,
 }
@@ -324,6 +328,7 @@ impl Server {
             root,
             swept,
             drain: config.drain_timeout,
+            limits: config.limits,
             _lock: lock,
         })
     }
@@ -356,7 +361,7 @@ impl Server {
     /// Serves until `shutdown` completes, drains, and returns the summary.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> Summary {
         tracing::info!(endpoint = %self.banner.endpoint, archive = %self.root.dir().display(), "serving");
-        crate::server::run(self.listener, self.tls, self.app, shutdown, self.drain).await;
+        crate::server::run(self.listener, self.tls, self.app, shutdown, self.drain, self.limits).await;
         let _ = std::fs::remove_file(ServerInfo::path(self.root.dir()));
         let summary = self.stats.summary();
         tracing::info!(?summary, "stopped");
