@@ -71,6 +71,9 @@ struct CoordinatorArgs {
     /// The join token `depot serve` printed.
     #[arg(long, env = "DEPOT_JOIN_TOKEN", hide_env_values = true, value_name = "TOKEN")]
     join_token: Option<String>,
+    /// File holding the join token (instead of --join-token, which `ps` shows).
+    #[arg(long, value_name = "FILE", conflicts_with = "join_token")]
+    join_token_file: Option<PathBuf>,
     /// PEM CA to trust for https:// coordinators and archives (default: $SSL_CERT_FILE; `depot
     /// serve` writes ARCHIVE/.depot/tls/bundle.pem for it).
     #[arg(long, value_name = "PEM")]
@@ -82,6 +85,18 @@ struct CoordinatorArgs {
 }
 
 impl CoordinatorArgs {
+    /// Resolves `--join-token-file` and warns about `--join-token` on the command line.
+    fn resolve_secrets(&mut self) -> anyhow::Result<()> {
+        self.join_token = depot_net::secret_flag(
+            "join-token",
+            "DEPOT_JOIN_TOKEN",
+            self.join_token.take(),
+            self.join_token_file.as_deref(),
+        )
+        .map_err(anyhow::Error::msg)?;
+        Ok(())
+    }
+
     fn ca(&self) -> anyhow::Result<Option<ExtraCa>> {
         Ok(ExtraCa::load(self.ca_file.as_deref())?)
     }
@@ -149,7 +164,12 @@ struct ManifestArgs {
 impl ManifestArgs {
     async fn load(&self, ca: Option<&ExtraCa>) -> anyhow::Result<Manifest> {
         let key = match (&self.crypter_key, &self.crypter_key_file) {
-            (Some(hex), _) => Some(CrypterKey::from_hex(hex)?),
+            (Some(hex), _) => {
+                let hex = depot_net::secret_flag("crypter-key", "DEPOT_CRYPTER_KEY", Some(hex.clone()), None)
+                    .map_err(anyhow::Error::msg)?
+                    .unwrap_or_default();
+                Some(CrypterKey::from_hex(&hex)?)
+            }
             (None, Some(path)) => {
                 let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
                 Some(CrypterKey::from_hex(&text).with_context(|| format!("in {}", path.display()))?)
@@ -385,7 +405,8 @@ fn print_json(value: &impl serde::Serialize) {
     println!("{}", serde_json::to_string(value).unwrap_or_else(|err| format!("{{\"error\":\"{err}\"}}")));
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<u8> {
+async fn serve(mut args: ServeArgs) -> anyhow::Result<u8> {
+    args.coordinator.resolve_secrets()?;
     init_logging(args.log_file.as_deref(), "info")?;
     let ca = args.coordinator.ca()?;
     let Some(coordinator) = args.coordinator.coordinator.clone() else {
@@ -447,7 +468,8 @@ fn read_list(path: &Path) -> anyhow::Result<Vec<String>> {
     Ok(text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_owned).collect())
 }
 
-async fn fetch(args: FetchArgs) -> anyhow::Result<u8> {
+async fn fetch(mut args: FetchArgs) -> anyhow::Result<u8> {
+    args.coordinator.resolve_secrets()?;
     let root = depot_fs::Root::open(&args.root)?;
     let log_file = args.log_file.clone().unwrap_or_else(|| root.state_dir().join("logs").join("fetch.log"));
     init_logging(Some(&log_file), "warn")?;
@@ -551,7 +573,8 @@ async fn fetch(args: FetchArgs) -> anyhow::Result<u8> {
     })
 }
 
-async fn verify(args: VerifyArgs) -> anyhow::Result<u8> {
+async fn verify(mut args: VerifyArgs) -> anyhow::Result<u8> {
+    args.coordinator.resolve_secrets()?;
     init_logging(args.log_file.as_deref(), "warn")?;
     let ca = args.coordinator.ca()?;
     let Some(coordinator) = args.coordinator.connect(ca.as_ref())? else {

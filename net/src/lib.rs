@@ -327,6 +327,37 @@ pub fn raise_open_file_limit() -> std::io::Result<(Option<u64>, Option<u64>)> {
     Ok((limit.current, getrlimit(Resource::Nofile).current))
 }
 
+/// A secret given as `--NAME VALUE` (visible to every user in `ps`) or as `--NAME-file PATH`:
+/// the value, with a warning on stderr for the first form. `env` is the variable that is the
+/// recommended way.
+///
+/// # Errors
+/// When the file cannot be read or is empty.
+pub fn secret_flag(
+    name: &str,
+    env: &str,
+    value: Option<String>,
+    file: Option<&std::path::Path>,
+) -> Result<Option<String>, String> {
+    if let Some(path) = file {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| format!("cannot read --{name}-file {}: {e}", path.display()))?;
+        let text = text.trim().to_owned();
+        if text.is_empty() {
+            return Err(format!("--{name}-file {} is empty", path.display()));
+        }
+        return Ok(Some(text));
+    }
+    let flag = format!("--{name}");
+    let on_command_line = std::env::args().any(|a| a == flag || a.starts_with(&format!("{flag}=")));
+    if value.is_some() && on_command_line {
+        eprintln!(
+            "warning: {flag} on the command line is visible to every user of this machine (ps, /proc); set {env} or use {flag}-file instead"
+        );
+    }
+    Ok(value)
+}
+
 /// Parses a duration flag (`30s`, `500ms`, or plain seconds).
 ///
 /// # Errors

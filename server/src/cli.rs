@@ -53,6 +53,9 @@ struct ServeArgs {
     /// The agents' join token [default: generated].
     #[arg(long, env = "DEPOT_JOIN_TOKEN", hide_env_values = true)]
     join_token: Option<String>,
+    /// File holding the agents' join token (instead of --join-token, which `ps` shows).
+    #[arg(long, value_name = "FILE", conflicts_with = "join_token")]
+    join_token_file: Option<PathBuf>,
     /// HTTPS: auto = on when --advertise is not a loopback address.
     #[arg(long, value_enum, default_value_t = TlsMode::Auto)]
     tls: TlsMode,
@@ -98,6 +101,9 @@ struct CredentialArgs {
     /// The secret key [default: generated].
     #[arg(long, env = "DEPOT_SECRET_KEY", hide_env_values = true)]
     secret_key: Option<String>,
+    /// File holding the secret key (instead of --secret-key, which `ps` shows).
+    #[arg(long, value_name = "FILE", conflicts_with = "secret_key")]
+    secret_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -143,8 +149,20 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         credentials: Given {
             bucket: args.credentials.bucket,
             access_key: args.credentials.access_key,
-            secret_key: args.credentials.secret_key,
-            join_token: args.join_token,
+            secret_key: depot_net::secret_flag(
+                "secret-key",
+                "DEPOT_SECRET_KEY",
+                args.credentials.secret_key,
+                args.credentials.secret_key_file.as_deref(),
+            )
+            .map_err(anyhow::Error::msg)?,
+            join_token: depot_net::secret_flag(
+                "join-token",
+                "DEPOT_JOIN_TOKEN",
+                args.join_token,
+                args.join_token_file.as_deref(),
+            )
+            .map_err(anyhow::Error::msg)?,
         },
         tls: args.tls,
         tls_files: args.tls_cert.zip(args.tls_key),

@@ -301,3 +301,30 @@ fn a_plaintext_remote_coordinator_is_refused() {
     assert_eq!(out.code, Some(2), "{out:?}");
     assert!(out.stderr.contains("--insecure-coordinator") && out.stderr.contains("https://"), "{}", out.stderr);
 }
+
+/// Secrets off the command line: `--join-token` in argv is warned about; `--join-token-file`
+/// (or the environment) is not, and works.
+#[test]
+fn a_join_token_on_the_command_line_is_warned_about_and_a_file_works() {
+    let dir = test_dir();
+    let cluster = Cluster::start(dir.path(), "500ms");
+    let file = DataFile::new("held.sst", 100);
+    file.write_to(&cluster.node_dir("argv"));
+    let agent = cluster.agent("argv", &[]);
+    assert!(agent.stderr().contains("visible to every user"), "{}", agent.stderr());
+    let token_file = dir.path().join("join-token");
+    std::fs::write(&token_file, format!("{}\n", cluster.join_token)).unwrap();
+    let manifest = dir.path().join("m.jsonl");
+    write_jsonl(&manifest, std::slice::from_ref(&file));
+    let out = depot_tests::agents::run(
+        std::process::Command::new(depot_tests::bin("depot-agent"))
+            .arg("verify")
+            .args(["--coordinator", &cluster.registry, "--join-token-file"])
+            .arg(&token_file)
+            .args(["--meta", manifest.to_str().unwrap(), "--json"])
+            .env_remove("DEPOT_JOIN_TOKEN"),
+        Duration::from_secs(30),
+    );
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(!out.stderr.contains("visible to every user"), "{}", out.stderr);
+}
