@@ -11,7 +11,7 @@ use aws_sdk_s3::types::{
 };
 use base64::Engine as _;
 use depot_tests::raw::{self, Payload, Signer};
-use depot_tests::{Depot, test_dir};
+use depot_tests::{Depot, Proto, test_dir};
 
 pub fn body(len: usize, seed: u8) -> Vec<u8> {
     (0..len).map(|i| ((i * 31 + i / 7) as u8).wrapping_add(seed)).collect()
@@ -42,10 +42,9 @@ fn crc32_b64(data: &[u8]) -> String {
 }
 
 /// Items 1 and 7: path-style SigV4 works; HeadBucket reports the region BR checks.
-#[tokio::test]
-async fn item01_07_path_style_sigv4_and_bucket_region() {
+async fn item01_07_path_style_sigv4_and_bucket_region(proto: Proto) {
     let dir = test_dir();
-    let depot = Depot::start(&dir.path().join("archive"), &["--region", "eu-central-1"]);
+    let depot = proto.start(&dir.path().join("archive"), &["--region", "eu-central-1"]);
     let s3 = depot.client();
     let bucket = depot.field("bucket");
     let head = s3.head_bucket().bucket(&bucket).send().await.unwrap();
@@ -58,11 +57,10 @@ async fn item01_07_path_style_sigv4_and_bucket_region() {
 }
 
 /// Item 2: every payload encoding, byte-exact.
-#[tokio::test]
-async fn item02_every_payload_encoding_round_trips() {
+async fn item02_every_payload_encoding_round_trips(proto: Proto) {
     let dir = test_dir();
-    let depot = Depot::start(&dir.path().join("archive"), &[]);
-    let endpoint = depot.field("endpoint");
+    let depot = proto.start(&dir.path().join("archive"), &[]);
+    let target = depot.target();
     let bucket = depot.field("bucket");
     let signer = signer(&depot);
     let data = body(200_000, 3);
@@ -78,7 +76,7 @@ async fn item02_every_payload_encoding_round_trips() {
         ("unsigned-trailer", Payload::UnsignedTrailer { data: data.clone(), chunk: 8_192, trailer: crc.clone() }),
     ];
     for (name, payload) in cases {
-        let resp = raw::send(&endpoint, Some(&signer), "PUT", &format!("/{bucket}/{name}"), &[], payload).await;
+        let resp = raw::send(&target, Some(&signer), "PUT", &format!("/{bucket}/{name}"), &[], payload).await;
         assert_eq!(resp.status, 200, "{name}: {}", resp.text());
         assert_eq!(std::fs::read(dir.path().join("archive").join(name)).unwrap(), data, "{name}");
     }
@@ -86,12 +84,10 @@ async fn item02_every_payload_encoding_round_trips() {
     assert_eq!(get_bytes(&s3, &bucket, "signed-chunks-trailer").await, data);
 }
 
-/// Item 2 with the SDK's own default over HTTPS: aws-chunked body, CRC32 trailer.
-#[tokio::test]
-async fn item02_sdk_default_over_tls_sends_trailers_and_they_are_checked() {
+/// Item 2 with the SDK's own default: aws-chunked body, CRC32 trailer.
+async fn item02_sdk_default_sends_trailers_and_they_are_checked(proto: Proto) {
     let dir = test_dir();
-    let depot = Depot::start(&dir.path().join("archive"), &["--tls", "on"]);
-    assert!(depot.field("endpoint").starts_with("https://"));
+    let depot = proto.start(&dir.path().join("archive"), &[]);
     let s3 = depot.client();
     let bucket = depot.field("bucket");
     let data = body(3 * 1024 * 1024 + 5, 9);
@@ -104,10 +100,9 @@ async fn item02_sdk_default_over_tls_sends_trailers_and_they_are_checked() {
 
 /// Item 3: checksum headers are verified when present; SSE, ACL and storage-class headers
 /// are accepted.
-#[tokio::test]
-async fn item03_checksum_headers_verified_sse_acl_storage_class_accepted() {
+async fn item03_checksum_headers_verified_sse_acl_storage_class_accepted(proto: Proto) {
     let dir = test_dir();
-    let depot = Depot::start(&dir.path().join("archive"), &[]);
+    let depot = proto.start(&dir.path().join("archive"), &[]);
     let s3 = depot.client();
     let bucket = depot.field("bucket");
     let data = body(10_000, 1);
@@ -125,10 +120,10 @@ async fn item03_checksum_headers_verified_sse_acl_storage_class_accepted() {
     let head = s3.head_object().bucket(&bucket).key("sha").checksum_mode(ChecksumMode::Enabled).send().await.unwrap();
     assert!(head.checksum_sha256().is_some());
 
-    let endpoint = depot.field("endpoint");
+    let target = depot.target();
     let wrong = crc32_b64(b"something else");
     let resp = raw::send(
-        &endpoint,
+        &target,
         Some(&signer(&depot)),
         "PUT",
         &format!("/{bucket}/crc-mismatch"),
@@ -141,14 +136,32 @@ async fn item03_checksum_headers_verified_sse_acl_storage_class_accepted() {
     assert!(!dir.path().join("archive/crc-mismatch").exists());
 }
 
-/// Item 4: `Expect: 100-continue` gets a 100 before the body is sent.
-#[tokio::test]
-async fn item04_expect_100_continue() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// Item 4: `Expect: 100-continue` gets a 100 before the body is sent (over HTTP/2 the
+/// interim response is a HEADERS frame; the exchange must still end in a 200).
+async fn item04_expect_100_continue(proto: Proto) {
     let dir = test_dir();
-    let depot = Depot::start(&dir.path().join("archive"), &[]);
+    let depot = proto.start(&dir.path().join("archive"), &[]);
     let s3 = depot.client();
     let bucket = depot.field("bucket");
+    if proto != Proto::H1 {
+        for (key, data) in [("continued", &b"hello"[..]), ("empty", &b""[..])] {
+            let resp = raw::send(
+                &depot.target(),
+                Some(&signer(&depot)),
+                "PUT",
+                &format!("/{bucket}/{key}"),
+                &[("expect", "100-continue")],
+                Payload::Hex(data.to_vec()),
+            )
+            .await;
+            assert_eq!(resp.status, 200, "{key}: {}", resp.text());
+            assert_eq!(resp.version, http::Version::HTTP_2);
+            assert!(!resp.headers.contains_key("connection"), "no connection-specific header over HTTP/2");
+            assert_eq!(get_bytes(&s3, &bucket, key).await, data);
+        }
+        return;
+    }
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     // A presigned PUT needs no signing here; the request is written by hand.
     let url = s3
         .put_object()
@@ -199,10 +212,9 @@ async fn item04_expect_100_continue() {
 
 /// Item 5: multipart Create / UploadPart / ListParts / ListMultipartUploads / Complete /
 /// Abort, and Complete with zero parts.
-#[tokio::test]
-async fn item05_multipart_upload_lifecycle() {
+async fn item05_multipart_upload_lifecycle(proto: Proto) {
     let dir = test_dir();
-    let depot = Depot::start(&dir.path().join("archive"), &[]);
+    let depot = proto.start(&dir.path().join("archive"), &[]);
     let s3 = depot.client();
     let bucket = depot.field("bucket");
     let part1 = body(5 * 1024 * 1024, 1);
@@ -304,10 +316,9 @@ async fn item05_multipart_upload_lifecycle() {
 }
 
 /// Item 5: S3's part rules — every part but the last at least 5 MiB, ascending, ETags match.
-#[tokio::test]
-async fn item05_multipart_rules_are_enforced() {
+async fn item05_multipart_rules_are_enforced(proto: Proto) {
     let dir = test_dir();
-    let depot = Depot::start(&dir.path().join("archive"), &[]);
+    let depot = proto.start(&dir.path().join("archive"), &[]);
     let s3 = depot.client();
     let bucket = depot.field("bucket");
     let id =
@@ -346,10 +357,9 @@ async fn item05_multipart_rules_are_enforced() {
 
 /// Item 6: ListObjects V1 and V2, with every paging and grouping parameter, keys in UTF-8
 /// binary order.
-#[tokio::test]
-async fn item06_list_objects_v1_and_v2() {
+async fn item06_list_objects_v1_and_v2(proto: Proto) {
     let dir = test_dir();
-    let depot = Depot::start(&dir.path().join("archive"), &[]);
+    let depot = proto.start(&dir.path().join("archive"), &[]);
     let s3 = depot.client();
     let bucket = depot.field("bucket");
     let keys = ["b", "a/1", "a/2/x", "a.txt", "a0", "é", "z/é y+%", "c/d/e"];
@@ -414,20 +424,18 @@ async fn item06_list_objects_v1_and_v2() {
 }
 
 /// Item 8: object lock is "not configured".
-#[tokio::test]
-async fn item08_object_lock_not_configured() {
+async fn item08_object_lock_not_configured(proto: Proto) {
     let dir = test_dir();
-    let depot = Depot::start(&dir.path().join("archive"), &[]);
+    let depot = proto.start(&dir.path().join("archive"), &[]);
     let err = depot.client().get_object_lock_configuration().bucket(depot.field("bucket")).send().await.unwrap_err();
     assert_eq!(err.into_service_error().meta().code(), Some("ObjectLockConfigurationNotFoundError"));
 }
 
 /// Item 9: DeleteObject (204 also for a missing key) and DeleteObjects.
-#[tokio::test]
-async fn item09_delete_object_and_objects() {
+async fn item09_delete_object_and_objects(proto: Proto) {
     let dir = test_dir();
     let archive = dir.path().join("archive");
-    let depot = Depot::start(&archive, &[]);
+    let depot = proto.start(&archive, &[]);
     let s3 = depot.client();
     let bucket = depot.field("bucket");
     for key in ["d/1", "d/2", "d/3", "keep"] {
@@ -436,7 +444,7 @@ async fn item09_delete_object_and_objects() {
     s3.delete_object().bucket(&bucket).key("d/1").send().await.unwrap();
     s3.delete_object().bucket(&bucket).key("never-existed").send().await.unwrap();
     let resp = raw::send(
-        &depot.field("endpoint"),
+        &depot.target(),
         Some(&signer(&depot)),
         "DELETE",
         &format!("/{bucket}/never-existed"),
@@ -460,10 +468,9 @@ async fn item09_delete_object_and_objects() {
 }
 
 /// Item 10: ranged GET is 206 with Content-Range; a range past the end is 416.
-#[tokio::test]
-async fn item10_ranged_get() {
+async fn item10_ranged_get(proto: Proto) {
     let dir = test_dir();
-    let depot = Depot::start(&dir.path().join("archive"), &[]);
+    let depot = proto.start(&dir.path().join("archive"), &[]);
     let s3 = depot.client();
     let bucket = depot.field("bucket");
     let data = body(1000, 4);
@@ -485,7 +492,7 @@ async fn item10_ranged_get() {
         assert_eq!(got.body.collect().await.unwrap().into_bytes().as_ref(), expect, "{range}");
     }
     let resp = raw::send(
-        &depot.field("endpoint"),
+        &depot.target(),
         Some(&signer(&depot)),
         "GET",
         &format!("/{bucket}/r"),
@@ -499,31 +506,46 @@ async fn item10_ranged_get() {
 }
 
 /// Item 11: errors are S3 XML with the right codes; HEAD of a missing key is a bodyless 404.
-#[tokio::test]
-async fn item11_errors_as_s3_xml_and_bodyless_head_404() {
+async fn item11_errors_as_s3_xml_and_bodyless_head_404(proto: Proto) {
     let dir = test_dir();
-    let depot = Depot::start(&dir.path().join("archive"), &[]);
-    let endpoint = depot.field("endpoint");
+    let depot = proto.start(&dir.path().join("archive"), &[]);
+    let target = depot.target();
     let bucket = depot.field("bucket");
     let s = signer(&depot);
-    let resp = raw::send(&endpoint, Some(&s), "GET", &format!("/{bucket}/missing"), &[], Payload::Hex(vec![])).await;
+    let resp = raw::send(&target, Some(&s), "GET", &format!("/{bucket}/missing"), &[], Payload::Hex(vec![])).await;
     assert_eq!(resp.status, 404);
     assert!(resp.text().contains("<Code>NoSuchKey</Code>"), "{}", resp.text());
-    let resp = raw::send(&endpoint, Some(&s), "GET", "/other-bucket/x", &[], Payload::Hex(vec![])).await;
+    if let Some(length) = resp.headers.get("content-length") {
+        assert_eq!(length.to_str().unwrap(), resp.body.len().to_string(), "an error's Content-Length is its body's");
+    }
+    let resp = raw::send(&target, Some(&s), "GET", "/other-bucket/x", &[], Payload::Hex(vec![])).await;
     assert_eq!(resp.status, 404);
     assert!(resp.text().contains("<Code>NoSuchBucket</Code>"), "{}", resp.text());
-    let resp = raw::send(&endpoint, Some(&s), "HEAD", &format!("/{bucket}/missing"), &[], Payload::Hex(vec![])).await;
-    assert_eq!(resp.status, 404);
-    assert!(resp.body.is_empty());
+    // No HEAD answer carries a body, whatever its status (HTTP/2 would send it as DATA).
+    let path = format!("/{bucket}/present");
+    assert_eq!(raw::send(&target, Some(&s), "PUT", &path, &[], Payload::Hex(b"abc".to_vec())).await.status, 200);
+    for (path, status) in [
+        (format!("/{bucket}/missing"), 404),
+        ("/other-bucket/x".to_owned(), 404),
+        (format!("/{bucket}/present"), 200),
+        (format!("/{bucket}/a/../x"), 400),
+    ] {
+        let resp = raw::send(&target, Some(&s), "HEAD", &path, &[], Payload::Hex(vec![])).await;
+        assert_eq!(resp.status, status, "HEAD {path}");
+        assert!(resp.body.is_empty(), "HEAD {path} sent a body over {proto:?}: {}", resp.text());
+    }
+    let bad = Signer { secret_key: "wrong".into(), ..s.clone() };
+    let resp = raw::send(&target, Some(&bad), "HEAD", &format!("/{bucket}/present"), &[], Payload::Hex(vec![])).await;
+    assert_eq!(resp.status, 403);
+    assert!(resp.body.is_empty(), "HEAD 403 sent a body over {proto:?}");
     let err = depot.client().head_object().bucket(&bucket).key("missing").send().await.unwrap_err();
     assert!(err.into_service_error().is_not_found());
 }
 
 /// Item 12: CopyObject, user metadata and Content-Type round trips, presigned URLs.
-#[tokio::test]
-async fn item12_copy_metadata_and_presigned_urls() {
+async fn item12_copy_metadata_and_presigned_urls(proto: Proto) {
     let dir = test_dir();
-    let depot = Depot::start(&dir.path().join("archive"), &[]);
+    let depot = proto.start(&dir.path().join("archive"), &[]);
     let s3 = depot.client();
     let bucket = depot.field("bucket");
     let data = body(70_000, 5);
@@ -567,7 +589,7 @@ async fn item12_copy_metadata_and_presigned_urls() {
         .await
         .unwrap();
     let resp = raw::send(
-        &depot.field("endpoint"),
+        &depot.target(),
         None,
         "PUT",
         &path_and_query(put.uri()),
@@ -584,8 +606,7 @@ async fn item12_copy_metadata_and_presigned_urls() {
         .await
         .unwrap();
     let resp =
-        raw::send(&depot.field("endpoint"), None, "GET", &path_and_query(get.uri()), &[], Payload::Unsigned(vec![]))
-            .await;
+        raw::send(&depot.target(), None, "GET", &path_and_query(get.uri()), &[], Payload::Unsigned(vec![])).await;
     assert_eq!((resp.status, resp.body.as_slice()), (200, &b"via url"[..]));
 }
 
@@ -601,10 +622,9 @@ pub fn path_and_query(url: &str) -> String {
 
 /// Conditional reads and copies (clients such as boto3's downloader send If-Match on every
 /// ranged part of a download).
-#[tokio::test]
-async fn conditional_requests() {
+async fn conditional_requests(proto: Proto) {
     let dir = test_dir();
-    let depot = Depot::start(&dir.path().join("archive"), &[]);
+    let depot = proto.start(&dir.path().join("archive"), &[]);
     let s3 = depot.client();
     let bucket = depot.field("bucket");
     let put = s3.put_object().bucket(&bucket).key("c").body(ByteStream::from_static(b"v1")).send().await.unwrap();
@@ -638,3 +658,36 @@ async fn conditional_requests() {
         .unwrap();
     assert_eq!(get_bytes(&s3, &bucket, "c2").await, b"v1");
 }
+
+/// Every contract test, once per protocol: the same bodies over HTTP/1.1, HTTP/2 over TLS
+/// (ALPN `h2`) and h2c.
+macro_rules! over_each_protocol {
+    ($($test:ident),* $(,)?) => {
+        mod h1 {
+            $(#[tokio::test] async fn $test() { super::$test(depot_tests::Proto::H1).await })*
+        }
+        mod h2 {
+            $(#[tokio::test] async fn $test() { super::$test(depot_tests::Proto::H2).await })*
+        }
+        mod h2c {
+            $(#[tokio::test] async fn $test() { super::$test(depot_tests::Proto::H2c).await })*
+        }
+    };
+}
+
+over_each_protocol!(
+    item01_07_path_style_sigv4_and_bucket_region,
+    item02_every_payload_encoding_round_trips,
+    item02_sdk_default_sends_trailers_and_they_are_checked,
+    item03_checksum_headers_verified_sse_acl_storage_class_accepted,
+    item04_expect_100_continue,
+    item05_multipart_upload_lifecycle,
+    item05_multipart_rules_are_enforced,
+    item06_list_objects_v1_and_v2,
+    item08_object_lock_not_configured,
+    item09_delete_object_and_objects,
+    item10_ranged_get,
+    item11_errors_as_s3_xml_and_bodyless_head_404,
+    item12_copy_metadata_and_presigned_urls,
+    conditional_requests,
+);
