@@ -5,9 +5,10 @@
 //! record carries the size and mtime it describes; a file changed behind Depot's back (or
 //! placed there by hand) has no valid record and gets a [`ObjectMeta::synthesized`] one.
 //!
-//! ETags: an MD5 (as S3 gives) when the client sent Content-MD5 and so can check it;
-//! otherwise the object's CRC64-NVME as 16 hex digits, which no tool mistakes for an MD5 —
-//! hashing every byte with MD5 would cap uploads near 700 MB/s, below a fast disk.
+//! ETags are what S3 gives: the hex MD5 of the bytes for a PUT, a copy or a part, and
+//! `md5(part md5s)-N` for a multipart object. A file placed by hand has no record, and
+//! hashing it at every listing would be too slow, so it gets a stable 16-hex-digit tag from
+//! (size, mtime, inode): deliberately not MD5-shaped, so no client compares it with an MD5.
 
 use std::collections::BTreeMap;
 use std::fs::{File, Metadata};

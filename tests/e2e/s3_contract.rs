@@ -659,6 +659,84 @@ async fn conditional_requests(proto: Proto) {
     assert_eq!(get_bytes(&s3, &bucket, "c2").await, b"v1");
 }
 
+fn md5_hex(data: &[u8]) -> String {
+    use md5::Digest as _;
+    hex::encode(md5::Md5::digest(data))
+}
+
+fn quoted(etag: &str) -> String {
+    format!("\"{etag}\"")
+}
+
+/// ETags are S3's: the MD5 of a PUT, a copy and each part; `md5(part md5s)-N` for a
+/// multipart object; listings agree. A file placed by hand keeps a stable tag that is not
+/// MD5-shaped.
+async fn etags_are_md5_as_in_s3(proto: Proto) {
+    let dir = test_dir();
+    let archive = dir.path().join("archive");
+    let depot = proto.start(&archive, &[]);
+    let s3 = depot.client();
+    let bucket = depot.field("bucket");
+    let data = body(3 * 1024 * 1024 + 11, 8);
+    let put = s3.put_object().bucket(&bucket).key("one").body(ByteStream::from(data.clone())).send().await.unwrap();
+    assert_eq!(put.e_tag(), Some(quoted(&md5_hex(&data)).as_str()));
+    let head = s3.head_object().bucket(&bucket).key("one").send().await.unwrap();
+    assert_eq!(head.e_tag(), put.e_tag());
+    let empty = s3.put_object().bucket(&bucket).key("empty").body(ByteStream::from_static(b"")).send().await.unwrap();
+    assert_eq!(empty.e_tag(), Some("\"d41d8cd98f00b204e9800998ecf8427e\""));
+
+    let parts = [body(5 * 1024 * 1024, 1), body(777, 2)];
+    let id = s3.create_multipart_upload().bucket(&bucket).key("multi").send().await.unwrap().upload_id.unwrap();
+    let mut completed = Vec::new();
+    for (i, part) in parts.iter().enumerate() {
+        let n = i as i32 + 1;
+        let up = s3
+            .upload_part()
+            .bucket(&bucket)
+            .key("multi")
+            .upload_id(&id)
+            .part_number(n)
+            .body(ByteStream::from(part.clone()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(up.e_tag(), Some(quoted(&md5_hex(part)).as_str()), "part {n}");
+        completed.push(CompletedPart::builder().part_number(n).e_tag(up.e_tag().unwrap()).build());
+    }
+    let done = s3
+        .complete_multipart_upload()
+        .bucket(&bucket)
+        .key("multi")
+        .upload_id(&id)
+        .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(completed)).build())
+        .send()
+        .await
+        .unwrap();
+    let joined: Vec<u8> = parts.iter().flat_map(|p| hex::decode(md5_hex(p)).unwrap()).collect();
+    let multi_etag = format!("{}-2", md5_hex(&joined));
+    assert_eq!(done.e_tag(), Some(quoted(&multi_etag).as_str()));
+
+    // Copies are new single-part objects: the MD5 of their bytes.
+    let copy = s3.copy_object().bucket(&bucket).key("copy-one").copy_source(format!("{bucket}/one")).send().await;
+    assert_eq!(copy.unwrap().copy_object_result.unwrap().e_tag(), Some(quoted(&md5_hex(&data)).as_str()));
+    let copy = s3.copy_object().bucket(&bucket).key("copy-multi").copy_source(format!("{bucket}/multi")).send().await;
+    let whole: Vec<u8> = parts.concat();
+    assert_eq!(copy.unwrap().copy_object_result.unwrap().e_tag(), Some(quoted(&md5_hex(&whole)).as_str()));
+
+    // A file placed by hand: a stable tag, not MD5-shaped.
+    std::fs::write(archive.join("by-hand"), b"placed").unwrap();
+    let first = s3.head_object().bucket(&bucket).key("by-hand").send().await.unwrap();
+    let tag = first.e_tag().unwrap().trim_matches('"').to_owned();
+    assert_eq!(tag.len(), 16, "{tag}");
+    let again = s3.head_object().bucket(&bucket).key("by-hand").send().await.unwrap();
+    assert_eq!(again.e_tag(), first.e_tag());
+
+    let listed = s3.list_objects_v2().bucket(&bucket).send().await.unwrap();
+    let tags: Vec<(&str, &str)> = listed.contents().iter().map(|o| (o.key().unwrap(), o.e_tag().unwrap())).collect();
+    assert!(tags.contains(&("one", quoted(&md5_hex(&data)).as_str())), "{tags:?}");
+    assert!(tags.contains(&("multi", quoted(&multi_etag).as_str())), "{tags:?}");
+}
+
 /// Every contract test, once per protocol: the same bodies over HTTP/1.1, HTTP/2 over TLS
 /// (ALPN `h2`) and h2c.
 macro_rules! over_each_protocol {
@@ -690,4 +768,5 @@ over_each_protocol!(
     item11_errors_as_s3_xml_and_bodyless_head_404,
     item12_copy_metadata_and_presigned_urls,
     conditional_requests,
+    etags_are_md5_as_in_s3,
 );

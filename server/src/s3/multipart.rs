@@ -426,7 +426,7 @@ fn concatenate(
             size += n as u64;
         }
     }
-    let digests = hasher.finalize();
+    let digests = hasher.finalize(None);
     let crc64 = digests.base64(Algorithm::Crc64Nvme).expect("always computed");
     Ok((temp, size, (crc64, full_object.and_then(|a| digests.base64(a)))))
 }
