@@ -46,6 +46,14 @@ pub enum Error {
         /// The id asked for.
         upload_id: String,
     },
+    /// A Complete repeated for a completed upload that no longer matches its record.
+    #[error("the multipart upload {upload_id:?} was completed, {why}")]
+    CompletedOtherwise {
+        /// The upload id.
+        upload_id: String,
+        /// Why the earlier result cannot be given again.
+        why: &'static str,
+    },
     /// The body does not match a digest the client sent.
     #[error("the {header} you specified ({expected}) did not match the body's ({actual})")]
     BadDigest {
@@ -172,7 +180,7 @@ impl Error {
             Self::KeyConflict { .. } => (custom("KeyConflict"), StatusCode::CONFLICT),
             Self::NoSuchKey { .. } => (C::NoSuchKey, StatusCode::NOT_FOUND),
             Self::NoSuchBucket { .. } => (C::NoSuchBucket, StatusCode::NOT_FOUND),
-            Self::NoSuchUpload { .. } => (C::NoSuchUpload, StatusCode::NOT_FOUND),
+            Self::NoSuchUpload { .. } | Self::CompletedOtherwise { .. } => (C::NoSuchUpload, StatusCode::NOT_FOUND),
             Self::BadDigest { .. } => (C::BadDigest, StatusCode::BAD_REQUEST),
             Self::ContentSha256Mismatch => (custom("XAmzContentSHA256Mismatch"), StatusCode::BAD_REQUEST),
             Self::ChunkSignature => (C::SignatureDoesNotMatch, StatusCode::FORBIDDEN),

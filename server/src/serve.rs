@@ -280,7 +280,10 @@ impl Server {
         let archive = Arc::new(Archive::new(root.clone(), layout));
         let registry = Registry::new(credentials.join_token.clone(), config.heartbeat_interval);
         let app = App {
-            s3: s3_service(Depot::new(archive, Arc::clone(&stats), config.region.clone()), &credentials),
+            s3: s3_service(
+                Depot::new(archive, Arc::clone(&stats), config.region.clone()).with_endpoint(endpoint.clone()),
+                &credentials,
+            ),
             grpc: registry.routes(),
             stats: Arc::clone(&stats),
         };

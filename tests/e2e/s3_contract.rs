@@ -737,6 +737,61 @@ async fn etags_are_md5_as_in_s3(proto: Proto) {
     assert!(tags.contains(&("multi", quoted(&multi_etag).as_str())), "{tags:?}");
 }
 
+/// A repeated CompleteMultipartUpload (the reply to the first was lost) gets the same answer,
+/// also after a restart; another part list, or a key overwritten since, gets `NoSuchUpload`.
+async fn complete_multipart_upload_is_idempotent(proto: Proto) {
+    let dir = test_dir();
+    let archive = dir.path().join("archive");
+    let depot = proto.start(&archive, &[]);
+    let s3 = depot.client();
+    let bucket = depot.field("bucket");
+    let parts = [body(5 * 1024 * 1024, 3), body(1000, 4)];
+    let id = s3.create_multipart_upload().bucket(&bucket).key("k/obj").send().await.unwrap().upload_id.unwrap();
+    let mut completed = Vec::new();
+    for (i, part) in parts.iter().enumerate() {
+        let n = i as i32 + 1;
+        let up = s3.upload_part().bucket(&bucket).key("k/obj").upload_id(&id).part_number(n);
+        let up = up.body(ByteStream::from(part.clone())).send().await.unwrap();
+        completed.push(CompletedPart::builder().part_number(n).e_tag(up.e_tag().unwrap()).build());
+    }
+    let complete = |s3: aws_sdk_s3::Client, parts: Vec<CompletedPart>| {
+        let bucket = bucket.clone();
+        let id = id.clone();
+        async move {
+            s3.complete_multipart_upload()
+                .bucket(bucket)
+                .key("k/obj")
+                .upload_id(id)
+                .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+                .send()
+                .await
+        }
+    };
+    let first = complete(s3.clone(), completed.clone()).await.unwrap();
+    assert!(first.location().is_some_and(|l| l.ends_with(&format!("/{bucket}/k/obj"))), "{:?}", first.location());
+    let again = complete(s3.clone(), completed.clone()).await.unwrap();
+    assert_eq!((again.e_tag(), again.location()), (first.e_tag(), first.location()));
+    let fewer = complete(s3.clone(), completed[..1].to_vec()).await;
+    assert_eq!(code(fewer).as_deref(), Some("NoSuchUpload"));
+
+    // The record survives a restart.
+    // Stopped off the runtime's thread: an HTTP/2 client must stay polled to see the GOAWAY.
+    drop(s3);
+    tokio::task::spawn_blocking(move || depot.stop()).await.unwrap();
+    let depot = proto.start(&archive, &["--bucket", &bucket]);
+    let s3 = depot.client();
+    let again = complete(s3.clone(), completed.clone()).await.unwrap();
+    assert_eq!(again.e_tag(), first.e_tag());
+    assert_eq!(get_bytes(&s3, &bucket, "k/obj").await, parts.concat());
+
+    // Once the key holds another object, the old result is not given again.
+    s3.put_object().bucket(&bucket).key("k/obj").body(ByteStream::from_static(b"new")).send().await.unwrap();
+    let err = complete(s3.clone(), completed.clone()).await.unwrap_err();
+    let err = err.into_service_error();
+    assert_eq!(err.meta().code(), Some("NoSuchUpload"));
+    assert!(err.meta().message().unwrap_or_default().contains("overwritten"), "{err:?}");
+}
+
 /// Every contract test, once per protocol: the same bodies over HTTP/1.1, HTTP/2 over TLS
 /// (ALPN `h2`) and h2c.
 macro_rules! over_each_protocol {
@@ -769,4 +824,5 @@ over_each_protocol!(
     item12_copy_metadata_and_presigned_urls,
     conditional_requests,
     etags_are_md5_as_in_s3,
+    complete_multipart_upload_is_idempotent,
 );

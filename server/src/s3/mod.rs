@@ -11,8 +11,10 @@
 //! - [`delete`]: DeleteObject and DeleteObjects.
 //! - [`copy`]: server-side CopyObject.
 //! - [`multipart`]: Create, UploadPart, ListParts, Complete, Abort, ListMultipartUploads.
+//! - [`completion`]: the record that makes a repeated Complete answer the same.
 
 mod bucket;
+mod completion;
 mod copy;
 mod delete;
 mod get;
@@ -35,12 +37,21 @@ pub struct Depot {
     stats: Arc<Stats>,
     /// Reported by HeadBucket (`x-amz-bucket-region`) and GetBucketLocation.
     region: String,
+    /// The advertised endpoint, for `Location` in CompleteMultipartUpload.
+    endpoint: String,
 }
 
 impl Depot {
     /// Serves `archive`, reporting `region`, counting into `stats`.
     pub fn new(archive: Arc<Archive>, stats: Arc<Stats>, region: String) -> Self {
-        Self { archive, stats, region }
+        Self { archive, stats, region, endpoint: String::new() }
+    }
+
+    /// Names the advertised endpoint (`https://host:port`) used in `Location` answers.
+    #[must_use]
+    pub fn with_endpoint(mut self, endpoint: String) -> Self {
+        self.endpoint = endpoint;
+        self
     }
 }
 
