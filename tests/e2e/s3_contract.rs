@@ -792,6 +792,73 @@ async fn complete_multipart_upload_is_idempotent(proto: Proto) {
     assert!(err.meta().message().unwrap_or_default().contains("overwritten"), "{err:?}");
 }
 
+/// Directory markers: a zero-byte `x/` makes and marks the directory; it lists as the key `x/`
+/// of size 0 (a common prefix with a delimiter), HEAD/GET answer an empty object, DELETE
+/// removes it (and the directory when empty). A non-empty body under such a key is a 400.
+async fn directory_markers(proto: Proto) {
+    let dir = test_dir();
+    let archive = dir.path().join("archive");
+    let depot = proto.start(&archive, &[]);
+    let s3 = depot.client();
+    let bucket = depot.field("bucket");
+    let put = s3.put_object().bucket(&bucket).key("photos/").content_type("application/x-directory");
+    let put = put.body(ByteStream::from_static(b"")).send().await.unwrap();
+    assert_eq!(put.e_tag(), Some("\"d41d8cd98f00b204e9800998ecf8427e\""));
+    assert!(archive.join("photos").is_dir());
+    let head = s3.head_object().bucket(&bucket).key("photos/").send().await.unwrap();
+    assert_eq!((head.content_length(), head.content_type()), (Some(0), Some("application/x-directory")));
+    assert_eq!(get_bytes(&s3, &bucket, "photos/").await, b"");
+    s3.put_object()
+        .bucket(&bucket)
+        .key("photos/2024/a.jpg")
+        .body(ByteStream::from_static(b"jpg"))
+        .send()
+        .await
+        .unwrap();
+    s3.put_object().bucket(&bucket).key("photos/2024/").body(ByteStream::from_static(b"")).send().await.unwrap();
+    s3.put_object().bucket(&bucket).key("empty-dir/").body(ByteStream::from_static(b"")).send().await.unwrap();
+
+    let all = s3.list_objects_v2().bucket(&bucket).send().await.unwrap();
+    let listed: Vec<(&str, i64)> = all.contents().iter().map(|o| (o.key().unwrap(), o.size().unwrap())).collect();
+    assert_eq!(listed, [("empty-dir/", 0), ("photos/", 0), ("photos/2024/", 0), ("photos/2024/a.jpg", 3)]);
+    let top = s3.list_objects_v2().bucket(&bucket).delimiter("/").send().await.unwrap();
+    assert!(top.contents().is_empty());
+    let prefixes: Vec<&str> = top.common_prefixes().iter().map(|p| p.prefix().unwrap()).collect();
+    assert_eq!(prefixes, ["empty-dir/", "photos/"]);
+    let inside = s3.list_objects_v2().bucket(&bucket).prefix("photos/").delimiter("/").send().await.unwrap();
+    assert_eq!(inside.contents().iter().map(|o| o.key().unwrap()).collect::<Vec<_>>(), ["photos/"]);
+    assert_eq!(inside.common_prefixes().iter().map(|p| p.prefix().unwrap()).collect::<Vec<_>>(), ["photos/2024/"]);
+
+    // Deleting the last object keeps the marked directory; deleting the marker removes it.
+    s3.delete_object().bucket(&bucket).key("photos/2024/a.jpg").send().await.unwrap();
+    assert!(archive.join("photos/2024").is_dir());
+    s3.delete_object().bucket(&bucket).key("photos/2024/").send().await.unwrap();
+    assert!(!archive.join("photos/2024").exists());
+    s3.delete_object().bucket(&bucket).key("empty-dir/").send().await.unwrap();
+    assert!(!archive.join("empty-dir").exists());
+    let err = s3.head_object().bucket(&bucket).key("empty-dir/").send().await.unwrap_err();
+    assert!(err.into_service_error().is_not_found());
+
+    // A directory that only exists because of a key below it has no marker.
+    s3.put_object().bucket(&bucket).key("implicit/x").body(ByteStream::from_static(b"x")).send().await.unwrap();
+    let err = s3.get_object().bucket(&bucket).key("implicit/").send().await.unwrap_err();
+    assert_eq!(err.into_service_error().meta().code(), Some("NoSuchKey"));
+
+    // A trailing-slash key with bytes is refused, saying why.
+    let resp = raw::send(
+        &depot.target(),
+        Some(&signer(&depot)),
+        "PUT",
+        &format!("/{bucket}/notes/"),
+        &[],
+        Payload::Hex(b"not empty".to_vec()),
+    )
+    .await;
+    assert_eq!(resp.status, 400, "{}", resp.text());
+    assert!(resp.message().contains("directory marker must be empty"), "{}", resp.message());
+    assert!(!archive.join("notes").exists());
+}
+
 /// Every contract test, once per protocol: the same bodies over HTTP/1.1, HTTP/2 over TLS
 /// (ALPN `h2`) and h2c.
 macro_rules! over_each_protocol {
@@ -825,4 +892,5 @@ over_each_protocol!(
     conditional_requests,
     etags_are_md5_as_in_s3,
     complete_multipart_upload_is_idempotent,
+    directory_markers,
 );
