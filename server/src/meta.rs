@@ -46,6 +46,9 @@ pub struct ObjectMeta {
     /// The object's checksum (algorithm, base64 value), as S3 reports it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checksum: Option<StoredChecksum>,
+    /// Object tags (key → value), as PutObjectTagging or `x-amz-tagging` set them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
     /// Number of parts, for an object made by a multipart upload.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parts: Option<u32>,

@@ -859,6 +859,81 @@ async fn directory_markers(proto: Proto) {
     assert!(!archive.join("notes").exists());
 }
 
+/// Object tagging: Put/Get/DeleteObjectTagging, `x-amz-tagging` on PUT, copy and multipart,
+/// `x-amz-tagging-count` on GET, S3's limits and errors; the bytes and ETag are untouched.
+async fn object_tagging(proto: Proto) {
+    use aws_sdk_s3::types::{Tag, Tagging, TaggingDirective};
+    let dir = test_dir();
+    let depot = proto.start(&dir.path().join("archive"), &[]);
+    let s3 = depot.client();
+    let bucket = depot.field("bucket");
+    let put = s3.put_object().bucket(&bucket).key("t").tagging("project=depot&team=backup%20ops");
+    let put = put.body(ByteStream::from_static(b"tagged")).send().await.unwrap();
+    let tags_of = |key: &'static str| {
+        let s3 = s3.clone();
+        let bucket = bucket.clone();
+        async move {
+            let out = s3.get_object_tagging().bucket(bucket).key(key).send().await.unwrap();
+            let mut tags: Vec<(String, String)> =
+                out.tag_set().iter().map(|t| (t.key().to_owned(), t.value().to_owned())).collect();
+            tags.sort();
+            tags
+        }
+    };
+    let pair = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+    assert_eq!(tags_of("t").await, [pair("project", "depot"), pair("team", "backup ops")]);
+    let got = s3.get_object().bucket(&bucket).key("t").send().await.unwrap();
+    assert_eq!(got.tag_count(), Some(2));
+    assert_eq!(got.e_tag(), put.e_tag());
+
+    let tag = |k: &str, v: &str| Tag::builder().key(k).value(v).build().unwrap();
+    let tagging = Tagging::builder().tag_set(tag("env", "prod")).build().unwrap();
+    s3.put_object_tagging().bucket(&bucket).key("t").tagging(tagging).send().await.unwrap();
+    assert_eq!(tags_of("t").await, [pair("env", "prod")]);
+    assert_eq!(get_bytes(&s3, &bucket, "t").await, b"tagged");
+    let head = s3.head_object().bucket(&bucket).key("t").send().await.unwrap();
+    assert_eq!(head.e_tag(), put.e_tag(), "tagging leaves the object as it was");
+
+    // Copies keep the source's tags unless told to replace them.
+    s3.copy_object().bucket(&bucket).key("c1").copy_source(format!("{bucket}/t")).send().await.unwrap();
+    assert_eq!(tags_of("c1").await, [pair("env", "prod")]);
+    let copy = s3.copy_object().bucket(&bucket).key("c2").copy_source(format!("{bucket}/t"));
+    copy.tagging_directive(TaggingDirective::Replace).tagging("a=b").send().await.unwrap();
+    assert_eq!(tags_of("c2").await, [pair("a", "b")]);
+
+    // Multipart uploads carry x-amz-tagging to the object.
+    let id = s3.create_multipart_upload().bucket(&bucket).key("m").tagging("mp=yes").send().await.unwrap();
+    let id = id.upload_id.unwrap();
+    let up = s3.upload_part().bucket(&bucket).key("m").upload_id(&id).part_number(1);
+    let up = up.body(ByteStream::from_static(b"part")).send().await.unwrap();
+    let parts = vec![CompletedPart::builder().part_number(1).e_tag(up.e_tag().unwrap()).build()];
+    let done = s3.complete_multipart_upload().bucket(&bucket).key("m").upload_id(&id);
+    done.multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build()).send().await.unwrap();
+    assert_eq!(tags_of("m").await, [pair("mp", "yes")]);
+
+    s3.delete_object_tagging().bucket(&bucket).key("t").send().await.unwrap();
+    assert!(tags_of("t").await.is_empty());
+    assert_eq!(s3.get_object().bucket(&bucket).key("t").send().await.unwrap().tag_count(), None);
+
+    // S3's limits and errors.
+    let too_many = Tagging::builder().set_tag_set(Some((0..11).map(|i| tag(&format!("k{i}"), "v")).collect()));
+    let err = s3.put_object_tagging().bucket(&bucket).key("t").tagging(too_many.build().unwrap()).send().await;
+    assert_eq!(code(err).as_deref(), Some("BadRequest"));
+    let long_key = Tagging::builder().tag_set(tag(&"k".repeat(129), "v")).build().unwrap();
+    let err = s3.put_object_tagging().bucket(&bucket).key("t").tagging(long_key).send().await;
+    assert_eq!(code(err).as_deref(), Some("InvalidTag"));
+    let long_value = Tagging::builder().tag_set(tag("k", &"v".repeat(257))).build().unwrap();
+    let err = s3.put_object_tagging().bucket(&bucket).key("t").tagging(long_value).send().await;
+    assert_eq!(code(err).as_deref(), Some("InvalidTag"));
+    let twice = Tagging::builder().tag_set(tag("k", "1")).tag_set(tag("k", "2")).build().unwrap();
+    let err = s3.put_object_tagging().bucket(&bucket).key("t").tagging(twice).send().await;
+    assert_eq!(code(err).as_deref(), Some("InvalidTag"));
+    let err = s3.put_object().bucket(&bucket).key("bad").tagging(&format!("k={}", "v".repeat(300))).send().await;
+    assert_eq!(code(err).as_deref(), Some("InvalidTag"));
+    let err = s3.get_object_tagging().bucket(&bucket).key("missing").send().await;
+    assert_eq!(code(err).as_deref(), Some("NoSuchKey"));
+}
+
 /// Every contract test, once per protocol: the same bodies over HTTP/1.1, HTTP/2 over TLS
 /// (ALPN `h2`) and h2c.
 macro_rules! over_each_protocol {
@@ -893,4 +968,5 @@ over_each_protocol!(
     etags_are_md5_as_in_s3,
     complete_multipart_upload_is_idempotent,
     directory_markers,
+    object_tagging,
 );

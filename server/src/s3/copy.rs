@@ -40,6 +40,9 @@ pub async fn copy_object(s3: &Depot, req: S3Request<CopyObjectInput>) -> Result<
     conditions.check(&src_meta).map_err(|_| Error::PreconditionFailed)?;
 
     let mut meta = src_meta.clone();
+    if input.tagging_directive.as_ref().is_some_and(|d| d.as_str() == TaggingDirective::REPLACE) {
+        meta.tags = super::tagging::from_header(input.tagging.as_deref())?;
+    }
     if replace {
         meta.headers = Headers {
             content_type: input.content_type.clone(),

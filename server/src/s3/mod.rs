@@ -11,6 +11,7 @@
 //! - [`delete`]: DeleteObject and DeleteObjects.
 //! - [`copy`]: server-side CopyObject.
 //! - [`multipart`]: Create, UploadPart, ListParts, Complete, Abort, ListMultipartUploads.
+//! - [`tagging`]: Put/Get/DeleteObjectTagging.
 //! - [`completion`]: the record that makes a repeated Complete answer the same.
 
 mod bucket;
@@ -21,6 +22,7 @@ mod get;
 mod list;
 mod multipart;
 mod put;
+mod tagging;
 
 use std::sync::Arc;
 
@@ -96,4 +98,7 @@ delegate! {
     complete_multipart_upload => multipart, CompleteMultipartUploadInput, CompleteMultipartUploadOutput;
     abort_multipart_upload => multipart, AbortMultipartUploadInput, AbortMultipartUploadOutput;
     list_multipart_uploads => multipart, ListMultipartUploadsInput, ListMultipartUploadsOutput;
+    put_object_tagging => tagging, PutObjectTaggingInput, PutObjectTaggingOutput;
+    get_object_tagging => tagging, GetObjectTaggingInput, GetObjectTaggingOutput;
+    delete_object_tagging => tagging, DeleteObjectTaggingInput, DeleteObjectTaggingOutput;
 }

@@ -47,6 +47,9 @@ struct Upload {
     checksum_algorithm: Option<String>,
     /// `COMPOSITE` or `FULL_OBJECT`.
     checksum_type: Option<String>,
+    /// Tags from `x-amz-tagging`, given to the object.
+    #[serde(default)]
+    tags: std::collections::BTreeMap<String, String>,
 }
 
 impl Depot {
@@ -128,6 +131,7 @@ pub async fn create_multipart_upload(
             cache_control: input.cache_control,
         },
         user: user_metadata(input.metadata)?,
+        tags: super::tagging::from_header(input.tagging.as_deref())?,
         checksum_algorithm: algorithm.map(|a| a.name().to_owned()),
         checksum_type: checksum_type.clone(),
     };
@@ -378,6 +382,7 @@ pub async fn complete_multipart_upload(
         etag: etag.clone(),
         headers: upload.headers,
         user: upload.user,
+        tags: upload.tags,
         checksum: Some(checksum.clone()),
         parts: Some(n as u32),
         ..ObjectMeta::default()

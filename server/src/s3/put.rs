@@ -38,6 +38,7 @@ pub async fn put_object(s3: &Depot, req: S3Request<PutObjectInput>) -> Result<S3
             cache_control: input.cache_control.clone(),
         },
         user: user_metadata(input.metadata)?,
+        tags: super::tagging::from_header(input.tagging.as_deref())?,
         ..ObjectMeta::default()
     };
 
