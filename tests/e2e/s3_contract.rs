@@ -928,7 +928,7 @@ async fn object_tagging(proto: Proto) {
     let twice = Tagging::builder().tag_set(tag("k", "1")).tag_set(tag("k", "2")).build().unwrap();
     let err = s3.put_object_tagging().bucket(&bucket).key("t").tagging(twice).send().await;
     assert_eq!(code(err).as_deref(), Some("InvalidTag"));
-    let err = s3.put_object().bucket(&bucket).key("bad").tagging(&format!("k={}", "v".repeat(300))).send().await;
+    let err = s3.put_object().bucket(&bucket).key("bad").tagging(format!("k={}", "v".repeat(300))).send().await;
     assert_eq!(code(err).as_deref(), Some("InvalidTag"));
     let err = s3.get_object_tagging().bucket(&bucket).key("missing").send().await;
     assert_eq!(code(err).as_deref(), Some("NoSuchKey"));

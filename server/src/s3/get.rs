@@ -196,7 +196,7 @@ impl Conditions<'_> {
 pub async fn get_object(s3: &Depot, req: S3Request<GetObjectInput>) -> Result<S3Response<GetObjectOutput>> {
     let found = find(s3, &lookup_of!(req.input))?;
     let mut output = describe!(&found, GetObjectOutput);
-    output.tag_count = (!found.meta.tags.is_empty()).then(|| found.meta.tags.len() as i32);
+    output.tag_count = (!found.meta.tags.is_empty()).then_some(found.meta.tags.len() as i32);
     let (start, len) = (found.range.as_ref().map_or(0, |r| r.start), found.content_length());
     s3.stats.object_read();
     output.body = Some(file_body(found.file, start, len, Arc::clone(&s3.stats)));

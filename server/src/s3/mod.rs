@@ -11,7 +11,7 @@
 //! - [`delete`]: DeleteObject and DeleteObjects.
 //! - [`copy`]: server-side CopyObject.
 //! - [`multipart`]: Create, UploadPart, ListParts, Complete, Abort, ListMultipartUploads.
-//! - [`tagging`]: Put/Get/DeleteObjectTagging.
+//! - [`tagging`]: PutObjectTagging, GetObjectTagging, DeleteObjectTagging.
 //! - [`completion`]: the record that makes a repeated Complete answer the same.
 
 mod bucket;
