@@ -72,6 +72,23 @@ pub struct Headers {
     /// `Cache-Control`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_control: Option<String>,
+    /// `Expires`, as an HTTP date.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<String>,
+}
+
+impl Headers {
+    /// The `Expires` date to keep, from a request's parsed header.
+    pub fn expires_of(expires: Option<&s3s::dto::Timestamp>) -> Option<String> {
+        let mut text = Vec::new();
+        expires?.format(s3s::dto::TimestampFormat::HttpDate, &mut text).ok()?;
+        String::from_utf8(text).ok()
+    }
+
+    /// The kept `Expires` date, for a response.
+    pub fn expires(&self) -> Option<s3s::dto::Timestamp> {
+        s3s::dto::Timestamp::parse(s3s::dto::TimestampFormat::HttpDate, self.expires.as_deref()?).ok()
+    }
 }
 
 impl Headers {

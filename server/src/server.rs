@@ -53,7 +53,10 @@ impl App {
         }
         let close = expects_continue_without_body(&req) && req.version() < http::Version::HTTP_2;
         let head = req.method() == http::Method::HEAD;
-        let mut response = self.s3.call(req.map(s3s::Body::from)).await?;
+        let mut response = match crate::prechecks::refusal(&req) {
+            Some(refused) => crate::prechecks::response(&refused),
+            None => self.s3.call(req.map(s3s::Body::from)).await?,
+        };
         self.stats.response(response.status());
         if close {
             response.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));

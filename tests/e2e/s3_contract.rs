@@ -934,6 +934,62 @@ async fn object_tagging(proto: Proto) {
     assert_eq!(code(err).as_deref(), Some("NoSuchKey"));
 }
 
+/// The smaller things S3 clients notice: `Expires` is kept; an empty `delimiter=` is not
+/// echoed; presigned URLs valid for over a week, or a negative time, are 403; OPTIONS
+/// without `Origin` is 400; DeleteObject on a missing bucket (multi-bucket) is `NoSuchBucket`.
+async fn smaller_s3_behaviours(proto: Proto) {
+    let dir = test_dir();
+    let depot = proto.start(&dir.path().join("archive"), &[]);
+    let s3 = depot.client();
+    let bucket = depot.field("bucket");
+    let target = depot.target();
+    let expires = aws_sdk_s3::primitives::DateTime::from_secs(4_102_444_800); // 2100-01-01
+    let put = s3.put_object().bucket(&bucket).key("e").expires(expires);
+    put.body(ByteStream::from_static(b"x")).send().await.unwrap();
+    #[allow(deprecated)]
+    let kept = s3.head_object().bucket(&bucket).key("e").send().await.unwrap().expires().copied();
+    assert_eq!(kept, Some(expires));
+    let got = s3.get_object().bucket(&bucket).key("e").send().await.unwrap();
+    assert_eq!(got.expires_string(), Some("Fri, 01 Jan 2100 00:00:00 GMT"));
+
+    let list = raw::send(
+        &target,
+        Some(&signer(&depot)),
+        "GET",
+        &format!("/{bucket}?list-type=2&delimiter="),
+        &[],
+        Payload::Hex(vec![]),
+    )
+    .await;
+    assert_eq!(list.status, 200, "{}", list.text());
+    assert!(list.text().contains("<Key>e</Key>") && !list.text().contains("Delimiter"), "{}", list.text());
+
+    let url = s3
+        .get_object()
+        .bucket(&bucket)
+        .key("e")
+        .presigned(PresigningConfig::expires_in(Duration::from_secs(60)).unwrap())
+        .await
+        .unwrap();
+    let url = path_and_query(url.uri());
+    for bad in ["604801", "-1"] {
+        let url = url.replace("X-Amz-Expires=60", &format!("X-Amz-Expires={bad}"));
+        let resp = raw::send(&target, None, "GET", &url, &[], Payload::Unsigned(vec![])).await;
+        assert_eq!(resp.status, 403, "X-Amz-Expires={bad}: {}", resp.text());
+        assert!(resp.text().contains("AuthorizationQueryParametersError"), "{}", resp.text());
+    }
+    let resp = raw::send(&target, None, "GET", &url, &[], Payload::Unsigned(vec![])).await;
+    assert_eq!((resp.status, resp.body.as_slice()), (200, &b"x"[..]));
+
+    let resp = raw::send(&target, None, "OPTIONS", &format!("/{bucket}/e"), &[], Payload::Unsigned(vec![])).await;
+    assert_eq!(resp.status, 400, "{}", resp.text());
+    assert!(resp.message().contains("Origin"), "{}", resp.text());
+
+    let multi = proto.start(&dir.path().join("multi"), &["--multi-bucket"]);
+    let err = multi.client().delete_object().bucket("no-such-bucket").key("k").send().await.unwrap_err();
+    assert_eq!(err.into_service_error().meta().code(), Some("NoSuchBucket"));
+}
+
 /// Every contract test, once per protocol: the same bodies over HTTP/1.1, HTTP/2 over TLS
 /// (ALPN `h2`) and h2c.
 macro_rules! over_each_protocol {
@@ -969,4 +1025,5 @@ over_each_protocol!(
     complete_multipart_upload_is_idempotent,
     directory_markers,
     object_tagging,
+    smaller_s3_behaviours,
 );

@@ -50,6 +50,7 @@ pub async fn copy_object(s3: &Depot, req: S3Request<CopyObjectInput>) -> Result<
             content_disposition: input.content_disposition.clone(),
             content_language: input.content_language.clone(),
             cache_control: input.cache_control.clone(),
+            expires: Headers::expires_of(input.expires.as_ref()),
         };
         meta.user = user_metadata(input.metadata.clone())?;
     }

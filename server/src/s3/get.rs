@@ -73,6 +73,7 @@ macro_rules! describe {
         output.content_disposition = meta.headers.content_disposition.clone();
         output.content_language = meta.headers.content_language.clone();
         output.cache_control = meta.headers.cache_control.clone();
+        output.expires = meta.headers.expires();
         output.metadata = (!meta.user.is_empty()).then(|| meta.user.clone().into_iter().collect());
         output.parts_count = meta.parts.map(|n| n as i32);
         // A checksum describes the whole object, so a range gets none (as in S3).

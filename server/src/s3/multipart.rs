@@ -129,6 +129,7 @@ pub async fn create_multipart_upload(
             content_disposition: input.content_disposition,
             content_language: input.content_language,
             cache_control: input.cache_control,
+            expires: Headers::expires_of(input.expires.as_ref()),
         },
         user: user_metadata(input.metadata)?,
         tags: super::tagging::from_header(input.tagging.as_deref())?,

@@ -36,6 +36,7 @@ pub async fn put_object(s3: &Depot, req: S3Request<PutObjectInput>) -> Result<S3
             content_disposition: input.content_disposition.clone(),
             content_language: input.content_language.clone(),
             cache_control: input.cache_control.clone(),
+            expires: Headers::expires_of(input.expires.as_ref()),
         },
         user: user_metadata(input.metadata)?,
         tags: super::tagging::from_header(input.tagging.as_deref())?,
