@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: unit and end-to-end tests (real `depot` and
 # `depot-agent` binaries on loopback, aws-sdk-s3), then the boto3 / AWS CLI smoke check
-# (which installs both into .venv/ on first use).
+# (which installs both into .venv/ on first use) and the Go smoke check with BR's S3 library,
+# aws-sdk-go v1 (which installs Go and the SDK from Debian packages on first use).
 #
 #   scripts/test.sh
 set -euo pipefail
@@ -12,3 +13,4 @@ cd "$(dirname "$0")/.."
 cargo build --workspace --bins
 cargo test --workspace
 scripts/smoke-python-clients.sh
+scripts/smoke-go-client.sh

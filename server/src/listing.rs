@@ -72,6 +72,11 @@ pub fn list(root: &Root, query: &Query) -> Page {
         }
     };
 
+    // A marker `base/` sits in the directory the walk starts in, which it does not yield.
+    if !base.is_empty() && query.prefix.len() == base.len() + 1 && !push_marker(&mut page, &start, &query.prefix, query)
+    {
+        return page;
+    }
     let mut walk = WalkDir::new(&start).min_depth(1).follow_links(false).sort_by(walk_order).into_iter();
     while let Some(entry) = walk.next() {
         let entry = match entry {
@@ -105,8 +110,13 @@ pub fn list(root: &Root, query: &Query) -> Page {
                 if has_files(entry.path()) && !push_prefix(&mut page, common, query) {
                     break;
                 }
+            } else if !push_marker(&mut page, entry.path(), &dir_key, query) {
+                break;
             }
             continue;
+        }
+        if crate::marker::is_marker_name(entry.file_name()) {
+            continue; // listed as its directory's key, above
         }
         if entry.file_type().is_symlink() && !is_file_inside(root, &key) {
             continue;
@@ -120,19 +130,37 @@ pub fn list(root: &Root, query: &Query) -> Page {
             }
             continue;
         }
-        let Ok(fs_meta) = std::fs::metadata(entry.path()) else {
-            continue;
-        };
-        let meta = ObjectMeta::load_or_synthesize(entry.path(), &fs_meta);
-        let listed = Listed { key, size: fs_meta.len(), etag: meta.etag.clone(), last_modified: meta.last_modified() };
-        if page.objects.len() + page.prefixes.len() == query.max_keys {
-            page.truncated = true;
+        if !push_object(&mut page, entry.path(), key, query) {
             break;
         }
-        page.last = Some(listed.key.clone());
-        page.objects.push(listed);
     }
     page
+}
+
+/// Adds the object `key` stored at `path`. Returns `false` when the page is full and another
+/// result was waiting (truncated).
+fn push_object(page: &mut Page, path: &Path, key: String, query: &Query) -> bool {
+    let Ok(fs_meta) = std::fs::metadata(path) else {
+        return true;
+    };
+    if page.objects.len() + page.prefixes.len() == query.max_keys {
+        page.truncated = true;
+        return false;
+    }
+    let meta = ObjectMeta::load_or_synthesize(path, &fs_meta);
+    page.last = Some(key.clone());
+    page.objects.push(Listed { key, size: fs_meta.len(), last_modified: meta.last_modified(), etag: meta.etag });
+    true
+}
+
+/// Adds the directory marker of `dir` as the key `dir_key` (`x/`), if it has one and the
+/// query wants it. Returns `false` when the page is full (see [`push_object`]).
+fn push_marker(page: &mut Page, dir: &Path, dir_key: &str, query: &Query) -> bool {
+    let marker = crate::marker::file_in(dir);
+    if !dir_key.starts_with(&query.prefix) || dir_key <= query.after.as_str() || !marker.is_file() {
+        return true;
+    }
+    push_object(page, &marker, dir_key.to_owned(), query)
 }
 
 /// Adds a common prefix unless it repeats the last one or is not after the marker. Returns
@@ -264,6 +292,28 @@ mod tests {
         assert!(page.prefixes.is_empty());
         let q = Query { prefix: "../".into(), max_keys: 1000, ..Query::default() };
         assert!(list(&root, &q).objects.is_empty());
+    }
+
+    #[test]
+    fn directory_markers_list_as_their_key_in_order() {
+        let (d, root) = tree(&["m/-a", "m/z", "n"]);
+        std::fs::write(d.path().join("m").join(crate::marker::MARKER), b"").unwrap();
+        std::fs::create_dir_all(d.path().join("e")).unwrap();
+        std::fs::write(d.path().join("e").join(crate::marker::MARKER), b"").unwrap();
+        let all = list(&root, &Query { max_keys: 1000, ..Query::default() });
+        assert_eq!(keys(&all), ["e/", "m/", "m/-a", "m/z", "n"]);
+        assert_eq!(all.objects[0].size, 0);
+        let q = Query { delimiter: Some("/".into()), max_keys: 1000, ..Query::default() };
+        let page = list(&root, &q);
+        assert_eq!(keys(&page), ["n"]);
+        assert_eq!(page.prefixes, ["e/", "m/"]);
+        let q = Query { prefix: "m/".into(), delimiter: Some("/".into()), max_keys: 1000, ..Query::default() };
+        assert_eq!(keys(&list(&root, &q)), ["m/", "m/-a", "m/z"]);
+        let q = Query { prefix: "m/".into(), after: "m/".into(), max_keys: 1000, ..Query::default() };
+        assert_eq!(keys(&list(&root, &q)), ["m/-a", "m/z"]);
+        let q = Query { after: "e/".into(), max_keys: 1, ..Query::default() };
+        let page = list(&root, &q);
+        assert_eq!((keys(&page), page.truncated), (vec!["m/"], true));
     }
 
     #[test]

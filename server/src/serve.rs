@@ -150,6 +150,9 @@ pub struct Banner {
     pub ca_file: Option<PathBuf>,
     /// System roots + the CA, for `SSL_CERT_FILE`.
     pub bundle_file: Option<PathBuf>,
+    /// The same bundle, for `AWS_CA_BUNDLE`: aws-sdk-go v1 (BR), boto3 and the AWS CLI let it
+    /// replace every other trust setting, so a value left over for another endpoint breaks them.
+    pub aws_ca_bundle: Option<PathBuf>,
     /// The log file (set by the caller that configured logging).
     pub log_file: Option<PathBuf>,
     /// Where agents register (`--coordinator`): the same port as S3.
@@ -280,7 +283,10 @@ impl Server {
         let archive = Arc::new(Archive::new(root.clone(), layout));
         let registry = Registry::new(credentials.join_token.clone(), config.heartbeat_interval);
         let app = App {
-            s3: s3_service(Depot::new(archive, Arc::clone(&stats), config.region.clone()), &credentials),
+            s3: s3_service(
+                Depot::new(archive, Arc::clone(&stats), config.region.clone()).with_endpoint(endpoint.clone()),
+                &credentials,
+            ),
             grpc: registry.routes(),
             stats: Arc::clone(&stats),
         };
@@ -296,6 +302,7 @@ impl Server {
             }),
             ca_file: tls.as_ref().and_then(|t| t.ca_file.clone()),
             bundle_file: tls.as_ref().and_then(|t| t.bundle_file.clone()),
+            aws_ca_bundle: tls.as_ref().and_then(|t| t.bundle_file.clone()),
             log_file: None,
             registry: endpoint.clone(),
             join_token: credentials.join_token.expose().to_owned(),

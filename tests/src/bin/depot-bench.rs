@@ -2,6 +2,8 @@
 //!
 //! - `tcp-sink`: accepts connections and discards what they send (prints `port=N`).
 //! - `tcp-send --to ADDR --bytes N`: the raw loopback TCP baseline.
+//! - `md5 --bytes N`: MD5 of N bytes on one core, with the implementation the server uses
+//!   (the md-5 crate, through s3s): the ETag's ceiling.
 //! - `s3 ...`: one large PUT then GET, then many small PUTs then GETs at a concurrency.
 //!
 //! The S3 requests are signed with `UNSIGNED-PAYLOAD` and sent with plain hyper, and the large
@@ -37,6 +39,11 @@ enum Command {
     TcpSend {
         #[arg(long)]
         to: String,
+        #[arg(long)]
+        bytes: u64,
+    },
+    /// MD5 of N bytes on one core; reports MB/s.
+    Md5 {
         #[arg(long)]
         bytes: u64,
     },
@@ -211,6 +218,20 @@ async fn main() {
                     let _ = tcp.write_all(b"done").await;
                 });
             }
+        }
+        Command::Md5 { bytes } => {
+            use md5::Digest as _;
+            let data = block(CHUNK);
+            let mut md5 = md5::Md5::new();
+            let start = Instant::now();
+            let mut hashed = 0u64;
+            while hashed < bytes {
+                let n = (bytes - hashed).min(CHUNK as u64) as usize;
+                md5.update(&data[..n]);
+                hashed += n as u64;
+            }
+            std::hint::black_box(md5.finalize());
+            println!("md5_one_core_mb_s={:.0}", mb_per_s(bytes, start.elapsed().as_secs_f64()));
         }
         Command::TcpSend { to, bytes } => {
             let mut tcp = tokio::net::TcpStream::connect(&to).await.expect("connect");
