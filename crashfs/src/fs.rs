@@ -477,7 +477,33 @@ impl Filesystem for CrashFs {
     }
 
     fn fsyncdir(&mut self, _req: &Request<'_>, ino: u64, _fh: u64, _datasync: bool, reply: ReplyEmpty) {
-        empty(reply, self.live().map(|mut model| model.sync(ino)));
+        let slow = match self.live() {
+            Err(e) => return reply.error(e),
+            Ok(model) => match &model.slow_dir {
+                Some((dir, delay))
+                    if model.path(&self.backing, ino).as_deref() == Some(self.backing.join(dir).as_path()) =>
+                {
+                    Some(*delay)
+                }
+                _ => None,
+            },
+        };
+        let Some(delay) = slow else {
+            return empty(reply, self.live().map(|mut model| model.sync(ino)));
+        };
+        // Answered later from another thread, so other requests go on meanwhile (as they do
+        // while a real disk is busy); it takes effect when it answers, unless the power is cut.
+        let model = Arc::clone(&self.model);
+        std::thread::spawn(move || {
+            std::thread::sleep(delay);
+            let mut model = model.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if model.frozen {
+                reply.error(libc::EIO);
+            } else {
+                model.sync(ino);
+                reply.ok();
+            }
+        });
     }
 
     fn statfs(&mut self, _req: &Request<'_>, _ino: u64, reply: ReplyStatfs) {

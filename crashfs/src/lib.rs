@@ -85,6 +85,14 @@ impl CrashFs {
         &self.mountpoint
     }
 
+    /// Makes fsyncs of one directory (`dir`, relative to the mount point) take `delay`, as on
+    /// a busy disk: the window in which a writer that does not wait for them is caught.
+    /// `None` makes them fast again.
+    pub fn slow_dir_fsync(&self, slow: Option<(&Path, std::time::Duration)>) {
+        self.model.lock().unwrap_or_else(std::sync::PoisonError::into_inner).slow_dir =
+            slow.map(|(dir, delay)| (dir.to_path_buf(), delay));
+    }
+
     /// Cuts the power: from now on every operation on the mount fails with `EIO`, and
     /// nothing more becomes durable.
     pub fn cut_power(&self) {
@@ -114,7 +122,11 @@ impl CrashFs {
         std::fs::rename(&self.backing, &old)?;
         std::fs::rename(&fresh, &self.backing)?;
         std::fs::remove_dir_all(&old)?;
-        *self.model.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Model::scan(&self.backing)?;
+        let mut model = self.model.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let slow = model.slow_dir.take();
+        *model = Model::scan(&self.backing)?;
+        model.slow_dir = slow;
+        drop(model);
         self.start()
     }
 }

@@ -120,6 +120,9 @@ pub struct Model {
     seq: u64,
     /// Set by a power cut: from then on every operation fails.
     pub frozen: bool,
+    /// A slow disk: fsyncs of this directory (a path under the backing directory) answer
+    /// only after this long, and take effect then.
+    pub slow_dir: Option<(PathBuf, std::time::Duration)>,
 }
 
 impl Model {
