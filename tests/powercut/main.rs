@@ -5,5 +5,6 @@
 //! byte-exact, and nothing deleted may come back. Where FUSE is missing each test prints
 //! SKIPPED and passes.
 
+mod agent;
 mod rig;
 mod s3;

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -204,6 +204,16 @@ impl Rig {
         for key in list(&client, "").await {
             if !expected.contains_key(&key) {
                 failures.push(format!("{key}: listed, but no request made it"));
+            }
+        }
+        // An empty directory left by an unanswered write is no prefix either.
+        let top = client.list_objects_v2().bucket(BUCKET).delimiter("/").send().await.expect("list with delimiter");
+        for prefix in top.common_prefixes().iter().filter_map(|p| p.prefix()) {
+            let backed = expected
+                .iter()
+                .any(|(k, allowed)| k.starts_with(prefix) && allowed.iter().any(|s| *s != State::Absent));
+            if !backed {
+                failures.push(format!("{prefix}: listed as a prefix, but no key under it can exist"));
             }
         }
         let tmp = self.archive.join(".depot/tmp");
