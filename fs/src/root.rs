@@ -157,6 +157,11 @@ impl Root {
         let mut dir = dir.to_path_buf();
         let mut removed = false;
         while dir.starts_with(&self.dir) && dir != self.dir {
+            // A directory still holding something stays, and stays in the record of durable
+            // directories (the next write into it needs no fsync of its parent).
+            if std::fs::read_dir(&dir).map_or(true, |mut entries| entries.next().is_some()) {
+                break;
+            }
             crate::dirsync::forget(&dir, false);
             // Fails (and stops) on the first non-empty directory.
             if std::fs::remove_dir(&dir).is_err() {
