@@ -292,13 +292,12 @@ fn write_dir(state: &HashMap<u64, Content>, ino: u64, dir: &Path, seen: &mut Has
     for (name, child) in entries {
         let path = dir.join(name);
         match state.get(child) {
-            Some(Content::Dir(_)) => {
-                // A directory reachable twice (renamed, both parents durable) appears once.
-                if seen.insert(*child) {
-                    std::fs::create_dir(&path)?;
-                    write_dir(state, *child, &path, seen)?;
-                }
+            // A directory reachable twice (renamed, both parents durable) appears once.
+            Some(Content::Dir(_)) if seen.insert(*child) => {
+                std::fs::create_dir(&path)?;
+                write_dir(state, *child, &path, seen)?;
             }
+            Some(Content::Dir(_)) => {}
             Some(Content::File { data, xattrs, mode, mtime }) => {
                 std::fs::write(&path, data)?;
                 for (name, value) in xattrs {
