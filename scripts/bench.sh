@@ -13,6 +13,11 @@
 #   get_large_mb_s        1 GiB GET
 #   small_put_ops_s       5,000 x 4 KiB PUTs at concurrency 32
 #   small_get_ops_s       the same objects read back
+#   fresh_dir_put_ops_s   5,000 x 4 KiB PUTs at concurrency 32 into new nested directories,
+#                         16 objects each (TiKV writing SSTs into a fresh `<store>/`)
+#   ungrouped_*           the same two PUT figures against a second server with group commit
+#                         of directory fsyncs off (DEPOT_GROUP_COMMIT=off), same run
+#   group_commit_gain     small_put_ops_s / ungrouped_small_put_ops_s
 #   depot_peak_rss_mib    peak RSS (VmHWM) of `depot serve` over the whole run
 #   md5_one_core_mb_s     MD5 of 1 GiB on one core, the implementation the server uses
 #                         (a PUT computes the ETag's MD5 on its own thread)
@@ -82,8 +87,26 @@ echo "put_vs_dd=$(ratio "$put" "$dd")"
 echo "get_vs_tcp=$(ratio "$get" "$tcp")"
 echo "put_vs_min_dd_md5=$(ratio "$put" "$floor")"
 
-"$target/depot-bench" s3 "${s3_args[@]}" --large 0 --small-count 5000 --small-size 4096 --concurrency 32
+small=(--large 0 --small-count 5000 --small-size 4096 --concurrency 32)
+grouped=$("$target/depot-bench" s3 "${s3_args[@]}" "${small[@]}")
+echo "$grouped"
+"$target/depot-bench" s3 "${s3_args[@]}" "${small[@]}" --layout fresh | grep put
 echo "depot_peak_rss_mib=$(awk '/VmHWM/ {printf "%.1f", $2 / 1024}' "/proc/$depot_pid/status")"
+
+# The A/B for group commit: a second server, grouping off, the same PUTs.
+DEPOT_GROUP_COMMIT=off "$target/depot" serve "$work/archive-ungrouped" --listen 127.0.0.1:0 --json \
+    --log-file "$work/depot-ungrouped.log" >"$work/banner-ungrouped.json" 2>"$work/depot-ungrouped.stderr" &
+pids+=($!)
+for _ in $(seq 100); do
+    [[ -s "$work/banner-ungrouped.json" ]] && break
+    sleep 0.05
+done
+ab() { python3 -c "import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$work/banner-ungrouped.json" "$1"; }
+ab_args=(--endpoint "$(ab endpoint)" --bucket "$(ab bucket)" --access-key "$(ab access_key)" --secret-key "$(ab secret_key)")
+ungrouped=$("$target/depot-bench" s3 "${ab_args[@]}" "${small[@]}" | grep put)
+echo "ungrouped_$ungrouped"
+"$target/depot-bench" s3 "${ab_args[@]}" "${small[@]}" --layout fresh | grep put | sed 's/^/ungrouped_/'
+echo "group_commit_gain=$(ratio "$(sed -n 's/^small_put_ops_s=//p' <<<"$grouped")" "$(sed -n 's/^small_put_ops_s=//p' <<<"$ungrouped")")"
 
 if [[ -x scripts/bench-agent.sh ]]; then
     scripts/bench-agent.sh

@@ -8,6 +8,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The power-cut tests mount crashfs (FUSE): fusermount3 comes from Debian's fuse3. Without
+# /dev/fuse they print SKIPPED and say why.
+if ! command -v fusermount3 >/dev/null && [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+    apt-get update -qq && apt-get install -y -qq fuse3 >/dev/null
+fi
+
 # The end-to-end tests run the binaries; build them first so a partial `cargo test -p ...`
 # never runs a stale one.
 cargo build --workspace --bins

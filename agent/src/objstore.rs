@@ -320,7 +320,7 @@ impl LocalStore {
                 let path = path.to_path_buf();
                 move |source| StoreError::Io { path, source }
             };
-            std::fs::create_dir_all(&base).map_err(io(&base))?;
+            depot_fs::create_dir_all_durably(&base).map_err(io(&base))?;
             let root = Root::open(&base)
                 .map_err(|err| StoreError::Failed { location: base.display().to_string(), message: err.to_string() })?;
             let dest =
@@ -356,10 +356,12 @@ impl LocalStore {
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         check_key(key)?;
         let path = self.base.join(key);
-        match tokio::fs::remove_file(&path).await {
-            Ok(()) => Ok(()),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(StoreError::Io { path, source }),
+        // Durably: a released lock or a removed record must not come back after a power cut.
+        let removed = path.clone();
+        match tokio::task::spawn_blocking(move || depot_fs::remove_file_durably(&removed)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(source)) => Err(StoreError::Io { path, source }),
+            Err(err) => Err(StoreError::Io { path, source: std::io::Error::other(err) }),
         }
     }
 }

@@ -164,8 +164,7 @@ impl Archive {
         if has_files(bucket.root.dir()) {
             return Err(Error::BucketNotEmpty { bucket: name.to_owned() });
         }
-        std::fs::remove_dir_all(bucket.root.dir()).map_err(Error::io(bucket.root.dir()))?;
-        depot_fs::sync_dir(self.root.dir()).map_err(Error::io(self.root.dir()))
+        depot_fs::remove_dir_durably(bucket.root.dir()).map_err(Error::io(bucket.root.dir()))
     }
 }
 

@@ -222,7 +222,7 @@ impl Server {
     /// # Errors
     /// [`ServeError`], each naming what to fix.
     pub async fn bind(config: Config) -> Result<Self, ServeError> {
-        std::fs::create_dir_all(&config.archive)
+        depot_fs::create_dir_all_durably(&config.archive)
             .map_err(|source| ServeError::CreateArchive { path: config.archive.clone(), source })?;
         let root = Root::open(&config.archive)?;
         let state = root.state_dir();

@@ -392,7 +392,8 @@ pub async fn complete_multipart_upload(
     s3.stats.object_written(size);
     let done = Completion::new(s3, &input.bucket, &input.key, &requested, etag, algorithm.map(|_| checksum));
     let done = completion::record(s3, &input.upload_id, &path, done)?;
-    if let Err(err) = std::fs::remove_dir_all(&dir) {
+    // Durably, or a power cut could list (and complete again) an upload already answered.
+    if let Err(err) = depot_fs::remove_dir_durably(&dir) {
         tracing::warn!(dir = %dir.display(), %err, "cannot remove a completed upload's parts");
     }
     Ok(respond(done.output()))
@@ -441,7 +442,7 @@ pub async fn abort_multipart_upload(
 ) -> Result<S3Response<AbortMultipartUploadOutput>> {
     let input = req.input;
     let (dir, _) = s3.upload(&input.upload_id, &input.bucket, &input.key)?;
-    tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&dir).map_err(Error::io(&dir)))
+    tokio::task::spawn_blocking(move || depot_fs::remove_dir_durably(&dir).map_err(Error::io(&dir)))
         .await
         .map_err(blocking_error)??;
     Ok(respond(AbortMultipartUploadOutput::default()))

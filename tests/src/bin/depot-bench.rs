@@ -72,6 +72,10 @@ enum Command {
         /// Only GET the large object (stored by an earlier run).
         #[arg(long)]
         get_only: bool,
+        /// Where the small objects go: `spread` (64 existing directories) or `fresh` (new
+        /// nested directories, 16 objects each, written at once: TiKV's `<store>/` pattern).
+        #[arg(long, default_value = "spread")]
+        layout: String,
     },
 }
 
@@ -259,6 +263,7 @@ async fn main() {
             small_size,
             concurrency,
             get_only,
+            layout,
         } => {
             let authority = endpoint.trim_start_matches("http://").to_owned();
             let client = Arc::new(Client { endpoint, authority, signer: Signer { access_key, secret_key, region } });
@@ -282,6 +287,12 @@ async fn main() {
             }
             if small_count > 0 {
                 let data = block(small_size);
+                let run = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+                let fresh = match layout.as_str() {
+                    "spread" => None,
+                    "fresh" => Some(run),
+                    other => panic!("--layout is spread or fresh, not {other:?}"),
+                };
                 for method in ["PUT", "GET"] {
                     let next = Arc::new(AtomicUsize::new(0));
                     let start = Instant::now();
@@ -296,7 +307,10 @@ async fn main() {
                                 if i >= small_count {
                                     break;
                                 }
-                                let path = format!("/{bucket}/bench/small/{:02}/{i:06}", i % 64);
+                                let path = match fresh {
+                                    None => format!("/{bucket}/bench/small/{:02}/{i:06}", i % 64),
+                                    Some(run) => format!("/{bucket}/bench/fresh-{run}/{:04}/sst/{i:06}", i / 16),
+                                };
                                 let body = if method == "PUT" {
                                     Repeat { block: data.clone(), remaining: data.len() as u64 }
                                 } else {
@@ -311,7 +325,8 @@ async fn main() {
                         worker.await.expect("worker");
                     }
                     let rate = small_count as f64 / start.elapsed().as_secs_f64();
-                    println!("small_{}_ops_s={rate:.0}", method.to_ascii_lowercase());
+                    let figure = if fresh.is_some() { "fresh_dir" } else { "small" };
+                    println!("{figure}_{}_ops_s={rate:.0}", method.to_ascii_lowercase());
                 }
             }
         }
