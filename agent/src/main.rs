@@ -21,10 +21,10 @@ use depot_agent::checkpoint::{Checkpoint, Identity, Settings};
 use depot_agent::fetch::{CheckpointReport, FetchJob, NoRecorder, Recorder, sweep_stale_temp_files};
 use depot_agent::manifest::{CrypterKey, Manifest, ManifestSource};
 use depot_agent::node::{self, ServeOptions};
-use depot_agent::objstore::{ObjectStore, StoreOptions};
 use depot_agent::peer::{PeerDirectory, PeerReader, RetryPolicy, Timeouts};
 use depot_agent::progress::Bar;
 use depot_agent::registry::Coordinator;
+use depot_agent::storage::{Storage, StoreOptions};
 use depot_agent::trust::ExtraCa;
 
 /// mimalloc instead of the system allocator: transfers allocate and free a megabyte-sized
@@ -240,8 +240,8 @@ impl CheckpointArgs {
         }
         let store = match &self.checkpoint_storage {
             // Shared storage: one directory per node, so every node's progress sits side by side.
-            Some(url) => ObjectStore::open(url, &StoreOptions { ca: ca.cloned() })?.at(node_id),
-            None => ObjectStore::open(
+            Some(url) => Storage::open(url, &StoreOptions { ca: ca.cloned() })?.at(node_id),
+            None => Storage::open(
                 root.state_dir().join("checkpoints").to_str().context("non-UTF-8 root")?,
                 &StoreOptions::default(),
             )?,
