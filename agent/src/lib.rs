@@ -35,6 +35,7 @@
 
 pub mod auth;
 pub mod checkpoint;
+pub mod collect;
 pub mod digest;
 pub mod fetch;
 pub mod manifest;

@@ -9,6 +9,8 @@
 //!   or could not be reached, or files failed for another reason (checksums, I/O).
 //! - `130`: `fetch` was interrupted (Ctrl-C / SIGTERM); nothing partial was left behind.
 
+mod collect_cmd;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -61,6 +63,8 @@ enum Command {
     Fetch(FetchArgs),
     /// Report which live nodes hold each file of a backup (size and sha256; no data moved).
     Verify(VerifyArgs),
+    /// Gather a backup scattered over the nodes into one archive (S3, GCS, Azure or a directory).
+    Collect(collect_cmd::CollectArgs),
 }
 
 #[derive(Debug, Args)]
@@ -140,15 +144,20 @@ struct ManifestArgs {
 }
 
 impl ManifestArgs {
-    async fn load(&self, ca: Option<&ExtraCa>) -> anyhow::Result<Manifest> {
-        let key = match (&self.crypter_key, &self.crypter_key_file) {
+    /// The key of an encrypted backup, if one was given.
+    fn crypter(&self) -> anyhow::Result<Option<CrypterKey>> {
+        Ok(match (&self.crypter_key, &self.crypter_key_file) {
             (Some(hex), _) => Some(CrypterKey::from_hex(hex)?),
             (None, Some(path)) => {
                 let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
                 Some(CrypterKey::from_hex(&text).with_context(|| format!("in {}", path.display()))?)
             }
             (None, None) => None,
-        };
+        })
+    }
+
+    async fn load(&self, ca: Option<&ExtraCa>) -> anyhow::Result<Manifest> {
+        let key = self.crypter()?;
         let options = StoreOptions { ca: ca.cloned() };
         let source = ManifestSource::parse(&self.meta, &options)?;
         Ok(source.load(key.as_ref()).await?)
@@ -543,6 +552,7 @@ fn main() -> ExitCode {
         Command::Serve(a) => a.json,
         Command::Fetch(a) => a.json,
         Command::Verify(a) => a.json,
+        Command::Collect(a) => a.json,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
@@ -556,6 +566,7 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve(args).await,
             Command::Fetch(args) => fetch(args).await,
             Command::Verify(args) => verify(args).await,
+            Command::Collect(args) => collect_cmd::collect(args).await,
         }
     });
     // Finish background tasks (and their temp-file guards) before exiting.

@@ -203,13 +203,14 @@ pub struct ManifestSource {
 }
 
 impl ManifestSource {
-    /// Interprets `--meta`: an `s3://` URL or a path naming either the manifest itself or the
+    /// Interprets `--meta`: an `s3://` (or `gcs://`, `azure://`) URL or a path naming either the manifest itself or the
     /// backup's directory/prefix.
     ///
     /// # Errors
     /// [`StoreError`] for an unusable URL.
     pub fn parse(meta: &str, options: &crate::storage::StoreOptions) -> Result<Self, StoreError> {
-        if let Some(rest) = meta.strip_prefix("s3://") {
+        let remote = meta.split_once("://").filter(|(scheme, _)| !matches!(*scheme, "local" | "file"));
+        if let Some((scheme, rest)) = remote {
             let (path, query) = match rest.split_once('?') {
                 Some((p, q)) => (p, format!("?{q}")),
                 None => (rest, String::new()),
@@ -217,13 +218,13 @@ impl ManifestSource {
             let (bucket, prefix) = path.split_once('/').unwrap_or((path, ""));
             let prefix = prefix.trim_start_matches('/');
             if prefix.is_empty() || prefix.ends_with('/') {
-                let store = Storage::open(&format!("s3://{bucket}/{prefix}{query}"), options)?;
+                let store = Storage::open(&format!("{scheme}://{bucket}/{prefix}{query}"), options)?;
                 return Ok(Self { store, key: None });
             }
             // Either the manifest object itself or a prefix without a trailing slash; `load`
             // tries the object first.
             let (dir, name) = prefix.rsplit_once('/').unwrap_or(("", prefix));
-            let store = Storage::open(&format!("s3://{bucket}/{dir}{query}"), options)?;
+            let store = Storage::open(&format!("{scheme}://{bucket}/{dir}{query}"), options)?;
             return Ok(Self { store, key: Some(name.to_owned()) });
         }
         let path = meta.strip_prefix("local://").or_else(|| meta.strip_prefix("file://")).unwrap_or(meta);
@@ -244,8 +245,18 @@ impl ManifestSource {
     /// # Errors
     /// [`ManifestError`], naming the file.
     pub async fn load(&self, key: Option<&CrypterKey>) -> Result<Manifest, ManifestError> {
+        Ok(self.load_located(key).await?.0)
+    }
+
+    /// Like [`ManifestSource::load`], also returning the storage the manifest was found in and
+    /// its key there (`collect` copies the backup's other meta files from beside it).
+    ///
+    /// # Errors
+    /// [`ManifestError`], naming the file.
+    pub async fn load_located(&self, key: Option<&CrypterKey>) -> Result<(Manifest, Storage, String), ManifestError> {
         let (store, name, bytes) = self.fetch().await?;
-        parse(&store, &name, &bytes, key).await
+        let manifest = parse(&store, &name, &bytes, key).await?;
+        Ok((manifest, store, name))
     }
 
     /// Finds the manifest bytes: the named object, else `<name>/backupmeta`, else `backupmeta`.

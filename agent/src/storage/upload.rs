@@ -18,7 +18,7 @@ pub const SINGLE_PUT_MAX: u64 = 16 << 20;
 pub const PART_SIZE: usize = 8 << 20;
 /// Parts in flight at once per upload: enough to keep a fast archive busy while the next part
 /// fills, at `PART_SIZE` of memory each.
-const PARTS_IN_FLIGHT: usize = 3;
+const PARTS_IN_FLIGHT: usize = 2;
 
 /// An object being written; see the module docs.
 pub struct Upload {

@@ -1,0 +1,259 @@
+//! `depot-agent collect`: a backup scattered over the nodes gathered into the archive over S3,
+//! and its faults — a source dying mid-file, corrupted bytes, an archive refusing writes, a
+//! `kill -9` of collect itself, a file no node holds.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use depot_tests::agents::{Cluster, DataFile, eventually, finish, run, spawn_piped, write_backupmeta_v2};
+use depot_tests::test_dir;
+
+/// `depot-agent collect --meta META --to s3://.../PREFIX/ --json` with the archive's
+/// credentials, plus `extra`.
+fn collect_command(cluster: &Cluster, meta: &Path, prefix: &str, extra: &[&str]) -> Command {
+    let mut cmd = cluster.command("collect");
+    cmd.args(["--meta", meta.to_str().unwrap(), "--to", &cluster.s3_url(prefix), "--json"])
+        .args(["--log-file", cluster.dir.join("logs/collect.log").to_str().unwrap()])
+        .args(extra)
+        .envs(cluster.aws_env());
+    cmd
+}
+
+/// The BR host's backup directory: backupmeta (v2) and its datafile objects, plus what a
+/// restore does not need (`backup.lock`, BR's `checkpoints/`).
+fn br_host_dir(cluster: &Cluster, files: &[DataFile]) -> std::path::PathBuf {
+    let meta = cluster.dir.join("br-host");
+    write_backupmeta_v2(&meta, files);
+    std::fs::write(meta.join("backup.lock"), b"lock").unwrap();
+    std::fs::create_dir_all(meta.join("checkpoints/backup")).unwrap();
+    std::fs::write(meta.join("checkpoints/backup/checkpoint.meta"), b"x").unwrap();
+    std::fs::write(meta.join("backupmeta.schema.000000001"), b"schema bytes").unwrap();
+    meta
+}
+
+/// The main path: SSTs over three nodes, the backupmeta on the BR host; `collect`
+/// makes the archive hold the complete backup, byte-exact, with the meta files a restore
+/// needs and not the ones it does not, and prints the `br restore` line. A second run copies
+/// nothing.
+#[test]
+fn collect_gathers_a_scattered_backup_into_the_archive() {
+    let dir = test_dir();
+    let cluster = Cluster::start(dir.path(), "500ms");
+    let mut files: Vec<DataFile> =
+        (0..15).map(|i| DataFile::new(&format!("{}/{i}_write.sst", i % 4), 1000 + i * 90_001)).collect();
+    files.push(DataFile::new("big/0_default.sst", 20 << 20));
+    let meta = br_host_dir(&cluster, &files);
+    let nodes = ["a", "b", "c"];
+    for (i, f) in files.iter().enumerate() {
+        f.write_to(&cluster.node_dir(nodes[i % 3]));
+    }
+    // One file on two nodes: it is copied once.
+    files[1].write_to(&cluster.node_dir("c"));
+    let _agents: Vec<_> = nodes.iter().map(|n| cluster.agent(n, &[])).collect();
+
+    let out =
+        run(&mut collect_command(&cluster, &meta, "collected/", &["--concurrency", "4"]), Duration::from_secs(120));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let summary = out.json();
+    assert_eq!(summary["files_needed"], 16);
+    assert_eq!(summary["files_copied"], 16);
+    assert_eq!(summary["missing"], serde_json::json!([]));
+    assert_eq!(summary["backupmeta_written"], true);
+    let total: usize = files.iter().map(|f| f.data.len()).sum();
+    assert_eq!(summary["bytes_copied"], total);
+    let sources = summary["sources"].as_object().unwrap();
+    assert_eq!(sources.values().map(|s| s["files"].as_u64().unwrap()).sum::<u64>(), 16, "{summary}");
+    let restore = summary["restore_command"].as_str().unwrap();
+    assert!(restore.starts_with("br restore full") && restore.contains(&cluster.s3_url("collected/")), "{restore}");
+
+    let archive = cluster.archive().join("collected");
+    for f in &files {
+        assert!(f.is_in(&archive), "{} is byte-exact in the archive", f.name);
+    }
+    for name in
+        ["backupmeta", "backupmeta.datafile.000000001", "backupmeta.datafile.000000002", "backupmeta.schema.000000001"]
+    {
+        assert_eq!(std::fs::read(archive.join(name)).unwrap(), std::fs::read(meta.join(name)).unwrap(), "{name}");
+    }
+    assert!(!archive.join("backup.lock").exists(), "BR's lock is not part of the backup");
+    assert!(!archive.join("checkpoints").exists(), "BR's checkpoints are not part of the backup");
+    assert!(!archive.join(".depot-collect").exists(), "collect's own checkpoint is removed on success");
+
+    // Again: everything is there with its digest, nothing is copied.
+    let again = run(&mut collect_command(&cluster, &meta, "collected/", &[]), Duration::from_secs(60));
+    assert_eq!(again.code, Some(0), "{again:?}");
+    let summary = again.json();
+    assert_eq!(summary["files_present"], 16);
+    assert_eq!(summary["files_copied"], 0);
+
+    // The collected backupmeta reads as the same backup (fetch parses it through the archive).
+    let mut check = cluster.fetch_command("d", &cluster.s3_url("collected/"), &[]);
+    let check = run(check.envs(cluster.aws_env()), Duration::from_secs(60));
+    assert_eq!(check.code, Some(0), "{check:?}");
+    assert_eq!(check.json()["files_needed"], 16);
+}
+
+/// A file no node holds: named, exit 1, everything else collected, and no `backupmeta` in the
+/// archive (a restore from it would fail half-way).
+#[test]
+fn a_file_no_node_holds_is_named_and_the_backupmeta_held_back() {
+    let dir = test_dir();
+    let cluster = Cluster::start(dir.path(), "500ms");
+    let files: Vec<DataFile> = (0..5).map(|i| DataFile::new(&format!("t/{i}.sst"), 50_000 + i)).collect();
+    let meta = br_host_dir(&cluster, &files);
+    for f in &files[1..] {
+        f.write_to(&cluster.node_dir("a"));
+    }
+    let _a = cluster.agent("a", &[]);
+    let out = run(&mut collect_command(&cluster, &meta, "partial/", &["--retries", "1"]), Duration::from_secs(60));
+    assert_eq!(out.code, Some(1), "{out:?}");
+    let summary = out.json();
+    assert_eq!(summary["missing"], serde_json::json!(["t/0.sst"]));
+    assert_eq!(summary["files_copied"], 4);
+    assert_eq!(summary["backupmeta_written"], false);
+    assert!(summary["restore_command"].is_null());
+    let archive = cluster.archive().join("partial");
+    assert!(!archive.join("backupmeta").exists());
+    for f in &files[1..] {
+        assert!(f.is_in(&archive));
+    }
+}
+
+/// A source killed mid-file: the other holder continues at the same offset into the same
+/// multipart upload; the object appears once, complete and byte-exact.
+#[test]
+fn a_source_that_dies_mid_file_is_replaced_and_nothing_partial_appears() {
+    let dir = test_dir();
+    let cluster = Cluster::start(dir.path(), "500ms");
+    let big = DataFile::new("big/1.sst", 40 << 20);
+    let meta = br_host_dir(&cluster, std::slice::from_ref(&big));
+    big.write_to(&cluster.node_dir("a-dies"));
+    big.write_to(&cluster.node_dir("b-stays"));
+    let mut dying = cluster.agent("a-dies", &["--max-rate", "8MiB"]);
+    let _stays = cluster.agent("b-stays", &[]);
+    let archive = cluster.archive().join("died");
+    let uploads = cluster.archive().join(".depot/uploads");
+
+    let started = Instant::now();
+    let child = spawn_piped(&mut collect_command(&cluster, &meta, "died/", &["--stall-timeout", "2s"]));
+    // A part has reached the archive: the kill lands mid-file.
+    assert!(eventually(Duration::from_secs(20), || walk_size(&uploads) >= 8 << 20), "the transfer from a-dies started");
+    assert!(!archive.join("big/1.sst").exists(), "nothing visible before it is complete");
+    dying.kill9();
+    let out = finish(child, Duration::from_secs(60), started);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(out.json()["sources"], serde_json::json!({"b-stays": {"files": 1, "bytes": big.data.len()}}));
+    assert!(big.is_in(&archive));
+}
+
+/// Corrupted bytes: caught before the upload completes; with only a bad holder the file fails
+/// (exit 2) and nothing appears; with a good holder as well, that one is used.
+#[test]
+fn corrupted_bytes_never_complete_an_upload() {
+    let dir = test_dir();
+    let cluster = Cluster::start(dir.path(), "500ms");
+    let file = DataFile::new("c/1.sst", 20 << 20);
+    let meta = br_host_dir(&cluster, std::slice::from_ref(&file));
+    let mut bad = file.clone();
+    bad.data[17 << 20] ^= 0x55;
+    bad.write_to(&cluster.node_dir("a-bad"));
+    let _bad = cluster.agent("a-bad", &[]);
+    let archive = cluster.archive().join("corrupt");
+
+    let out = run(&mut collect_command(&cluster, &meta, "corrupt/", &[]), Duration::from_secs(60));
+    assert_eq!(out.code, Some(2), "{out:?}");
+    let summary = out.json();
+    let error = summary["failed"][0]["error"].as_str().unwrap();
+    assert!(error.contains("sha256") && error.contains("a-bad"), "{error}");
+    assert!(!archive.join("c/1.sst").exists(), "bad bytes never complete an upload");
+
+    file.write_to(&cluster.node_dir("b-good"));
+    let _good = cluster.agent("b-good", &[]);
+    let out = run(&mut collect_command(&cluster, &meta, "corrupt/", &[]), Duration::from_secs(60));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(out.json()["sources"]["b-good"]["files"], 1);
+    assert!(file.is_in(&archive));
+}
+
+/// The archive refuses writes (wrong secret): a clear error naming the file and the
+/// destination, exit 2; a re-run with the right credentials completes.
+#[test]
+fn an_archive_that_refuses_writes_is_named_and_a_rerun_completes() {
+    let dir = test_dir();
+    let cluster = Cluster::start(dir.path(), "500ms");
+    let files: Vec<DataFile> = (0..6).map(|i| DataFile::new(&format!("r/{i}.sst"), 70_000 + i)).collect();
+    let meta = br_host_dir(&cluster, &files);
+    for f in &files {
+        f.write_to(&cluster.node_dir("a"));
+    }
+    let _a = cluster.agent("a", &[]);
+    let mut cmd = collect_command(&cluster, &meta, "refused/", &["--no-checkpoint"]);
+    cmd.env("AWS_SECRET_ACCESS_KEY", "wrong-secret-wrong-secret-wrong-secret12");
+    let out = run(&mut cmd, Duration::from_secs(60));
+    assert_eq!(out.code, Some(2), "{out:?}");
+    let text = format!("{}{}", out.stdout, out.stderr);
+    assert!(text.contains("refused") && text.contains("/refused/"), "names the destination: {text}");
+    assert!(text.contains("r/") || text.contains("checkpoint"), "names what was being written: {text}");
+
+    let out = run(&mut collect_command(&cluster, &meta, "refused/", &[]), Duration::from_secs(60));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    for f in &files {
+        assert!(f.is_in(&cluster.archive().join("refused")));
+    }
+}
+
+/// `kill -9` of collect mid-way, then a re-run: the files recorded by the first run are not
+/// uploaded again, and the archive ends byte-exact.
+#[test]
+fn kill_9_of_collect_then_a_rerun_completes_without_reuploading() {
+    let dir = test_dir();
+    let cluster = Cluster::start(dir.path(), "500ms");
+    let files: Vec<DataFile> = (0..40).map(|i| DataFile::new(&format!("k/{i}.sst"), 256 << 10)).collect();
+    let meta = br_host_dir(&cluster, &files);
+    for f in &files {
+        f.write_to(&cluster.node_dir("a"));
+    }
+    let _a = cluster.agent("a", &["--max-rate", "2MiB"]);
+    let archive = cluster.archive().join("killed");
+    let mut child = spawn_piped(&mut collect_command(
+        &cluster,
+        &meta,
+        "killed/",
+        &["--concurrency", "2", "--checkpoint-interval", "200ms"],
+    ));
+    assert!(
+        eventually(Duration::from_secs(30), || files.iter().filter(|f| f.is_in(&archive)).count() >= 8),
+        "some files were collected"
+    );
+    std::thread::sleep(Duration::from_millis(400));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let before = files.iter().filter(|f| f.is_in(&archive)).count();
+    assert!(before < files.len(), "killed mid-way");
+
+    let out = run(&mut collect_command(&cluster, &meta, "killed/", &[]), Duration::from_secs(90));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let summary = out.json();
+    let resumed = summary["files_resumed"].as_u64().unwrap();
+    let present = summary["files_present"].as_u64().unwrap();
+    let copied = summary["files_copied"].as_u64().unwrap();
+    assert!(resumed > 0, "the checkpoint's records are trusted: {summary}");
+    assert_eq!(resumed + present + copied, 40);
+    assert!(copied as usize <= files.len() - before + 2, "recorded files are not uploaded again: {summary}");
+    for f in &files {
+        assert!(f.is_in(&archive), "{}", f.name);
+    }
+}
+
+/// Bytes of the files under `dir`.
+fn walk_size(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => walk_size(&e.path()),
+            _ => e.metadata().map_or(0, |m| m.len()),
+        })
+        .sum()
+}
