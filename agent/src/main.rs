@@ -177,6 +177,10 @@ struct FetchArgs {
     /// serving DIR, else the host name).
     #[arg(long, value_name = "ID")]
     node_id: Option<String>,
+    /// Read files no live node holds from this archive (what `collect` wrote): s3://..., a
+    /// directory, gcs:// or azure://. Checked by size and sha256 like a peer's copy.
+    #[arg(long, value_name = "URL")]
+    archive: Option<String>,
     /// Only these files (one name per line; `-` reads standard input).
     #[arg(long, value_name = "LIST")]
     files_from: Option<PathBuf>,
@@ -278,6 +282,9 @@ struct VerifyArgs {
     manifest: ManifestArgs,
     #[command(flatten)]
     coordinator: CoordinatorArgs,
+    /// Also report which files this archive holds (one HEAD each; no data moved).
+    #[arg(long, value_name = "URL")]
+    archive: Option<String>,
     /// Stat calls in flight at once.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=1024))]
     concurrency: u16,
@@ -456,6 +463,7 @@ async fn fetch(args: FetchArgs) -> anyhow::Result<u8> {
             .map_or_else(|| Arc::new(NoRecorder) as Arc<dyn Recorder>, |c| c as Arc<dyn Recorder>),
         progress: bar,
         resume: checkpoint.clone(),
+        archive: args.archive.as_deref().map(|url| Storage::open(url, &StoreOptions { ca: ca.clone() })).transpose()?,
     };
     let keep_up = async {
         match &checkpoint {
@@ -536,8 +544,12 @@ async fn verify(args: VerifyArgs) -> anyhow::Result<u8> {
     };
     let manifest = args.manifest.load(ca.as_ref()).await?;
     let directory = PeerDirectory::new(coordinator, None);
-    let report =
+    let mut report =
         depot_agent::verify::verify(&manifest, &directory, usize::from(args.concurrency), args.rpc_timeout).await?;
+    if let Some(url) = &args.archive {
+        let archive = Storage::open(url, &StoreOptions { ca: ca.clone() })?;
+        report.add_archive(&manifest, &archive, usize::from(args.concurrency)).await?;
+    }
     if args.json {
         print_json(&report);
     } else {

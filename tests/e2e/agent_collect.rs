@@ -257,3 +257,61 @@ fn walk_size(dir: &Path) -> u64 {
         })
         .sum()
 }
+
+/// After a collect, the archive is a source: `fetch --archive` reads what no live node holds
+/// from it (checked: a damaged archive copy is refused), `verify --archive` reports it, and a
+/// file neither holds is named.
+#[test]
+fn fetch_and_verify_use_the_archive_for_files_no_node_holds() {
+    let dir = test_dir();
+    let cluster = Cluster::start(dir.path(), "500ms");
+    let files: Vec<DataFile> = (0..6).map(|i| DataFile::new(&format!("f/{i}.sst"), 300_000 + i * 7)).collect();
+    let meta = br_host_dir(&cluster, &files);
+    for (i, f) in files.iter().enumerate() {
+        f.write_to(&cluster.node_dir(if i < 3 { "a" } else { "b-gone" }));
+    }
+    let _a = cluster.agent("a", &[]);
+    let mut gone = cluster.agent("b-gone", &[]);
+    let out = run(&mut collect_command(&cluster, &meta, "arch/", &[]), Duration::from_secs(60));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    gone.stop();
+    let archive_url = cluster.s3_url("arch/");
+
+    // verify: files 3..6 are held only by the archive; nothing is missing.
+    let mut cmd = cluster.command("verify");
+    cmd.args(["--meta", meta.to_str().unwrap(), "--archive", &archive_url, "--json"]).envs(cluster.aws_env());
+    let report = run(&mut cmd, Duration::from_secs(60));
+    let json = report.json();
+    assert_eq!(json["archive"]["verified"], 6, "{json}");
+    // b-gone may still be listed (and hold files 3..6) for three heartbeats after it stopped.
+    let only = json["archive"]["only_in_archive"].as_array().map_or(0, Vec::len);
+    assert!(only == 3 || json["nodes"].as_array().unwrap().len() == 2, "{json}");
+    assert_eq!(json["missing"], serde_json::json!([]), "{json}");
+
+    // fetch on a new node: three files from a, three from the archive, all verified.
+    let mut cmd = cluster.fetch_command("c", meta.to_str().unwrap(), &["--archive", &archive_url, "--retries", "1"]);
+    let out = run(cmd.envs(cluster.aws_env()), Duration::from_secs(60));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let summary = out.json();
+    assert_eq!(summary["per_peer"], serde_json::json!({"a": 3, "archive": 3}), "{summary}");
+    for f in &files {
+        assert!(f.is_in(&cluster.node_dir("c")));
+    }
+
+    // A damaged archive copy is refused; a file neither holds is named, exit 1.
+    let stored = cluster.archive().join("arch").join(&files[4].name);
+    let mut damaged = std::fs::read(&stored).unwrap();
+    damaged[100] ^= 1;
+    std::fs::write(&stored, damaged).unwrap();
+    std::fs::remove_file(cluster.archive().join("arch").join(&files[5].name)).unwrap();
+    let mut cmd = cluster.fetch_command("d", meta.to_str().unwrap(), &["--archive", &archive_url, "--retries", "1"]);
+    let out = run(cmd.envs(cluster.aws_env()), Duration::from_secs(60));
+    assert_eq!(out.code, Some(2), "{out:?}");
+    let summary = out.json();
+    // f/5's only holder is stopped but still listed (for three heartbeats): unavailable, named.
+    let failed: Vec<&str> = summary["failed"].as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap()).collect();
+    assert_eq!(failed, [files[4].name.as_str(), files[5].name.as_str()], "{summary}");
+    let error = summary["failed"][0]["error"].as_str().unwrap();
+    assert!(error.contains("sha256") && error.contains("archive"), "{summary}");
+    assert!(!cluster.node_dir("d").join(&files[4].name).exists(), "damaged bytes never land");
+}
