@@ -315,3 +315,61 @@ fn fetch_and_verify_use_the_archive_for_files_no_node_holds() {
     assert!(error.contains("sha256") && error.contains("archive"), "{summary}");
     assert!(!cluster.node_dir("d").join(&files[4].name).exists(), "damaged bytes never land");
 }
+
+/// The archive's disk fills (507 InsufficientStorage): the error names the file and the
+/// destination, exit 2, no later file is started; once there is room a re-run completes.
+/// Needs root (a tmpfs); prints SKIPPED otherwise.
+#[test]
+fn a_full_archive_is_named_and_a_rerun_after_freeing_space_completes() {
+    let dir = test_dir();
+    let archive = dir.path().join("archive");
+    std::fs::create_dir_all(&archive).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=6m", "tmpfs"])
+        .arg(&archive)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("SKIPPED a_full_archive_is_named: cannot mount a tmpfs here (needs root)");
+        return;
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(archive.clone());
+    let cluster = Cluster::start(dir.path(), "500ms");
+    let files: Vec<DataFile> = (0..8).map(|i| DataFile::new(&format!("full/{i}.sst"), 1 << 20)).collect();
+    let meta = br_host_dir(&cluster, &files);
+    for f in &files {
+        f.write_to(&cluster.node_dir("a"));
+    }
+    let _a = cluster.agent("a", &[]);
+    let out = run(&mut collect_command(&cluster, &meta, "full/", &["--concurrency", "1"]), Duration::from_secs(60));
+    assert_eq!(out.code, Some(2), "{out:?}");
+    let summary = out.json();
+    let failed = summary["failed"].as_array().unwrap();
+    let first = failed
+        .iter()
+        .find(|f| f["error"].as_str().unwrap().contains("507") || f["error"].as_str().unwrap().contains("space"))
+        .unwrap_or_else(|| panic!("a 507 is reported: {summary}"));
+    let error = first["error"].as_str().unwrap();
+    assert!(
+        error.contains("/full/full/") && error.contains("refused"),
+        "names the object and the destination: {error}"
+    );
+    assert!(
+        failed.iter().any(|f| f["error"].as_str().unwrap().contains("not attempted")),
+        "later files are not started: {summary}"
+    );
+
+    assert!(Command::new("mount").args(["-o", "remount,size=64m"]).arg(&archive).status().unwrap().success());
+    let out = run(&mut collect_command(&cluster, &meta, "full/", &[]), Duration::from_secs(60));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    for f in &files {
+        assert!(f.is_in(&archive.join("full")), "{}", f.name);
+    }
+}
