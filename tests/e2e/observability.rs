@@ -1,0 +1,144 @@
+//! Metrics, health checks and the status API of `depot serve` (issue 11).
+
+use aws_sdk_s3::primitives::ByteStream;
+use depot_tests::raw::{self, Payload};
+use depot_tests::{Depot, test_dir};
+
+/// GET `path` on `endpoint` without credentials.
+async fn get(endpoint: &str, path: &str, headers: &[(&str, &str)]) -> raw::Response {
+    raw::send(endpoint, None, "GET", path, headers, Payload::Unsigned(Vec::new())).await
+}
+
+/// The samples of a scrape, parsed by a Prometheus text parser.
+fn scrape(text: &str) -> Vec<prometheus_parse::Sample> {
+    let lines = text.lines().map(|l| Ok(l.to_owned()));
+    prometheus_parse::Scrape::parse(lines).expect("the exposition parses").samples
+}
+
+/// The value of the sample `name` whose labels include `labels` (0 when absent).
+fn value(samples: &[prometheus_parse::Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    let found: Vec<f64> = samples
+        .iter()
+        .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match &s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => *v,
+            other => panic!("{name} is not a plain value: {other:?}"),
+        })
+        .collect();
+    assert!(found.len() <= 1, "{name} {labels:?} matched {} samples", found.len());
+    found.first().copied().unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn metrics_count_exactly_what_a_scripted_workload_did() {
+    const PUTS: usize = 7;
+    const SIZE: usize = 3000;
+    let dir = test_dir();
+    let depot = Depot::start(&dir.path().join("archive"), &[]);
+    let endpoint = depot.field("endpoint");
+    let bucket = depot.field("bucket");
+    let s3 = depot.client();
+    for i in 0..PUTS {
+        s3.put_object()
+            .bucket(&bucket)
+            .key(format!("dir/object-{i}"))
+            .body(ByteStream::from(vec![b'x'; SIZE]))
+            .send()
+            .await
+            .unwrap();
+    }
+    for i in 0..3 {
+        let got = s3.get_object().bucket(&bucket).key(format!("dir/object-{i}")).send().await.unwrap();
+        assert_eq!(got.body.collect().await.unwrap().into_bytes().len(), SIZE);
+    }
+    assert!(s3.get_object().bucket(&bucket).key("dir/nothing-here").send().await.is_err());
+    let upload = s3.create_multipart_upload().bucket(&bucket).key("mp").send().await.unwrap();
+
+    let response = get(&endpoint, "/_depot/metrics", &[]).await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    let content_type = response.headers["content-type"].to_str().unwrap();
+    assert!(content_type.starts_with("application/openmetrics-text"), "{content_type}");
+    let text = response.text();
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    let samples = scrape(&text);
+    let ok = [("class", "ok")];
+    let req = "depot_s3_requests_total";
+    assert_eq!(value(&samples, req, &[("operation", "PutObject"), ok[0]]), PUTS as f64, "{text}");
+    assert_eq!(value(&samples, req, &[("operation", "GetObject"), ok[0]]), 3.0, "{text}");
+    assert_eq!(value(&samples, req, &[("operation", "GetObject"), ("class", "client_error")]), 1.0, "{text}");
+    assert_eq!(value(&samples, req, &[("operation", "CreateMultipartUpload"), ok[0]]), 1.0, "{text}");
+    assert_eq!(value(&samples, "depot_s3_objects_written_total", &[]), PUTS as f64);
+    assert_eq!(value(&samples, "depot_s3_written_bytes_total", &[]), (PUTS * SIZE) as f64);
+    assert_eq!(value(&samples, "depot_s3_objects_read_total", &[]), 3.0);
+    assert_eq!(value(&samples, "depot_s3_sent_bytes_total", &[]), (3 * SIZE) as f64);
+    assert_eq!(value(&samples, "depot_s3_multipart_uploads_open", &[]), 1.0);
+    assert_eq!(value(&samples, "depot_registry_nodes", &[]), 0.0);
+    assert!(value(&samples, "depot_s3_request_body_bytes_total", &[]) >= (PUTS * SIZE) as f64);
+    assert!(value(&samples, "depot_connections_open", &[]) >= 1.0);
+    assert_eq!(value(&samples, "depot_tls_handshake_failures_total", &[]), 0.0);
+    assert_eq!(value(&samples, "depot_s3_request_duration_seconds_count", &[("operation", "PutObject")]), PUTS as f64);
+    // Nothing secret or naming an object is exposed.
+    for secret in [depot.field("secret_key"), depot.field("access_key"), depot.field("join_token"), bucket.clone()] {
+        assert!(!text.contains(&secret), "the metrics expose {secret}");
+    }
+    assert!(!text.contains("object-"), "the metrics name an object key");
+
+    s3.abort_multipart_upload().bucket(&bucket).key("mp").upload_id(upload.upload_id().unwrap()).send().await.unwrap();
+    let samples = scrape(&get(&endpoint, "/_depot/metrics", &[]).await.text());
+    assert_eq!(value(&samples, "depot_s3_multipart_uploads_open", &[]), 0.0);
+}
+
+#[tokio::test]
+async fn health_is_open_and_the_status_api_needs_the_status_token() {
+    let dir = test_dir();
+    let depot = Depot::start(&dir.path().join("archive"), &[]);
+    let endpoint = depot.field("endpoint");
+    assert_eq!(get(&endpoint, "/_depot/healthz", &[]).await.status, 200);
+    let ready = get(&endpoint, "/_depot/readyz", &[]).await;
+    assert_eq!(ready.status, 200, "{}", ready.text());
+
+    let status_url = depot.field("status_url");
+    let token = status_url.split_once("?token=").expect("the status URL carries the token").1.to_owned();
+    assert!(token.len() >= 32, "{status_url}");
+    assert_ne!(token, depot.field("join_token"));
+    assert_ne!(token, depot.field("secret_key"));
+    assert_eq!(depot.field("metrics_url"), format!("{endpoint}/_depot/metrics"));
+
+    for (path, headers) in [
+        ("/_depot/", vec![]),
+        ("/_depot/api/status", vec![]),
+        ("/_depot/api/status?token=wrong", vec![]),
+        ("/_depot/api/status", vec![("authorization", format!("Bearer {}", depot.field("join_token")))]),
+    ] {
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let refused = get(&endpoint, path, &headers).await;
+        assert_eq!(refused.status, 401, "{path} {headers:?}: {}", refused.text());
+        assert!(refused.text().contains("status token"), "{}", refused.text());
+    }
+    let page = get(&endpoint, &format!("/_depot/?token={token}"), &[]).await;
+    assert_eq!(page.status, 200);
+    assert!(page.text().contains("<html"), "{}", page.text());
+    let api = get(&endpoint, "/_depot/api/status", &[("authorization", &format!("Bearer {token}"))]).await;
+    assert_eq!(api.status, 200, "{}", api.text());
+    let json: serde_json::Value = serde_json::from_slice(&api.body).unwrap();
+    assert_eq!(json["server"]["endpoint"], endpoint.as_str());
+    assert!(json["nodes"].as_array().unwrap().is_empty());
+    assert!(!api.text().contains(&depot.field("secret_key")));
+
+    // `depot status` finds the server and its token through the archive.
+    let out = std::process::Command::new(depot_tests::bin("depot"))
+        .args(["status", "--json"])
+        .arg(dir.path().join("archive"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["server"]["endpoint"], endpoint.as_str());
+    // The token file goes away with the server.
+    let token_file = dir.path().join("archive/.depot/status-token");
+    assert!(token_file.exists());
+    assert!(depot.stop().status.success());
+    assert!(!token_file.exists());
+}
