@@ -1,8 +1,11 @@
 //! Metrics, health checks and the status API of `depot serve` (issue 11).
 
+use std::time::Duration;
+
 use aws_sdk_s3::primitives::ByteStream;
+use depot_tests::agents::{Agent, Cluster, DataFile, eventually, spawn_piped, write_jsonl};
 use depot_tests::raw::{self, Payload};
-use depot_tests::{Depot, test_dir};
+use depot_tests::{Depot, test_dir, wait_timeout};
 
 /// GET `path` on `endpoint` without credentials.
 async fn get(endpoint: &str, path: &str, headers: &[(&str, &str)]) -> raw::Response {
@@ -141,4 +144,144 @@ async fn health_is_open_and_the_status_api_needs_the_status_token() {
     assert!(token_file.exists());
     assert!(depot.stop().status.success());
     assert!(!token_file.exists());
+}
+
+/// A coordinator, three agents and a slow fetch on node3 of `backup-1` (8 files on node1 and
+/// node2, served at `rate` bytes/s each, plus `1/lost.sst`, which no node holds).
+struct Scene {
+    cluster: Cluster,
+    agents: Vec<Agent>,
+    fetch: std::process::Child,
+}
+
+fn scene(dir: &std::path::Path, rate: &str) -> Scene {
+    let cluster = Cluster::start(dir, "500ms");
+    let files: Vec<DataFile> =
+        (0..8).map(|i| DataFile::new(&format!("1/{i}_{}_default.sst", i * 7), 512 * 1024)).collect();
+    for (i, f) in files.iter().enumerate() {
+        f.write_to(&cluster.node_dir(if i % 2 == 0 { "node1" } else { "node2" }));
+    }
+    let mut listed: Vec<DataFile> = files;
+    listed.push(DataFile::new("1/lost.sst", 4096));
+    let manifest = cluster.archive().join("backup-1/manifest.jsonl");
+    std::fs::create_dir_all(manifest.parent().unwrap()).unwrap();
+    write_jsonl(&manifest, &listed);
+    let agents = vec![
+        cluster.agent("node1", &["--max-rate", rate, "--metrics", "127.0.0.1:0"]),
+        cluster.agent("node2", &["--max-rate", rate]),
+        cluster.agent("node3", &[]),
+    ];
+    let mut cmd = cluster.fetch_command(
+        "node3",
+        manifest.to_str().unwrap(),
+        &["--concurrency", "2", "--retries", "2", "--task", "restore-1"],
+    );
+    let fetch = spawn_piped(&mut cmd);
+    Scene { cluster, agents, fetch }
+}
+
+/// `depot status --json` on the scene's archive.
+fn status_json(cluster: &Cluster) -> serde_json::Value {
+    let out = std::process::Command::new(depot_tests::bin("depot"))
+        .args(["status", "--json"])
+        .arg(cluster.archive())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn node3_job(status: &serde_json::Value) -> Option<serde_json::Value> {
+    status["jobs"].as_array()?.iter().find(|j| j["node_id"] == "node3").cloned()
+}
+
+#[tokio::test]
+async fn depot_status_shows_nodes_coverage_a_running_job_and_its_missing_file() {
+    let dir = test_dir();
+    let mut scene = scene(dir.path(), "512KiB");
+    let cluster = &scene.cluster;
+
+    // Nodes, with versions from their heartbeats.
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let s = status_json(cluster);
+            s["nodes"].as_array().unwrap().iter().filter(|n| n["version"] != "").count() == 3
+        }),
+        "three nodes with versions: {}",
+        status_json(cluster)
+    );
+    let s = status_json(cluster);
+    let ids: Vec<&str> = s["nodes"].as_array().unwrap().iter().map(|n| n["node_id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["node1", "node2", "node3"]);
+    assert!(s["nodes"][0]["address"].as_str().unwrap().starts_with("127.0.0.1:"));
+
+    // The job runs, and its progress advances.
+    let mut first = 0;
+    assert!(
+        eventually(Duration::from_secs(15), || {
+            node3_job(&status_json(cluster)).is_some_and(|j| {
+                first = j["bytes_done"].as_u64().unwrap();
+                j["state"] == "fetching" && first > 0
+            })
+        }),
+        "a running fetch on node3: {}",
+        status_json(cluster)
+    );
+    let job = node3_job(&status_json(cluster)).unwrap();
+    assert_eq!(
+        (job["kind"].as_str(), job["task"].as_str(), job["backup"].as_str()),
+        (Some("fetch"), Some("restore-1"), Some("backup-1"))
+    );
+    assert_eq!(job["files_needed"], 9);
+    assert_eq!(job["bytes_needed"], 8 * 512 * 1024 + 4096);
+    assert!(
+        eventually(Duration::from_secs(10), || node3_job(&status_json(cluster))
+            .is_some_and(|j| j["bytes_done"].as_u64().unwrap() > first)),
+        "progress advances past {first}"
+    );
+    // The file nobody holds is named while the job still runs.
+    assert!(
+        eventually(Duration::from_secs(20), || node3_job(&status_json(cluster))
+            .is_some_and(|j| j["missing"] == serde_json::json!(["1/lost.sst"]) && j["files_missing"] == 1)),
+        "the missing file is named: {}",
+        status_json(cluster)
+    );
+
+    // node1's metrics: ReadFile calls and bytes sent to node3, rate-limit waits.
+    let metrics = scene.agents[0].metrics.clone().expect("node1 serves metrics");
+    let text = get(&metrics, "/metrics", &[]).await.text();
+    let samples = scrape(&text);
+    assert!(
+        value(&samples, "depot_agent_requests_total", &[("method", "ReadFile"), ("outcome", "ok")]) >= 1.0,
+        "{text}"
+    );
+    assert!(value(&samples, "depot_agent_peer_sent_bytes_total", &[("peer", "node3")]) > 0.0, "{text}");
+    assert!(value(&samples, "depot_agent_rate_limit_waits_total", &[]) > 0.0, "{text}");
+    assert_eq!(get(&metrics, "/_depot/healthz", &[]).await.status, 200);
+    assert_eq!(get(&metrics, "/_depot/readyz", &[]).await.status, 200);
+    assert!(!text.contains("sst"), "agent metrics name no file: {text}");
+
+    // The fetch ends incomplete (exit 1: a file is missing); the status says so, with coverage.
+    let status = wait_timeout(&mut scene.fetch, Duration::from_secs(60)).expect("the fetch ends");
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        eventually(Duration::from_secs(5), || node3_job(&status_json(cluster))
+            .is_some_and(|j| j["state"] == "incomplete")),
+        "{}",
+        status_json(cluster)
+    );
+    let s = status_json(cluster);
+    let backup = &s["backups"][0];
+    assert_eq!((backup["prefix"].as_str(), backup["files"].as_u64()), (Some("backup-1"), Some(9)));
+    assert_eq!(backup["complete"], false, "the SSTs are on the nodes, not in the archive");
+    let coverage = backup["coverage"].as_array().unwrap();
+    assert_eq!(coverage.len(), 1, "{backup}");
+    assert_eq!((coverage[0]["node_id"].as_str(), coverage[0]["files_held"].as_u64()), (Some("node3"), Some(8)));
+    // The text form shows the same.
+    let out =
+        std::process::Command::new(depot_tests::bin("depot")).arg("status").arg(cluster.archive()).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for needle in ["node1", "node2", "node3", "backup-1", "incomplete", "1/lost.sst", "holds 8 of 9 files"] {
+        assert!(text.contains(needle), "{needle:?} in:\n{text}");
+    }
 }
