@@ -7,6 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The status-page test drives Debian's chromium (it says SKIPPED when none can be installed).
+scripts/install-chromium.sh
+
 # The end-to-end tests run the binaries; build them first so a partial `cargo test -p ...`
 # never runs a stale one.
 cargo build --workspace --bins

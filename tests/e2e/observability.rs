@@ -161,8 +161,9 @@ fn scene(dir: &std::path::Path, rate: &str) -> Scene {
     for (i, f) in files.iter().enumerate() {
         f.write_to(&cluster.node_dir(if i % 2 == 0 { "node1" } else { "node2" }));
     }
-    let mut listed: Vec<DataFile> = files;
-    listed.push(DataFile::new("1/lost.sst", 4096));
+    // The lost file comes first, so it is reported missing while the others still transfer.
+    let mut listed = vec![DataFile::new("1/lost.sst", 4096)];
+    listed.extend(files);
     let manifest = cluster.archive().join("backup-1/manifest.jsonl");
     std::fs::create_dir_all(manifest.parent().unwrap()).unwrap();
     write_jsonl(&manifest, &listed);
@@ -284,4 +285,118 @@ async fn depot_status_shows_nodes_coverage_a_running_job_and_its_missing_file() 
     for needle in ["node1", "node2", "node3", "backup-1", "incomplete", "1/lost.sst", "holds 8 of 9 files"] {
         assert!(text.contains(needle), "{needle:?} in:\n{text}");
     }
+}
+
+/// Debian's `chromium` (installed by `scripts/install-chromium.sh`), or `DEPOT_CHROMIUM`.
+fn chromium() -> Option<std::path::PathBuf> {
+    if let Some(path) = std::env::var_os("DEPOT_CHROMIUM") {
+        return Some(path.into());
+    }
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| std::path::Path::new(d).join("chromium"))
+        .find(|p| p.is_file())
+}
+
+/// Runs headless Chromium on `url` with a fresh profile, letting the page's scripts run for a
+/// few seconds; returns its stdout (the DOM with `--dump-dom`).
+fn browse(browser: &std::path::Path, dir: &std::path::Path, extra: &[&str], url: &str) -> String {
+    let profile = tempfile::tempdir_in(dir).unwrap();
+    let mut cmd = std::process::Command::new(browser);
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--virtual-time-budget=3000",
+    ])
+    .arg(format!("--user-data-dir={}", profile.path().display()))
+    .args(extra)
+    .arg(url)
+    .stdin(std::process::Stdio::null())
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped());
+    let child = cmd.spawn().expect("chromium starts");
+    let run = depot_tests::agents::finish(child, Duration::from_secs(90), std::time::Instant::now());
+    assert_eq!(run.code, Some(0), "chromium failed: {}", run.stderr);
+    run.stdout
+}
+
+/// The `data-bytes-done` of node3's job on a dumped page.
+fn progress_on_page(dom: &str) -> Option<u64> {
+    let row = dom.split("data-job=\"node3/restore-1\"").nth(1)?;
+    row.split("data-bytes-done=\"").nth(1)?.split('"').next()?.parse().ok()
+}
+
+#[tokio::test]
+async fn the_status_page_in_a_real_browser_shows_nodes_progress_and_the_missing_file() {
+    let Some(browser) = chromium() else {
+        eprintln!("\n*** SKIPPED: the status page browser test: no `chromium` (run scripts/install-chromium.sh) ***\n");
+        return;
+    };
+    let dir = test_dir();
+    let mut scene = scene(dir.path(), "96KiB");
+    let cluster = &scene.cluster;
+    let status_url = cluster.depot.field("status_url");
+    assert!(
+        eventually(Duration::from_secs(15), || node3_job(&status_json(cluster))
+            .is_some_and(|j| j["state"] == "fetching" && j["bytes_done"].as_u64() > Some(0))),
+        "the fetch runs: {}",
+        status_json(cluster)
+    );
+
+    // What a person sees: three node rows and the job's progress, which advances.
+    let first = browse(&browser, dir.path(), &["--dump-dom"], &status_url);
+    for node in ["node1", "node2", "node3"] {
+        assert!(first.contains(&format!("data-node=\"{node}\"")), "no row for {node}:\n{first}");
+    }
+    let before = progress_on_page(&first).unwrap_or_else(|| panic!("no progress figure for node3's job:\n{first}"));
+    let mut after = before;
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            after = progress_on_page(&browse(&browser, dir.path(), &["--dump-dom"], &status_url)).unwrap_or(0);
+            after > before
+        }),
+        "the progress figure advances from {before}"
+    );
+    // The file no node holds is named on the page.
+    let mut page = String::new();
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            page = browse(&browser, dir.path(), &["--dump-dom"], &status_url);
+            page.contains("missing (held by no live node): 1/lost.sst")
+        }),
+        "the missing file is named:\n{page}"
+    );
+    assert!(page.contains("backup-1"), "{page}");
+    // A screenshot for people (and, with DEPOT_SCREENSHOT_TO, for the README).
+    let shot = dir.path().join("status-page.png");
+    browse(
+        &browser,
+        dir.path(),
+        &[&format!("--screenshot={}", shot.display()), "--window-size=1280,900", "--hide-scrollbars"],
+        &status_url,
+    );
+    let png = std::fs::read(&shot).expect("a screenshot was written");
+    assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "{} bytes", png.len());
+    if let Some(to) = std::env::var_os("DEPOT_SCREENSHOT_TO") {
+        std::fs::copy(&shot, to).unwrap();
+    }
+
+    // Without the token (or with a wrong one): refused, nothing shown.
+    let endpoint = cluster.depot.field("endpoint");
+    for url in [format!("{endpoint}/_depot/"), format!("{endpoint}/_depot/?token=wrong")] {
+        let refused = browse(&browser, dir.path(), &["--dump-dom"], &url);
+        assert!(refused.contains("status token needed"), "{url}:\n{refused}");
+        assert!(!refused.contains("node1"), "{url}:\n{refused}");
+    }
+    let _ = scene.fetch.kill();
+    let _ = scene.fetch.wait();
+    drop(scene.agents);
 }
