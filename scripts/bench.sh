@@ -15,6 +15,9 @@
 #   small_get_ops_s       the same objects read back
 #   depot_peak_rss_mib    peak RSS (VmHWM) of `depot serve` over the whole run
 #   put_vs_dd, get_vs_tcp the ratios (targets: >= 0.8 and >= 0.7; RSS <= 64 MiB)
+#   scrape_100_nodes_ms   median time of one /_depot/metrics scrape with 100 agents
+#                         registered (target: < 50 ms); status_api_100_nodes_ms the same
+#                         for the status API (two jobs per node)
 # Then scripts/bench-agent.sh, when present, adds the agent's figures.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -74,6 +77,9 @@ echo "put_vs_dd=$(ratio "$put" "$dd")"
 echo "get_vs_tcp=$(ratio "$get" "$tcp")"
 
 "$target/depot-bench" s3 "${s3_args[@]}" --large 0 --small-count 5000 --small-size 4096 --concurrency 32
+# Metrics cost: a scrape (and a status read) with 100 agents registered (target: < 50 ms).
+"$target/depot-bench" scrape --endpoint "$(field endpoint)" --join-token "$(field join_token)" \
+    --status-token "$(field status_url | sed 's/.*token=//')" --nodes 100
 echo "depot_peak_rss_mib=$(awk '/VmHWM/ {printf "%.1f", $2 / 1024}' "/proc/$depot_pid/status")"
 
 if [[ -x scripts/bench-agent.sh ]]; then
