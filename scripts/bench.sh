@@ -24,6 +24,9 @@
 #   put_vs_dd, get_vs_tcp the ratios (targets: >= 0.8 and >= 0.7; RSS <= 64 MiB)
 #   put_vs_min_dd_md5     PUT / min(dd, MD5): the PUT against its slowest necessary part
 #                         (target >= 0.85)
+#   scrape_100_nodes_ms   median time of one /_depot/metrics scrape with 100 agents
+#                         registered (target: < 50 ms); status_api_100_nodes_ms the same
+#                         for the status API (two jobs per node)
 # Then scripts/bench-agent.sh, when present, adds the agent's figures.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -91,6 +94,9 @@ small=(--large 0 --small-count 5000 --small-size 4096 --concurrency 32)
 grouped=$("$target/depot-bench" s3 "${s3_args[@]}" "${small[@]}")
 echo "$grouped"
 "$target/depot-bench" s3 "${s3_args[@]}" "${small[@]}" --layout fresh | grep put
+# Metrics cost: a scrape (and a status read) with 100 agents registered (target: < 50 ms).
+"$target/depot-bench" scrape --endpoint "$(field endpoint)" --join-token "$(field join_token)" \
+    --status-token "$(field status_url | sed 's/.*token=//')" --nodes 100
 echo "depot_peak_rss_mib=$(awk '/VmHWM/ {printf "%.1f", $2 / 1024}' "/proc/$depot_pid/status")"
 
 # The A/B for group commit: a second server, grouping off, the same PUTs.

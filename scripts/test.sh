@@ -13,6 +13,8 @@ cd "$(dirname "$0")/.."
 if ! command -v fusermount3 >/dev/null && [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
     apt-get update -qq && apt-get install -y -qq fuse3 >/dev/null
 fi
+# The status-page test drives Debian's chromium (it says SKIPPED when none can be installed).
+scripts/install-chromium.sh
 
 # The end-to-end tests run the binaries; build them first so a partial `cargo test -p ...`
 # never runs a stale one.

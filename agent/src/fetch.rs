@@ -46,6 +46,8 @@ pub struct FileRecord {
 pub trait Recorder: Send + Sync {
     /// `record` is verified and installed.
     fn installed(&self, record: &FileRecord);
+    /// `name` could not be made present: held by no live node (`missing`), or another failure.
+    fn failed(&self, _name: &str, _missing: bool) {}
 }
 
 /// A [`Recorder`] that records nothing.
@@ -259,6 +261,7 @@ impl FetchJob {
                     needed.push((entry.clone(), true));
                 }
                 Local::Unusable(error) => {
+                    self.recorder.failed(&entry.name, false);
                     summary.files_failed += 1;
                     summary.failed.push(FailedFile { name: entry.name.clone(), error, retryable: false });
                 }
@@ -334,6 +337,7 @@ impl FetchJob {
                         summary.files_failed += 1;
                         tracing::error!(name = entry.name, %err, retryable = err.is_retryable(), "not fetched");
                         self.progress.println(&format!("not fetched: {err}"));
+                        self.recorder.failed(&entry.name, err.is_missing());
                         if err.is_missing() {
                             summary.missing.push(entry.name.clone());
                         } else {

@@ -26,6 +26,8 @@
 //! - [`checkpoint`]: what makes a long fetch resumable: recorded files, a lease lock, the
 //!   job's identity, partial transfers kept between runs.
 //! - [`verify`]: which live nodes hold each file (by `Stat`, no data moved).
+//! - [`jobs`]: job progress files (`.depot/jobs/`), read into the heartbeat's report.
+//! - [`metrics`]: Prometheus metrics and health checks over HTTP (`--metrics ADDR`).
 //! - [`node`]: running an agent: bind, register, serve, heartbeat, stop cleanly.
 //! - [`digest`], [`trust`], [`progress`]: SHA-256 of files, extra CAs, the progress bar.
 //!
@@ -39,7 +41,9 @@ pub mod checkpoint;
 pub mod collect;
 pub mod digest;
 pub mod fetch;
+pub mod jobs;
 pub mod manifest;
+pub mod metrics;
 pub mod node;
 pub mod peer;
 pub mod progress;

@@ -21,6 +21,7 @@ use clap::{Args, Parser, Subcommand};
 use depot_agent::auth::Secret;
 use depot_agent::checkpoint::{Checkpoint, Identity, Settings};
 use depot_agent::fetch::{CheckpointReport, FetchJob, NoRecorder, Recorder, sweep_stale_temp_files};
+use depot_agent::jobs::{JobTracker, JobWriter, backup_name};
 use depot_agent::manifest::{CrypterKey, Manifest, ManifestSource};
 use depot_agent::node::{self, ServeOptions};
 use depot_agent::peer::{PeerDirectory, PeerReader, RetryPolicy, Timeouts};
@@ -126,6 +127,10 @@ struct ServeArgs {
     /// ReadFile chunk size in bytes.
     #[arg(long, default_value_t = depot_agent::service::DEFAULT_CHUNK_SIZE, hide = true)]
     chunk_size: usize,
+    /// Serve Prometheus metrics (/metrics) and health checks (/_depot/healthz, /_depot/readyz)
+    /// over HTTP on this address (e.g. 127.0.0.1:9101; no credential, no file names).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -204,6 +209,9 @@ struct FetchArgs {
     log_file: Option<PathBuf>,
     #[command(flatten)]
     checkpoint: CheckpointArgs,
+    /// Serve this fetch's Prometheus metrics (/metrics) over HTTP on this address while it runs.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
 }
 
 /// Resumable fetches: see `depot_agent::checkpoint`.
@@ -373,6 +381,15 @@ async fn stop_signal() {
     }
 }
 
+/// Aborts a background task when dropped (the fetch's metrics endpoint ends with the fetch).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 fn print_json(value: &impl serde::Serialize) {
     println!("{}", serde_json::to_string(value).unwrap_or_else(|err| format!("{{\"error\":\"{err}\"}}")));
 }
@@ -396,6 +413,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<u8> {
         ca,
         chunk_size: args.chunk_size,
         max_rate: args.max_rate,
+        metrics: args.metrics,
     };
     let json = args.json;
     let report = node::serve(
@@ -446,22 +464,44 @@ async fn fetch(args: FetchArgs) -> anyhow::Result<u8> {
     let manifest = args.manifest.load(ca.as_ref()).await?;
     let only = args.files_from.as_deref().map(read_list).transpose()?;
     let node_id = args.node_id.clone().unwrap_or_else(|| node::default_node_id(root.dir()));
-    let bar = Arc::new(Bar::new(!args.json));
+    let bar: Arc<Bar> = Arc::new(Bar::new(!args.json));
     let reader = args.coordinator.connect(ca.as_ref())?.map(|coordinator| {
         PeerReader::new(root.clone(), PeerDirectory::new(coordinator, Some(node_id.clone())))
             .with_retry(RetryPolicy { rounds: args.retries, ..RetryPolicy::default() })
             .with_timeouts(Timeouts { rpc: args.rpc_timeout, stall: args.stall_timeout })
-            .with_progress(bar.clone())
     });
     let checkpoint = args.checkpoint.open(&root, &manifest, &node_id, ca.as_ref()).await?.map(Arc::new);
+    // Progress goes to the bar, the checkpoint, the job file (for `depot status`) and metrics.
+    let tracker = Arc::new(JobTracker::new(
+        bar,
+        checkpoint.clone().map_or_else(|| Arc::new(NoRecorder) as Arc<dyn Recorder>, |c| c as Arc<dyn Recorder>),
+    ));
+    let reader = reader.map(|r| r.with_progress(tracker.clone()));
+    let task = if args.checkpoint.no_checkpoint { "fetch".to_owned() } else { args.checkpoint.task.clone() };
+    let job_file = JobWriter::new(root.dir(), "fetch", &task, backup_name(&args.manifest.meta), tracker.counters());
+    let _metrics = match &args.metrics {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (--metrics)"))?;
+            if let Ok(bound) = listener.local_addr() {
+                tracing::info!(%bound, "serving metrics");
+                if !args.json {
+                    eprintln!("depot-agent fetch: metrics at http://{bound}/metrics");
+                }
+            }
+            let source = depot_agent::metrics::Source::Fetch(tracker.counters());
+            let ready: depot_agent::metrics::ReadyCheck = Arc::new(|| Ok(()));
+            Some(AbortOnDrop(tokio::spawn(depot_agent::metrics::serve(listener, source, ready))))
+        }
+        None => None,
+    };
     let job = FetchJob {
         root: root.clone(),
         reader,
         concurrency: usize::from(args.concurrency),
-        recorder: checkpoint
-            .clone()
-            .map_or_else(|| Arc::new(NoRecorder) as Arc<dyn Recorder>, |c| c as Arc<dyn Recorder>),
-        progress: bar,
+        recorder: tracker.clone(),
+        progress: tracker.clone(),
         resume: checkpoint.clone(),
         archive: args.archive.as_deref().map(|url| Storage::open(url, &StoreOptions { ca: ca.clone() })).transpose()?,
     };
@@ -473,12 +513,14 @@ async fn fetch(args: FetchArgs) -> anyhow::Result<u8> {
     };
     let result = tokio::select! {
         result = job.run(&manifest, only.as_deref()) => result,
+        () = job_file.keep_writing() => unreachable!("keep_writing never returns"),
         lost = keep_up => {
             return Err(anyhow::Error::from(lost.expect_err("keep_up returns only on error"))
                 .context("stopped: another fetch took over the checkpoint"));
         }
         () = stop_signal() => {
             tracing::warn!("interrupted");
+            job_file.write(Some("interrupted"));
             let saved = match &checkpoint {
                 Some(checkpoint) => match checkpoint.suspend().await {
                     Ok(()) => format!("progress saved in {}; run again to resume", checkpoint.location()),
@@ -491,8 +533,12 @@ async fn fetch(args: FetchArgs) -> anyhow::Result<u8> {
         }
     };
     let mut summary = match result {
-        Ok(summary) => summary,
+        Ok(summary) => {
+            job_file.write(Some(if summary.complete() { "done" } else { "incomplete" }));
+            summary
+        }
         Err(err) => {
+            job_file.write(Some("failed"));
             if let Some(checkpoint) = &checkpoint
                 && let Err(save) = checkpoint.suspend().await
             {

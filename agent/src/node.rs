@@ -50,6 +50,8 @@ pub struct ServeOptions {
     pub chunk_size: usize,
     /// Cap on the bytes per second served to peers, all streams together.
     pub max_rate: Option<u64>,
+    /// Where to serve metrics and health checks over HTTP (`--metrics`).
+    pub metrics: Option<String>,
 }
 
 /// A started agent, as reported once ready (`--json` prints it).
@@ -63,6 +65,9 @@ pub struct Ready {
     pub address: String,
     /// The root served.
     pub root: String,
+    /// `http://host:port` of the metrics endpoint, with `--metrics`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<String>,
 }
 
 /// What a stopped agent did.
@@ -165,7 +170,17 @@ pub async fn serve(
     let bound = listener.local_addr().map_err(|source| NodeError::Bind { addr: options.listen.clone(), source })?;
     let address = advertised(bound, options.advertise.as_deref())?;
 
-    let coordinator = Coordinator::new(&options.coordinator, options.join_token.clone(), options.ca.as_ref())?;
+    let metrics_listener = match &options.metrics {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| NodeError::Bind { addr: format!("{addr} (--metrics)"), source })?,
+        ),
+        None => None,
+    };
+    let report_root = root.dir().to_path_buf();
+    let coordinator = Coordinator::new(&options.coordinator, options.join_token.clone(), options.ca.as_ref())?
+        .with_reporter(Arc::new(move || crate::jobs::node_report(&report_root)));
     let registration = coordinator.register_patiently(&node_id, &address, REGISTER_PATIENCE).await?;
     let tokens = TokenSlot::default();
     tokens.set(registration.peer_token.clone());
@@ -178,6 +193,18 @@ pub async fn serve(
     let service =
         NodeAgentService::new(root.clone()).with_chunk_size(options.chunk_size).with_rate_limit(options.max_rate);
     let stats: Arc<ServeStats> = service.stats();
+    let metrics_url = metrics_listener.as_ref().and_then(|l| l.local_addr().ok()).map(|a| format!("http://{a}"));
+    let metrics_task = metrics_listener.map(|listener| {
+        let state = root.state_dir();
+        let ready: crate::metrics::ReadyCheck = Arc::new(move || {
+            // Ready: the root's state directory takes a file (fetches and checkpoints need it).
+            let probe = state.join(format!("readyz-{}.tmp", std::process::id()));
+            std::fs::write(&probe, b"").map_err(|e| format!("{} is not writable: {e}", state.display()))?;
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        });
+        tokio::spawn(crate::metrics::serve(listener, crate::metrics::Source::Serve(Arc::clone(&stats)), ready))
+    });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server = {
         let mut stop_rx = stop_rx.clone();
@@ -200,6 +227,7 @@ pub async fn serve(
         node_id: node_id.clone(),
         address: address.clone(),
         root: root.dir().display().to_string(),
+        metrics: metrics_url,
     };
     tracing::info!(node_id, address, root = %root.dir().display(), "serving");
     on_ready(&ready);
@@ -226,6 +254,9 @@ pub async fn serve(
     };
     let _ = stop_tx.send(true);
     let _ = heartbeats.await;
+    if let Some(task) = metrics_task {
+        task.abort();
+    }
     match result {
         Ok(Ok(())) => {}
         Ok(Err(err)) => return Err(err.into()),

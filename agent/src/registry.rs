@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use depot_proto::registry::registry_client::RegistryClient;
-use depot_proto::registry::{HeartbeatRequest, ListPeersRequest, RegisterRequest};
+use depot_proto::registry::{HeartbeatRequest, ListPeersRequest, NodeReport, RegisterRequest};
 use tonic::Code;
 use tonic::codegen::InterceptedService;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
@@ -150,11 +150,22 @@ pub struct Registration {
     pub heartbeat_interval: Duration,
 }
 
+/// Builds the report sent with each heartbeat (jobs, holdings; see `crate::jobs`).
+pub type Reporter = std::sync::Arc<dyn Fn() -> NodeReport + Send + Sync>;
+
 /// A client of the coordinator's registry. Cheap to clone (one shared HTTP/2 connection).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Coordinator {
     url: String,
     client: RegistryClient<InterceptedService<Channel, Bearer>>,
+    /// What heartbeats carry besides the node's identity.
+    reporter: Option<Reporter>,
+}
+
+impl std::fmt::Debug for Coordinator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Coordinator").field("url", &self.url).finish_non_exhaustive()
+    }
 }
 
 impl Coordinator {
@@ -183,7 +194,14 @@ impl Coordinator {
             return Err(bad("the scheme must be http:// or https://".into()));
         }
         let client = RegistryClient::with_interceptor(endpoint.connect_lazy(), Bearer(join_token));
-        Ok(Self { url: full, client })
+        Ok(Self { url: full, client, reporter: None })
+    }
+
+    /// Sends what `reporter` builds with every heartbeat.
+    #[must_use]
+    pub fn with_reporter(mut self, reporter: Reporter) -> Self {
+        self.reporter = Some(reporter);
+        self
     }
 
     /// The registry's URL.
@@ -219,7 +237,11 @@ impl Coordinator {
         let response = self
             .client
             .clone()
-            .heartbeat(HeartbeatRequest { node_id: node_id.to_owned(), address: address.to_owned() })
+            .heartbeat(HeartbeatRequest {
+                node_id: node_id.to_owned(),
+                address: address.to_owned(),
+                node_report: self.reporter.as_ref().map(|report| report()),
+            })
             .await
             .map_err(|status| RegistryError::from_status(&self.url, &status))?;
         Ok(response.into_inner().known)

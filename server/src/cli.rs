@@ -29,6 +29,30 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Print the s3:// storage URL that br:///DIR translates to.
     Url(UrlArgs),
+    /// Show the cluster: nodes, backups in the archive, coverage, running jobs.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+struct StatusArgs {
+    /// The served archive (DIR or br:///DIR): its server.json and status token are used
+    /// [default: a "depot-archive" directory under the system temp directory].
+    archive: Option<String>,
+    /// The status_url `depot serve` printed (or the endpoint, with --token).
+    #[arg(long, value_name = "URL", conflicts_with = "archive")]
+    endpoint: Option<String>,
+    /// The status token, when --endpoint carries none.
+    #[arg(long, env = "DEPOT_STATUS_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// A CA (PEM) to trust for https:// [default: the archive's ca.pem].
+    #[arg(long, value_name = "PEM")]
+    ca_file: Option<PathBuf>,
+    /// Print the status as one JSON object.
+    #[arg(long)]
+    json: bool,
+    /// Redraw every interval (e.g. 2s) until Ctrl-C.
+    #[arg(long, value_name = "INTERVAL", num_args = 0..=1, default_missing_value = "2s", value_parser = humantime::parse_duration)]
+    watch: Option<Duration>,
 }
 
 #[derive(Debug, Args)]
@@ -119,7 +143,54 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(*args),
         Command::Url(args) => url(args),
+        Command::Status(args) => status(args),
     }
+}
+
+fn status(args: StatusArgs) -> anyhow::Result<()> {
+    use crate::status::client::{Target, render};
+    let target = match &args.endpoint {
+        Some(url) => Target::from_url(url, args.token.clone(), args.ca_file.clone())?,
+        None => {
+            let archive = match &args.archive {
+                Some(arg) => archive_path(arg)?,
+                None => std::env::temp_dir().join("depot-archive"),
+            };
+            Target::from_archive(&archive, args.ca_file.clone())?
+        }
+    };
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        loop {
+            let report = target.fetch().await;
+            let mut out = std::io::stdout().lock();
+            match (&report, args.watch) {
+                (Err(err), Some(_)) => {
+                    write!(out, "\x1b[H\x1b[2J")?;
+                    writeln!(out, "depot status: {err} (retrying)")?;
+                }
+                (Err(_), None) => return report.map(|_| ()).map_err(anyhow::Error::from),
+                (Ok(report), watch) => {
+                    if watch.is_some() && !args.json {
+                        write!(out, "\x1b[H\x1b[2J")?;
+                    }
+                    if args.json {
+                        writeln!(out, "{}", serde_json::to_string(report)?)?;
+                    } else {
+                        write!(out, "{}", render(report))?;
+                    }
+                }
+            }
+            out.flush()?;
+            drop(out);
+            let Some(every) = args.watch else { return Ok(()) };
+            tokio::select! {
+                () = tokio::time::sleep(every) => {}
+                _ = tokio::signal::ctrl_c() => return Ok(()),
+            }
+        }
+    })
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -246,6 +317,8 @@ fn print_banner(banner: &Banner, json: bool, swept: usize) -> anyhow::Result<()>
         "  agents:      depot-agent serve --coordinator {} --join-token {} ...",
         banner.registry, banner.join_token
     )?;
+    writeln!(out, "  status:      {}", banner.status_url)?;
+    writeln!(out, "  metrics:     {}  (Prometheus; no credential)", banner.metrics_url)?;
     if let Some(log) = &banner.log_file {
         writeln!(out, "  log file:    {}", log.display())?;
     }

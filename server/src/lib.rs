@@ -18,6 +18,9 @@
 //! - [`s3`]: the `s3s::S3` implementation, one module per operation family.
 //! - [`error`]: every failure and the S3 error it becomes.
 //! - [`stats`]: counters behind the shutdown summary.
+//! - [`metrics`]: Prometheus metrics (`/_depot/metrics`).
+//! - [`status`]: everything under `/_depot/`: health, metrics, the status API and page, and
+//!   `depot status`.
 #![forbid(unsafe_code)]
 
 pub mod archive;
@@ -29,11 +32,13 @@ pub mod error;
 pub mod listing;
 pub mod marker;
 pub mod meta;
+pub mod metrics;
 pub mod prechecks;
 pub mod registry;
 pub mod s3;
 pub mod serve;
 pub mod server;
 pub mod stats;
+pub mod status;
 pub mod storage_url;
 pub mod tls;

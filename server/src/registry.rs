@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use depot_proto::registry::registry_server::{Registry as RegistryApi, RegistryServer};
 use depot_proto::registry::{
-    HeartbeatRequest, HeartbeatResponse, ListPeersRequest, ListPeersResponse, Peer, RegisterRequest, RegisterResponse,
+    HeartbeatRequest, HeartbeatResponse, ListPeersRequest, ListPeersResponse, NodeReport, Peer, RegisterRequest,
+    RegisterResponse,
 };
 use s3s::auth::SecretKey;
 use sha2::{Digest, Sha256};
@@ -39,7 +40,28 @@ pub struct Registry {
 struct Agent {
     address: String,
     last_seen: Instant,
+    /// What it last reported with a heartbeat (for `depot status`).
+    report: Option<NodeReport>,
 }
+
+/// A live agent as `depot status` shows it.
+#[derive(Debug, Clone)]
+pub struct NodeView {
+    /// Its node id.
+    pub node_id: String,
+    /// Its NodeAgent address.
+    pub address: String,
+    /// Time since it was last heard from.
+    pub last_seen: Duration,
+    /// Its last heartbeat's report (none before the first heartbeat, or from older agents).
+    pub report: Option<NodeReport>,
+}
+
+/// Most jobs, holdings and missing names kept per node report (agents send no more; a
+/// report over the limits is cut, so a misbehaving agent cannot grow the coordinator).
+const MAX_JOBS: usize = 16;
+const MAX_HOLDINGS: usize = 64;
+const MAX_MISSING: usize = 20;
 
 impl Registry {
     /// A registry accepting `join_token`, asking agents to heartbeat every `interval`.
@@ -69,6 +91,29 @@ impl Registry {
         live
     }
 
+    /// The live agents with their last reports, sorted by node id.
+    pub fn nodes(&self) -> Vec<NodeView> {
+        let horizon = self.interval * LIVE_INTERVALS;
+        let mut agents = self.agents.lock().expect("registry lock");
+        agents.retain(|_, a| a.last_seen.elapsed() <= horizon);
+        let mut nodes: Vec<_> = agents
+            .iter()
+            .map(|(id, a)| NodeView {
+                node_id: id.clone(),
+                address: a.address.clone(),
+                last_seen: a.last_seen.elapsed(),
+                report: a.report.clone(),
+            })
+            .collect();
+        nodes.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        nodes
+    }
+
+    /// The heartbeat interval agents are given.
+    pub fn interval(&self) -> Duration {
+        self.interval
+    }
+
     fn authenticate<T>(&self, req: &Request<T>) -> Result<(), Status> {
         let presented = req
             .metadata()
@@ -93,8 +138,22 @@ impl Registry {
             return Err(Status::invalid_argument(format!("address {address:?} is not HOST:PORT")));
         }
         let mut agents = self.agents.lock().expect("registry lock");
-        agents.insert(node_id.to_owned(), Agent { address: address.to_owned(), last_seen: Instant::now() });
+        let report = agents.remove(node_id).and_then(|a| a.report);
+        agents.insert(node_id.to_owned(), Agent { address: address.to_owned(), last_seen: Instant::now(), report });
         Ok(())
+    }
+
+    /// Keeps `report` (cut to the limits) as `node_id`'s latest.
+    fn keep_report(&self, node_id: &str, mut report: NodeReport) {
+        report.jobs.truncate(MAX_JOBS);
+        report.holdings.truncate(MAX_HOLDINGS);
+        report.version.truncate(64);
+        for job in &mut report.jobs {
+            job.missing.truncate(MAX_MISSING);
+        }
+        if let Some(agent) = self.agents.lock().expect("registry lock").get_mut(node_id) {
+            agent.report = Some(report);
+        }
     }
 }
 
@@ -129,6 +188,9 @@ impl RegistryApi for Service {
         };
         if known {
             self.0.see(&req.node_id, &req.address)?;
+            if let Some(report) = req.node_report {
+                self.0.keep_report(&req.node_id, report);
+            }
         }
         Ok(Response::new(HeartbeatResponse { known }))
     }

@@ -20,10 +20,12 @@ use tokio::net::TcpListener;
 
 use crate::archive::{Archive, Layout};
 use crate::credentials::{CredentialError, Credentials, Given};
+use crate::metrics::{Metrics, RecordOperation};
 use crate::registry::Registry;
 use crate::s3::Depot;
 use crate::server::App;
 use crate::stats::{Stats, Summary};
+use crate::status::{StatusConfig, StatusService};
 use crate::storage_url::{Advertised, StorageUrl};
 use crate::tls::{self, TlsError};
 
@@ -163,6 +165,10 @@ pub struct Banner {
     pub archive: PathBuf,
     /// Whether top-level directories are buckets.
     pub multi_bucket: bool,
+    /// The live status page, token included (read-only; fresh for this run).
+    pub status_url: String,
+    /// Prometheus metrics (no credential needed).
+    pub metrics_url: String,
 }
 
 impl std::fmt::Debug for Banner {
@@ -199,6 +205,27 @@ impl ServerInfo {
         }
         serde_json::from_slice(&std::fs::read(Self::path(archive)).ok()?).ok()
     }
+}
+
+/// `<archive>/.depot/status-token`: the run's read-only status token, owner-only, so
+/// `depot status DIR` on the serving machine needs no flags.
+#[derive(Debug)]
+pub struct StatusToken;
+
+impl StatusToken {
+    /// Where the token of `archive`'s server lives.
+    pub fn path(archive: &Path) -> PathBuf {
+        archive.join(depot_fs::STATE_DIR).join("status-token")
+    }
+}
+
+/// Writes `bytes` to a file only the owner can read.
+fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let _ = std::fs::remove_file(path);
+    let mut file = File::options().write(true).create_new(true).mode(0o600).open(path)?;
+    file.write_all(bytes)
 }
 
 /// A bound server, ready to [`run`](Server::run).
@@ -282,6 +309,17 @@ impl Server {
         let stats = Arc::new(Stats::default());
         let archive = Arc::new(Archive::new(root.clone(), layout));
         let registry = Registry::new(credentials.join_token.clone(), config.heartbeat_interval);
+        let metrics = Metrics::new(Arc::clone(&stats), Arc::clone(&registry), state.join("uploads"));
+        let status_token = crate::status::generate_token();
+        let status = StatusService::new(StatusConfig {
+            token: status_token.clone(),
+            metrics: Arc::clone(&metrics),
+            registry: Arc::clone(&registry),
+            archive: root.dir().to_path_buf(),
+            endpoint: endpoint.clone(),
+            tmp_dir: root.tmp_dir(),
+            lock: (lock_path.clone(), lock.try_clone().map_err(state_err(&lock_path))?),
+        });
         let app = App {
             s3: s3_service(
                 Depot::new(archive, Arc::clone(&stats), config.region.clone()).with_endpoint(endpoint.clone()),
@@ -289,7 +327,12 @@ impl Server {
             ),
             grpc: registry.routes(),
             stats: Arc::clone(&stats),
+            metrics,
+            status,
         };
+        // `depot status DIR` reads the token from here (owner-only, removed at stop).
+        let token_path = StatusToken::path(root.dir());
+        write_private(&token_path, status_token.expose().as_bytes()).map_err(state_err(&token_path))?;
 
         let banner = Banner {
             endpoint: endpoint.clone(),
@@ -308,6 +351,8 @@ impl Server {
             join_token: credentials.join_token.expose().to_owned(),
             archive: root.dir().to_path_buf(),
             multi_bucket: config.multi_bucket,
+            status_url: format!("{endpoint}/_depot/?token={}", status_token.expose()),
+            metrics_url: format!("{endpoint}/_depot/metrics"),
         };
         let info = ServerInfo { pid: std::process::id(), endpoint, bucket: credentials.bucket, region: config.region };
         let info_path = ServerInfo::path(root.dir());
@@ -358,6 +403,7 @@ impl Server {
         tracing::info!(endpoint = %self.banner.endpoint, archive = %self.root.dir().display(), "serving");
         crate::server::run(self.listener, self.tls, self.app, shutdown, self.drain).await;
         let _ = std::fs::remove_file(ServerInfo::path(self.root.dir()));
+        let _ = std::fs::remove_file(StatusToken::path(self.root.dir()));
         let summary = self.stats.summary();
         tracing::info!(?summary, "stopped");
         summary
@@ -367,6 +413,7 @@ impl Server {
 /// The s3s service: Depot's S3 behind SigV4 with the run's credentials.
 fn s3_service(depot: Depot, credentials: &Credentials) -> s3s::service::S3Service {
     let mut builder = S3ServiceBuilder::new(depot);
+    builder.set_access(RecordOperation);
     builder.set_auth(OneKey { access_key: credentials.access_key.clone(), secret_key: credentials.secret_key.clone() });
     let mut config = S3Config::default();
     // PostObject (browser form uploads) is not served; without this s3s would buffer a form's

@@ -18,7 +18,9 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tower::Service as _;
 
+use crate::metrics::{Metrics, OperationSlot};
 use crate::stats::Stats;
+use crate::status::StatusService;
 
 /// The body of any response: S3 (s3s) or gRPC (tonic).
 pub type ResponseBody = Either<s3s::Body, tonic::body::Body>;
@@ -35,6 +37,10 @@ pub struct App {
     pub grpc: tonic::service::Routes,
     /// Response counters.
     pub stats: Arc<Stats>,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
+    /// `/_depot/`: health, metrics, status.
+    pub status: StatusService,
 }
 
 impl App {
@@ -43,21 +49,39 @@ impl App {
             .headers()
             .get(http::header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        let started = std::time::Instant::now();
         if grpc {
             let mut routes = self.grpc;
             let response = match routes.call(req).await {
                 Ok(response) => response,
                 Err(never) => match never {},
             };
+            self.metrics.request("registry", response.status(), started.elapsed(), 0);
             return Ok(response.map(Either::Right));
+        }
+        let path = req.uri().path();
+        if path.starts_with(crate::status::PREFIX) || path == "/_depot" {
+            return Ok(self.status.handle(req).await.map(Either::Left));
         }
         let close = expects_continue_without_body(&req) && req.version() < http::Version::HTTP_2;
         let head = req.method() == http::Method::HEAD;
+        let body_bytes = req
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        let slot = OperationSlot::default();
         let mut response = match crate::prechecks::refusal(&req) {
             Some(refused) => crate::prechecks::response(&refused),
-            None => self.s3.call(req.map(s3s::Body::from)).await?,
+            None => {
+                let mut req = req.map(s3s::Body::from);
+                req.extensions_mut().insert(slot.clone());
+                self.s3.call(req).await?
+            }
         };
         self.stats.response(response.status());
+        self.metrics.request(slot.get(), response.status(), started.elapsed(), body_bytes);
         if close {
             response.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
         }
@@ -110,7 +134,10 @@ pub async fn run(
         let app = app.clone();
         let watcher = graceful.watcher();
         let acceptor = acceptor.clone();
+        let connection = app.metrics.connection();
         tokio::spawn(async move {
+            let _connection = connection;
+            let metrics = Arc::clone(&app.metrics);
             let service = hyper::service::service_fn(move |req| app.clone().handle(req));
             let builder = Builder::new(TokioExecutor::new());
             let result = match acceptor {
@@ -119,10 +146,12 @@ pub async fn run(
                     let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(stream)) => stream,
                         Ok(Err(err)) => {
+                            metrics.tls_failure();
                             tracing::debug!(%peer, %err, "TLS handshake failed");
                             return;
                         }
                         Err(_) => {
+                            metrics.tls_failure();
                             tracing::debug!(%peer, "TLS handshake timed out");
                             return;
                         }

@@ -77,6 +77,73 @@ enum Command {
         #[arg(long, default_value = "spread")]
         layout: String,
     },
+    /// Registers N agents (each heartbeating a report with two jobs) with a running `depot
+    /// serve`, then times scrapes of /_depot/metrics and reads of the status API.
+    Scrape {
+        #[arg(long)]
+        endpoint: String,
+        #[arg(long)]
+        join_token: String,
+        /// The status token (from `status_url`).
+        #[arg(long)]
+        status_token: String,
+        #[arg(long, default_value_t = 100)]
+        nodes: usize,
+        #[arg(long, default_value_t = 50)]
+        rounds: usize,
+    },
+}
+
+/// GETs `path` on `authority` over a fresh HTTP/1.1 connection; returns the body length.
+async fn http_get(authority: &str, path: &str, bearer: Option<&str>) -> usize {
+    let tcp = tokio::net::TcpStream::connect(authority).await.expect("connect");
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.expect("handshake");
+    tokio::spawn(connection);
+    let mut req = http::Request::get(path).header("host", authority);
+    if let Some(token) = bearer {
+        req = req.header("authorization", format!("Bearer {token}"));
+    }
+    let response =
+        sender.send_request(req.body(http_body_util::Empty::<Bytes>::new()).expect("request")).await.expect("send");
+    assert_eq!(response.status(), 200, "GET {path}");
+    response.into_body().collect().await.expect("body").to_bytes().len()
+}
+
+/// Registers `nodes` agents and heartbeats each once with a two-job report.
+async fn register_nodes(endpoint: &str, join_token: &str, nodes: usize) {
+    use depot_proto::registry::{
+        HeartbeatRequest, JobReport, NodeReport, RegisterRequest, registry_client::RegistryClient,
+    };
+    let mut client = RegistryClient::connect(endpoint.to_owned()).await.expect("registry");
+    let bearer: tonic::metadata::MetadataValue<_> = format!("Bearer {join_token}").parse().expect("token");
+    for i in 0..nodes {
+        let (node_id, address) = (format!("bench-node-{i:03}"), format!("10.0.{}.{}:7070", i / 250, i % 250 + 1));
+        let mut req = tonic::Request::new(RegisterRequest { node_id: node_id.clone(), address: address.clone() });
+        req.metadata_mut().insert("authorization", bearer.clone());
+        client.register(req).await.expect("register");
+        let job = |task: &str| JobReport {
+            kind: "fetch".into(),
+            task: task.into(),
+            backup: "backup-1".into(),
+            state: "fetching".into(),
+            files_done: 500,
+            files_needed: 2000,
+            bytes_done: 500 << 20,
+            bytes_needed: 2000 << 20,
+            bytes_per_second: 100e6,
+            missing: (0..20).map(|m| format!("1/{m}_missing.sst")).collect(),
+            ..JobReport::default()
+        };
+        let report = NodeReport { version: "0.1.0".into(), jobs: vec![job("a"), job("b")], holdings: vec![] };
+        let mut req = tonic::Request::new(HeartbeatRequest { node_id, address, node_report: Some(report) });
+        req.metadata_mut().insert("authorization", bearer.clone());
+        client.heartbeat(req).await.expect("heartbeat");
+    }
+}
+
+fn median_ms(mut samples: Vec<f64>) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    samples[samples.len() / 2] * 1000.0
 }
 
 const CHUNK: usize = 1024 * 1024;
@@ -211,6 +278,24 @@ impl Client {
 #[tokio::main]
 async fn main() {
     match Cli::parse().command {
+        Command::Scrape { endpoint, join_token, status_token, nodes, rounds } => {
+            register_nodes(&endpoint, &join_token, nodes).await;
+            let authority = endpoint.trim_start_matches("http://").to_owned();
+            let (mut scrape, mut status, mut worst) = (Vec::new(), Vec::new(), 0.0f64);
+            for _ in 0..rounds {
+                let start = Instant::now();
+                http_get(&authority, "/_depot/metrics", None).await;
+                let took = start.elapsed().as_secs_f64();
+                worst = worst.max(took);
+                scrape.push(took);
+                let start = Instant::now();
+                http_get(&authority, "/_depot/api/status", Some(&status_token)).await;
+                status.push(start.elapsed().as_secs_f64());
+            }
+            println!("scrape_{nodes}_nodes_ms={:.2}", median_ms(scrape));
+            println!("scrape_{nodes}_nodes_worst_ms={:.2}", worst * 1000.0);
+            println!("status_api_{nodes}_nodes_ms={:.2}", median_ms(status));
+        }
         Command::TcpSink => {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
             println!("port={}", listener.local_addr().expect("addr").port());
