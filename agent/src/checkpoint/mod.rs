@@ -25,7 +25,7 @@ pub mod record;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
@@ -132,6 +132,10 @@ pub struct Checkpoint {
     skipped: Vec<String>,
     /// Records not yet written, and every name recorded (to record each once).
     pending: Mutex<(Vec<Recorded>, HashSet<String>)>,
+    /// Held while a record is being written, by a task that outlives a dropped `keep_up`
+    /// (local writes run on a blocking thread that cannot be cancelled): `complete` waits
+    /// for it, so no record lands after the checkpoint was removed.
+    writing: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Checkpoint {
@@ -153,6 +157,7 @@ impl Checkpoint {
                     trusted,
                     skipped,
                     pending: Mutex::new((Vec::new(), names)),
+                    writing: Arc::default(),
                 })
             }
             Err(err) => {
@@ -259,12 +264,21 @@ impl Checkpoint {
     /// # Errors
     /// [`CheckpointError::Store`]; the records stay pending for the next flush.
     pub async fn flush(&self) -> Result<usize, CheckpointError> {
+        let writing = self.writing.clone().lock_owned().await;
         let batch = std::mem::take(&mut self.pending.lock().expect("checkpoint lock").0);
         if batch.is_empty() {
             return Ok(0);
         }
         let key = format!("{DATA}{}.cpt", uuid::Uuid::new_v4());
-        if let Err(err) = self.dir.put(&key, record::encode(&batch)).await {
+        let (dir, put_key, data) = (self.dir.clone(), key.clone(), record::encode(&batch));
+        let put = tokio::spawn(async move {
+            let _writing = writing;
+            dir.put(&put_key, data).await
+        });
+        let written = put.await.unwrap_or_else(|join| {
+            Err(StoreError::Io { path: key.clone().into(), source: std::io::Error::other(join) })
+        });
+        if let Err(err) = written {
             self.pending.lock().expect("checkpoint lock").0.extend(batch);
             return Err(err.into());
         }
@@ -320,6 +334,7 @@ impl Checkpoint {
     /// What failed; the caller reports it (a leftover checkpoint is harmless but should be
     /// known: the next run with this task would resume from it).
     pub async fn complete(&self) -> Result<(), CheckpointError> {
+        let _writing = self.writing.lock().await;
         self.pending.lock().expect("checkpoint lock").0.clear();
         remove_records(&self.dir).await?;
         self.dir.delete(META).await?;

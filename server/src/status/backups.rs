@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use depot_agent::manifest::ManifestSource;
-use depot_agent::objstore::StoreOptions;
+use depot_agent::storage::StoreOptions;
 
 use super::report::BackupStatus;
 
