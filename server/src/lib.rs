@@ -12,6 +12,7 @@
 //! - [`meta`]: what Depot keeps about an object beyond its bytes (an extended attribute).
 //! - [`digest`]: Content-MD5 / `x-amz-checksum-*` (header or trailer) computed and checked.
 //! - [`body`]: streaming a request body into a temp file, hashing on the way.
+//! - [`uploads`]: multipart uploads on disk: parts written in place, Complete, expiry.
 //! - [`listing`]: keys in S3 order straight from the directory tree.
 //! - [`s3`]: the `s3s::S3` implementation, one module per operation family.
 //! - [`error`]: every failure and the S3 error it becomes.
@@ -33,3 +34,4 @@ pub mod server;
 pub mod stats;
 pub mod storage_url;
 pub mod tls;
+pub mod uploads;

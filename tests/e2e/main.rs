@@ -7,4 +7,5 @@ mod agent_fetch;
 mod agent_security;
 mod s3_contract;
 mod s3_faults;
+mod s3_multipart;
 mod serve_cli;
