@@ -9,6 +9,8 @@
 //!   or could not be reached, or files failed for another reason (checksums, I/O).
 //! - `130`: `fetch` was interrupted (Ctrl-C / SIGTERM); nothing partial was left behind.
 
+mod collect_cmd;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -21,10 +23,10 @@ use depot_agent::checkpoint::{Checkpoint, Identity, Settings};
 use depot_agent::fetch::{CheckpointReport, FetchJob, NoRecorder, Recorder, sweep_stale_temp_files};
 use depot_agent::manifest::{CrypterKey, Manifest, ManifestSource};
 use depot_agent::node::{self, ServeOptions};
-use depot_agent::objstore::{ObjectStore, StoreOptions};
 use depot_agent::peer::{PeerDirectory, PeerReader, RetryPolicy, Timeouts};
 use depot_agent::progress::Bar;
 use depot_agent::registry::Coordinator;
+use depot_agent::storage::{Storage, StoreOptions};
 use depot_agent::trust::ExtraCa;
 
 /// mimalloc instead of the system allocator: transfers allocate and free a megabyte-sized
@@ -61,6 +63,8 @@ enum Command {
     Fetch(FetchArgs),
     /// Report which live nodes hold each file of a backup (size and sha256; no data moved).
     Verify(VerifyArgs),
+    /// Gather a backup scattered over the nodes into one archive (S3, GCS, Azure or a directory).
+    Collect(collect_cmd::CollectArgs),
 }
 
 #[derive(Debug, Args)]
@@ -140,15 +144,20 @@ struct ManifestArgs {
 }
 
 impl ManifestArgs {
-    async fn load(&self, ca: Option<&ExtraCa>) -> anyhow::Result<Manifest> {
-        let key = match (&self.crypter_key, &self.crypter_key_file) {
+    /// The key of an encrypted backup, if one was given.
+    fn crypter(&self) -> anyhow::Result<Option<CrypterKey>> {
+        Ok(match (&self.crypter_key, &self.crypter_key_file) {
             (Some(hex), _) => Some(CrypterKey::from_hex(hex)?),
             (None, Some(path)) => {
                 let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
                 Some(CrypterKey::from_hex(&text).with_context(|| format!("in {}", path.display()))?)
             }
             (None, None) => None,
-        };
+        })
+    }
+
+    async fn load(&self, ca: Option<&ExtraCa>) -> anyhow::Result<Manifest> {
+        let key = self.crypter()?;
         let options = StoreOptions { ca: ca.cloned() };
         let source = ManifestSource::parse(&self.meta, &options)?;
         Ok(source.load(key.as_ref()).await?)
@@ -168,6 +177,10 @@ struct FetchArgs {
     /// serving DIR, else the host name).
     #[arg(long, value_name = "ID")]
     node_id: Option<String>,
+    /// Read files no live node holds from this archive (what `collect` wrote): s3://..., a
+    /// directory, gcs:// or azure://. Checked by size and sha256 like a peer's copy.
+    #[arg(long, value_name = "URL")]
+    archive: Option<String>,
     /// Only these files (one name per line; `-` reads standard input).
     #[arg(long, value_name = "LIST")]
     files_from: Option<PathBuf>,
@@ -240,8 +253,8 @@ impl CheckpointArgs {
         }
         let store = match &self.checkpoint_storage {
             // Shared storage: one directory per node, so every node's progress sits side by side.
-            Some(url) => ObjectStore::open(url, &StoreOptions { ca: ca.cloned() })?.at(node_id),
-            None => ObjectStore::open(
+            Some(url) => Storage::open(url, &StoreOptions { ca: ca.cloned() })?.at(node_id),
+            None => Storage::open(
                 root.state_dir().join("checkpoints").to_str().context("non-UTF-8 root")?,
                 &StoreOptions::default(),
             )?,
@@ -269,6 +282,9 @@ struct VerifyArgs {
     manifest: ManifestArgs,
     #[command(flatten)]
     coordinator: CoordinatorArgs,
+    /// Also report which files this archive holds (one HEAD each; no data moved).
+    #[arg(long, value_name = "URL")]
+    archive: Option<String>,
     /// Stat calls in flight at once.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=1024))]
     concurrency: u16,
@@ -447,6 +463,7 @@ async fn fetch(args: FetchArgs) -> anyhow::Result<u8> {
             .map_or_else(|| Arc::new(NoRecorder) as Arc<dyn Recorder>, |c| c as Arc<dyn Recorder>),
         progress: bar,
         resume: checkpoint.clone(),
+        archive: args.archive.as_deref().map(|url| Storage::open(url, &StoreOptions { ca: ca.clone() })).transpose()?,
     };
     let keep_up = async {
         match &checkpoint {
@@ -527,8 +544,12 @@ async fn verify(args: VerifyArgs) -> anyhow::Result<u8> {
     };
     let manifest = args.manifest.load(ca.as_ref()).await?;
     let directory = PeerDirectory::new(coordinator, None);
-    let report =
+    let mut report =
         depot_agent::verify::verify(&manifest, &directory, usize::from(args.concurrency), args.rpc_timeout).await?;
+    if let Some(url) = &args.archive {
+        let archive = Storage::open(url, &StoreOptions { ca: ca.clone() })?;
+        report.add_archive(&manifest, &archive, usize::from(args.concurrency)).await?;
+    }
     if args.json {
         print_json(&report);
     } else {
@@ -543,6 +564,7 @@ fn main() -> ExitCode {
         Command::Serve(a) => a.json,
         Command::Fetch(a) => a.json,
         Command::Verify(a) => a.json,
+        Command::Collect(a) => a.json,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
@@ -556,6 +578,7 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve(args).await,
             Command::Fetch(args) => fetch(args).await,
             Command::Verify(args) => verify(args).await,
+            Command::Collect(args) => collect_cmd::collect(args).await,
         }
     });
     // Finish background tasks (and their temp-file guards) before exiting.

@@ -1,10 +1,12 @@
 //! Receiving a request body into a temp file, hashing it on the way.
 //!
-//! The network side (this task) hashes each chunk and hands batches of about 1 MiB to a
-//! blocking writer thread over a small bounded channel, so receiving, hashing and writing
-//! overlap while at most a few MiB per upload are in memory. Nothing reaches the object's
-//! path here: the caller checks the digests and then commits the [`TempFile`] (or, for a
-//! multipart part written in place, records it; see [`crate::uploads`]).
+//! The network side (this task) computes the cheap checksums of each chunk and hands batches
+//! of about 1 MiB to a blocking writer thread and to an MD5 thread (the ETag) over small
+//! bounded channels — the same reference-counted chunks, not copies — so receiving, hashing
+//! and writing overlap, a PUT runs at the pace of the slowest of the three, and at most a few
+//! MiB per upload are in memory. Nothing reaches the object's path here: the caller checks
+//! the digests and then commits the [`TempFile`] (or, for a multipart part written in place,
+//! records it; see [`crate::uploads`]).
 
 use std::io::{self, IoSlice, Write};
 
@@ -13,7 +15,7 @@ use depot_fs::TempFile;
 use futures::StreamExt;
 use s3s::dto::StreamingBlob;
 
-use crate::digest::{BodyHasher, Digests};
+use crate::digest::{BodyHasher, Digests, Md5Thread};
 use crate::error::{Error, Result, write_error};
 
 /// S3's limit for one PUT or one part.
@@ -95,6 +97,7 @@ pub async fn receive<S: Sink>(
         Ok(file)
     });
 
+    let md5 = Md5Thread::start(QUEUE);
     let mut size = 0u64;
     let mut outcome = Ok(());
     if let Some(mut body) = body {
@@ -118,20 +121,23 @@ pub async fn receive<S: Sink>(
             batch.push(chunk);
             if batch_bytes >= BATCH_BYTES || batch.len() >= BATCH_CHUNKS {
                 batch_bytes = 0;
+                md5.feed(batch.clone()).await;
                 if tx.send(std::mem::take(&mut batch)).await.is_err() {
                     break; // the writer failed; its error is reported below
                 }
             }
         }
         if outcome.is_ok() && !batch.is_empty() {
+            md5.feed(batch.clone()).await;
             let _ = tx.send(batch).await;
         }
     }
     drop(tx);
+    let md5 = md5.finish().await;
     let written = writer.await.map_err(|e| Error::io(&temp_path)(io::Error::other(e)))?;
     outcome?;
     let file = written.map_err(|e| write_error(key, temp_path, e))?;
-    Ok(Received { file, size, digests: hasher.finalize() })
+    Ok(Received { file, size, digests: hasher.finalize(md5) })
 }
 
 /// Bytes written between two early writebacks.

@@ -246,6 +246,10 @@ fn print_banner(banner: &Banner, json: bool, swept: usize) -> anyhow::Result<()>
     if let Some(bundle) = &banner.bundle_file {
         writeln!(out, "    export SSL_CERT_FILE={}", bundle.display())?;
     }
+    if let Some(bundle) = &banner.aws_ca_bundle {
+        // aws-sdk-go (BR), boto3 and the AWS CLI read AWS_CA_BUNDLE before SSL_CERT_FILE.
+        writeln!(out, "    export AWS_CA_BUNDLE={}", bundle.display())?;
+    }
     if let Some(ca) = &banner.ca_file {
         writeln!(out, "  CA certificate: {} (copy it to every node)", ca.display())?;
     }

@@ -14,6 +14,8 @@
 //! - [`body`]: streaming a request body into a temp file, hashing on the way.
 //! - [`uploads`]: multipart uploads on disk: parts written in place, Complete, expiry.
 //! - [`listing`]: keys in S3 order straight from the directory tree.
+//! - [`marker`]: directory markers (the empty object `x/`) as a file inside the directory.
+//! - [`prechecks`]: requests S3 refuses before authentication (presign expiry, OPTIONS).
 //! - [`s3`]: the `s3s::S3` implementation, one module per operation family.
 //! - [`error`]: every failure and the S3 error it becomes.
 //! - [`stats`]: counters behind the shutdown summary.
@@ -26,7 +28,9 @@ pub mod credentials;
 pub mod digest;
 pub mod error;
 pub mod listing;
+pub mod marker;
 pub mod meta;
+pub mod prechecks;
 pub mod registry;
 pub mod s3;
 pub mod serve;

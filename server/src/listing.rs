@@ -77,6 +77,11 @@ pub fn list(root: &Root, query: &Query) -> Page {
             _ => return page,
         }
     };
+    // A marker `base/` sits in the directory the walk starts in, which it does not yield.
+    if !base.is_empty() && query.prefix.len() == base.len() + 1 && !push_marker(&mut page, &start, &query.prefix, query)
+    {
+        return page;
+    }
     walk(root, &start, &base_key, query, &mut page);
     page
 }
@@ -115,10 +120,13 @@ fn walk(root: &Root, dir: &Path, dir_key: &str, query: &Query, page: &mut Page) 
                 }
                 continue;
             }
-            if !walk(root, &path(), &key, query, page) {
+            if !push_marker(page, &path(), &key, query) || !walk(root, &path(), &key, query, page) {
                 return false;
             }
             continue;
+        }
+        if kind == Kind::File && name == crate::marker::MARKER {
+            continue; // listed as its directory's key, above
         }
         if kind == Kind::Symlink && !is_file_inside(root, &key) {
             continue;
@@ -134,24 +142,9 @@ fn walk(root: &Root, dir: &Path, dir_key: &str, query: &Query, page: &mut Page) 
             i = i.max(snapshot.end_of_prefix(&common[dir_key.len()..]));
             continue;
         }
-        let Ok(fs_meta) = std::fs::metadata(path()) else {
-            continue; // deleted since the snapshot
-        };
-        if fs_meta.is_dir() {
-            continue; // replaced by a directory since the snapshot; the next listing has it
-        }
-        let meta = ObjectMeta::load_or_synthesize(&path(), &fs_meta);
-        if page.objects.len() + page.prefixes.len() == query.max_keys {
-            page.truncated = true;
+        if !push_object(page, &path(), key, query) {
             return false;
         }
-        page.last = Some(key.clone());
-        page.objects.push(Listed {
-            key,
-            size: fs_meta.len(),
-            etag: meta.etag.clone(),
-            last_modified: meta.last_modified(),
-        });
     }
     true
 }
@@ -169,6 +162,35 @@ fn first_after(snapshot: &Snapshot, dir_key: &str, after: &str) -> usize {
         Some((name, Kind::Dir)) if rest.starts_with(name) => at - 1,
         _ => at,
     }
+}
+
+/// Adds the object `key` stored at `path`. Returns `false` when the page is full and another
+/// result was waiting (truncated).
+fn push_object(page: &mut Page, path: &Path, key: String, query: &Query) -> bool {
+    let Ok(fs_meta) = std::fs::metadata(path) else {
+        return true; // deleted since the directory was read
+    };
+    if fs_meta.is_dir() {
+        return true; // replaced by a directory since it was read; the next listing has it
+    }
+    if page.objects.len() + page.prefixes.len() == query.max_keys {
+        page.truncated = true;
+        return false;
+    }
+    let meta = ObjectMeta::load_or_synthesize(path, &fs_meta);
+    page.last = Some(key.clone());
+    page.objects.push(Listed { key, size: fs_meta.len(), last_modified: meta.last_modified(), etag: meta.etag });
+    true
+}
+
+/// Adds the directory marker of `dir` as the key `dir_key` (`x/`), if it has one and the
+/// query wants it. Returns `false` when the page is full (see [`push_object`]).
+fn push_marker(page: &mut Page, dir: &Path, dir_key: &str, query: &Query) -> bool {
+    let marker = crate::marker::file_in(dir);
+    if !dir_key.starts_with(&query.prefix) || dir_key <= query.after.as_str() || !marker.is_file() {
+        return true;
+    }
+    push_object(page, &marker, dir_key.to_owned(), query)
 }
 
 /// Adds a common prefix unless it repeats the last one or is not after the marker. Returns
@@ -283,6 +305,28 @@ mod tests {
         assert!(page.prefixes.is_empty());
         let q = Query { prefix: "../".into(), max_keys: 1000, ..Query::default() };
         assert!(list(&root, &q).objects.is_empty());
+    }
+
+    #[test]
+    fn directory_markers_list_as_their_key_in_order() {
+        let (d, root) = tree(&["m/-a", "m/z", "n"]);
+        std::fs::write(d.path().join("m").join(crate::marker::MARKER), b"").unwrap();
+        std::fs::create_dir_all(d.path().join("e")).unwrap();
+        std::fs::write(d.path().join("e").join(crate::marker::MARKER), b"").unwrap();
+        let all = list(&root, &Query { max_keys: 1000, ..Query::default() });
+        assert_eq!(keys(&all), ["e/", "m/", "m/-a", "m/z", "n"]);
+        assert_eq!(all.objects[0].size, 0);
+        let q = Query { delimiter: Some("/".into()), max_keys: 1000, ..Query::default() };
+        let page = list(&root, &q);
+        assert_eq!(keys(&page), ["n"]);
+        assert_eq!(page.prefixes, ["e/", "m/"]);
+        let q = Query { prefix: "m/".into(), delimiter: Some("/".into()), max_keys: 1000, ..Query::default() };
+        assert_eq!(keys(&list(&root, &q)), ["m/", "m/-a", "m/z"]);
+        let q = Query { prefix: "m/".into(), after: "m/".into(), max_keys: 1000, ..Query::default() };
+        assert_eq!(keys(&list(&root, &q)), ["m/-a", "m/z"]);
+        let q = Query { after: "e/".into(), max_keys: 1, ..Query::default() };
+        let page = list(&root, &q);
+        assert_eq!((keys(&page), page.truncated), (vec!["m/"], true));
     }
 
     #[test]

@@ -154,6 +154,9 @@ pub struct Banner {
     pub ca_file: Option<PathBuf>,
     /// System roots + the CA, for `SSL_CERT_FILE`.
     pub bundle_file: Option<PathBuf>,
+    /// The same bundle, for `AWS_CA_BUNDLE`: aws-sdk-go v1 (BR), boto3 and the AWS CLI let it
+    /// replace every other trust setting, so a value left over for another endpoint breaks them.
+    pub aws_ca_bundle: Option<PathBuf>,
     /// The log file (set by the caller that configured logging).
     pub log_file: Option<PathBuf>,
     /// Where agents register (`--coordinator`): the same port as S3.
@@ -225,7 +228,7 @@ impl Server {
     /// # Errors
     /// [`ServeError`], each naming what to fix.
     pub async fn bind(config: Config) -> Result<Self, ServeError> {
-        std::fs::create_dir_all(&config.archive)
+        depot_fs::create_dir_all_durably(&config.archive)
             .map_err(|source| ServeError::CreateArchive { path: config.archive.clone(), source })?;
         let root = Root::open(&config.archive)?;
         let state = root.state_dir();
@@ -285,7 +288,7 @@ impl Server {
         let stats = Arc::new(Stats::default());
         let archive = Arc::new(Archive::new(root.clone(), layout));
         let registry = Registry::new(credentials.join_token.clone(), config.heartbeat_interval);
-        let depot = Depot::new(archive, Arc::clone(&stats), config.region.clone());
+        let depot = Depot::new(archive, Arc::clone(&stats), config.region.clone()).with_endpoint(endpoint.clone());
         let uploads = Arc::clone(depot.uploads());
         let app = App { s3: s3_service(depot, &credentials), grpc: registry.routes(), stats: Arc::clone(&stats) };
 
@@ -300,6 +303,7 @@ impl Server {
             }),
             ca_file: tls.as_ref().and_then(|t| t.ca_file.clone()),
             bundle_file: tls.as_ref().and_then(|t| t.bundle_file.clone()),
+            aws_ca_bundle: tls.as_ref().and_then(|t| t.bundle_file.clone()),
             log_file: None,
             registry: endpoint.clone(),
             join_token: credentials.join_token.expose().to_owned(),

@@ -51,11 +51,21 @@ impl App {
             };
             return Ok(response.map(Either::Right));
         }
-        let close = expects_continue_without_body(&req);
-        let mut response = self.s3.call(req.map(s3s::Body::from)).await?;
+        let close = expects_continue_without_body(&req) && req.version() < http::Version::HTTP_2;
+        let head = req.method() == http::Method::HEAD;
+        let mut response = match crate::prechecks::refusal(&req) {
+            Some(refused) => crate::prechecks::response(&refused),
+            None => self.s3.call(req.map(s3s::Body::from)).await?,
+        };
         self.stats.response(response.status());
         if close {
             response.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+        }
+        if head {
+            // s3s answers a failed HEAD with its XML error body. HTTP/1.1 drops it on the
+            // wire, but HTTP/2 would send it as DATA, which clients reject (curl's
+            // PROTOCOL_ERROR) or misread (aws-sdk-s3 cannot classify the 404).
+            response = response.map(|_| s3s::Body::empty());
         }
         Ok(response.map(Either::Left))
     }

@@ -215,7 +215,7 @@ impl Uploads {
                 .and_then(|raw| serde_json::from_slice::<serde_json::Value>(&raw).ok())
                 .and_then(|v| v.get("key").and_then(|k| k.as_str()).map(str::to_owned));
             let bytes = disk_usage(&dir);
-            match std::fs::remove_dir_all(&dir) {
+            match depot_fs::remove_dir_durably(&dir) {
                 Ok(()) => expired.push(Expired { id, key, idle, bytes }),
                 Err(err) => tracing::warn!(dir = %dir.display(), %err, "cannot remove an expired multipart upload"),
             }

@@ -2,6 +2,7 @@
 //! real clients. One test binary, one module per topic.
 
 mod agent_checkpoint;
+mod agent_collect;
 mod agent_faults;
 mod agent_fetch;
 mod agent_security;

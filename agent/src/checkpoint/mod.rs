@@ -34,7 +34,7 @@ use sha2::{Digest, Sha256};
 pub use self::lock::{Holder, Lease, LockError};
 pub use self::record::Recorded;
 use crate::fetch::{FileRecord, Recorder};
-use crate::objstore::{ObjectStore, StoreError};
+use crate::storage::{Storage, StoreError};
 
 /// The identity file's key.
 const META: &str = "checkpoint.meta";
@@ -45,7 +45,7 @@ const DATA: &str = "data/";
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// The checkpoint storage: holds `fetch-<task>/`.
-    pub store: ObjectStore,
+    pub store: Storage,
     /// The task name (`fetch-<task>`): stable for a node and root, so a re-run finds it.
     pub task: String,
     /// How often recorded files are written out.
@@ -122,7 +122,7 @@ pub enum CheckpointError {
 #[derive(Debug)]
 pub struct Checkpoint {
     /// `fetch-<task>/` in the storage.
-    dir: ObjectStore,
+    dir: Storage,
     settings: Settings,
     /// Held while the checkpoint is in use; `None` once released.
     lease: tokio::sync::Mutex<Option<Lease>>,
@@ -165,7 +165,7 @@ impl Checkpoint {
     }
 
     async fn load(
-        dir: &ObjectStore,
+        dir: &Storage,
         settings: &Settings,
         identity: &Identity,
     ) -> Result<(HashMap<String, Recorded>, Vec<String>), CheckpointError> {
@@ -389,7 +389,7 @@ fn differences(was: &Identity, now: &Identity) -> Vec<String> {
     out
 }
 
-async fn remove_records(dir: &ObjectStore) -> Result<(), StoreError> {
+async fn remove_records(dir: &Storage) -> Result<(), StoreError> {
     for object in dir.list(DATA).await? {
         dir.delete(&object.key).await?;
     }
@@ -411,7 +411,7 @@ mod tests {
 
     fn settings(dir: &Path, interval: Duration) -> Settings {
         Settings {
-            store: ObjectStore::open(dir.join("checkpoints").to_str().unwrap(), &Default::default()).unwrap(),
+            store: Storage::open(dir.join("checkpoints").to_str().unwrap(), &Default::default()).unwrap(),
             task: "t".into(),
             interval,
             lease: Duration::from_secs(60),

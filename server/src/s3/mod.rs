@@ -11,14 +11,18 @@
 //! - [`delete`]: DeleteObject and DeleteObjects.
 //! - [`copy`]: server-side CopyObject.
 //! - [`multipart`]: Create, UploadPart, ListParts, Complete, Abort, ListMultipartUploads.
+//! - [`tagging`]: PutObjectTagging, GetObjectTagging, DeleteObjectTagging.
+//! - [`completion`]: the record that makes a repeated Complete answer the same.
 
 mod bucket;
+mod completion;
 mod copy;
 mod delete;
 mod get;
 mod list;
 mod multipart;
 mod put;
+mod tagging;
 
 use std::sync::Arc;
 
@@ -38,18 +42,27 @@ pub struct Depot {
     uploads: Arc<Uploads>,
     /// Reported by HeadBucket (`x-amz-bucket-region`) and GetBucketLocation.
     region: String,
+    /// The advertised endpoint, for `Location` in CompleteMultipartUpload.
+    endpoint: String,
 }
 
 impl Depot {
     /// Serves `archive`, reporting `region`, counting into `stats`.
     pub fn new(archive: Arc<Archive>, stats: Arc<Stats>, region: String) -> Self {
         let uploads = Arc::new(Uploads::new(archive.uploads_dir()));
-        Self { archive, stats, uploads, region }
+        Self { archive, stats, uploads, region, endpoint: String::new() }
     }
 
     /// The multipart uploads (for the expiry sweep).
     pub fn uploads(&self) -> &Arc<Uploads> {
         &self.uploads
+    }
+
+    /// Names the advertised endpoint (`https://host:port`) used in `Location` answers.
+    #[must_use]
+    pub fn with_endpoint(mut self, endpoint: String) -> Self {
+        self.endpoint = endpoint;
+        self
     }
 }
 
@@ -94,4 +107,7 @@ delegate! {
     complete_multipart_upload => multipart, CompleteMultipartUploadInput, CompleteMultipartUploadOutput;
     abort_multipart_upload => multipart, AbortMultipartUploadInput, AbortMultipartUploadOutput;
     list_multipart_uploads => multipart, ListMultipartUploadsInput, ListMultipartUploadsOutput;
+    put_object_tagging => tagging, PutObjectTaggingInput, PutObjectTaggingOutput;
+    get_object_tagging => tagging, GetObjectTaggingInput, GetObjectTaggingOutput;
+    delete_object_tagging => tagging, DeleteObjectTaggingInput, DeleteObjectTaggingOutput;
 }

@@ -17,7 +17,8 @@ use s3s::dto::*;
 use s3s::{S3Request, S3Response};
 use serde::{Deserialize, Serialize};
 
-use super::put::{install, set_checksum_fields, user_metadata};
+use super::completion::{self, Completion};
+use super::put::{install, user_metadata};
 use super::{Depot, respond};
 use crate::body::{self, Received};
 use crate::digest::{Algorithm, Expected};
@@ -42,6 +43,9 @@ struct Upload {
     checksum_algorithm: Option<String>,
     /// `COMPOSITE` or `FULL_OBJECT`.
     checksum_type: Option<String>,
+    /// Tags from `x-amz-tagging`, given to the object.
+    #[serde(default)]
+    tags: std::collections::BTreeMap<String, String>,
 }
 
 impl Depot {
@@ -117,8 +121,10 @@ pub async fn create_multipart_upload(
             content_disposition: input.content_disposition,
             content_language: input.content_language,
             cache_control: input.cache_control,
+            expires: Headers::expires_of(input.expires.as_ref()),
         },
         user: user_metadata(input.metadata)?,
+        tags: super::tagging::from_header(input.tagging.as_deref())?,
         checksum_algorithm: algorithm.map(|a| a.name().to_owned()),
         checksum_type: checksum_type.clone(),
     };
@@ -265,7 +271,20 @@ pub async fn complete_multipart_upload(
     req: S3Request<CompleteMultipartUploadInput>,
 ) -> Result<S3Response<CompleteMultipartUploadOutput>> {
     let input = req.input;
-    let (dir, upload) = s3.upload(&input.upload_id, &input.bucket, &input.key)?;
+    let (dir, upload) = match s3.upload(&input.upload_id, &input.bucket, &input.key) {
+        Ok(found) => found,
+        // Completed already? A retry (the reply was lost) gets the same answer.
+        Err(Error::NoSuchUpload { .. }) => return Ok(respond(completion::replay(s3, &input)?)),
+        Err(err) => return Err(err),
+    };
+    if completion::recorded(s3, &input.upload_id) {
+        // Completed just before a crash cut its clean-up: answer as a retry is answered.
+        let answer = completion::replay(s3, &input);
+        if let Err(err) = depot_fs::remove_dir_durably(&dir) {
+            tracing::warn!(dir = %dir.display(), %err, "cannot remove a completed upload's parts");
+        }
+        return answer.map(respond);
+    }
     let path = s3.archive.bucket(&input.bucket)?.path_of(&input.key)?;
     let requested = input.multipart_upload.and_then(|m| m.parts).unwrap_or_default();
     let stored = stored_parts(&dir)?;
@@ -386,26 +405,20 @@ pub async fn complete_multipart_upload(
         etag: etag.clone(),
         headers: upload.headers,
         user: upload.user,
+        tags: upload.tags,
         checksum: Some(checksum.clone()),
         parts: Some(n as u32),
         ..ObjectMeta::default()
     };
-    install(file, meta, path, input.key.clone()).await?;
+    install(file, meta, path.clone(), input.key.clone()).await?;
     s3.stats.object_written(size);
-    if let Err(err) = std::fs::remove_dir_all(&dir) {
+    let done = Completion::new(s3, &input.bucket, &input.key, &requested, etag, algorithm.map(|_| checksum));
+    let done = completion::record(s3, &input.upload_id, &path, done)?;
+    // Durably, or a power cut could list (and complete again) an upload already answered.
+    if let Err(err) = depot_fs::remove_dir_durably(&dir) {
         tracing::warn!(dir = %dir.display(), %err, "cannot remove a completed upload's parts");
     }
-
-    let mut output = CompleteMultipartUploadOutput {
-        bucket: Some(input.bucket),
-        key: Some(input.key),
-        e_tag: Some(ETag::Strong(etag)),
-        ..Default::default()
-    };
-    if algorithm.is_some() {
-        set_checksum_fields(&checksum, &mut output);
-    }
-    Ok(respond(output))
+    Ok(respond(done.output()))
 }
 
 fn strip_part_count(value: &str) -> &str {
@@ -418,7 +431,7 @@ pub async fn abort_multipart_upload(
 ) -> Result<S3Response<AbortMultipartUploadOutput>> {
     let input = req.input;
     let (dir, _) = s3.upload(&input.upload_id, &input.bucket, &input.key)?;
-    tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&dir).map_err(Error::io(&dir)))
+    tokio::task::spawn_blocking(move || depot_fs::remove_dir_durably(&dir).map_err(Error::io(&dir)))
         .await
         .map_err(blocking_error)??;
     Ok(respond(AbortMultipartUploadOutput::default()))

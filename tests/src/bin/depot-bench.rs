@@ -2,6 +2,8 @@
 //!
 //! - `tcp-sink`: accepts connections and discards what they send (prints `port=N`).
 //! - `tcp-send --to ADDR --bytes N`: the raw loopback TCP baseline.
+//! - `md5 --bytes N`: MD5 of N bytes on one core, with the implementation the server uses
+//!   (the md-5 crate, through s3s): the ETag's ceiling.
 //! - `s3 ...`: one large PUT then GET, then many small PUTs then GETs at a concurrency.
 //! - `mpu ...`: one large PUT, then the same size as a multipart upload of fixed-size parts
 //!   sent one after another (as TiKV does), with Complete timed on its own.
@@ -42,6 +44,11 @@ enum Command {
         #[arg(long)]
         bytes: u64,
     },
+    /// MD5 of N bytes on one core; reports MB/s.
+    Md5 {
+        #[arg(long)]
+        bytes: u64,
+    },
     /// The S3 workload against a running `depot serve`.
     S3 {
         #[arg(long)]
@@ -67,6 +74,10 @@ enum Command {
         /// Only GET the large object (stored by an earlier run).
         #[arg(long)]
         get_only: bool,
+        /// Where the small objects go: `spread` (64 existing directories) or `fresh` (new
+        /// nested directories, 16 objects each, written at once: TiKV's `<store>/` pattern).
+        #[arg(long, default_value = "spread")]
+        layout: String,
     },
     /// A PUT and a multipart upload of the same size, on one connection.
     Mpu {
@@ -325,6 +336,20 @@ async fn main() {
                 });
             }
         }
+        Command::Md5 { bytes } => {
+            use md5::Digest as _;
+            let data = block(CHUNK);
+            let mut md5 = md5::Md5::new();
+            let start = Instant::now();
+            let mut hashed = 0u64;
+            while hashed < bytes {
+                let n = (bytes - hashed).min(CHUNK as u64) as usize;
+                md5.update(&data[..n]);
+                hashed += n as u64;
+            }
+            std::hint::black_box(md5.finalize());
+            println!("md5_one_core_mb_s={:.0}", mb_per_s(bytes, start.elapsed().as_secs_f64()));
+        }
         Command::TcpSend { to, bytes } => {
             let mut tcp = tokio::net::TcpStream::connect(&to).await.expect("connect");
             let data = block(CHUNK);
@@ -355,6 +380,7 @@ async fn main() {
             small_size,
             concurrency,
             get_only,
+            layout,
         } => {
             let authority = endpoint.trim_start_matches("http://").to_owned();
             let client = Arc::new(Client { endpoint, authority, signer: Signer { access_key, secret_key, region } });
@@ -378,6 +404,12 @@ async fn main() {
             }
             if small_count > 0 {
                 let data = block(small_size);
+                let run = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+                let fresh = match layout.as_str() {
+                    "spread" => None,
+                    "fresh" => Some(run),
+                    other => panic!("--layout is spread or fresh, not {other:?}"),
+                };
                 for method in ["PUT", "GET"] {
                     let next = Arc::new(AtomicUsize::new(0));
                     let start = Instant::now();
@@ -392,7 +424,10 @@ async fn main() {
                                 if i >= small_count {
                                     break;
                                 }
-                                let path = format!("/{bucket}/bench/small/{:02}/{i:06}", i % 64);
+                                let path = match fresh {
+                                    None => format!("/{bucket}/bench/small/{:02}/{i:06}", i % 64),
+                                    Some(run) => format!("/{bucket}/bench/fresh-{run}/{:04}/sst/{i:06}", i / 16),
+                                };
                                 let body = if method == "PUT" {
                                     Repeat { block: data.clone(), remaining: data.len() as u64 }
                                 } else {
@@ -407,7 +442,8 @@ async fn main() {
                         worker.await.expect("worker");
                     }
                     let rate = small_count as f64 / start.elapsed().as_secs_f64();
-                    println!("small_{}_ops_s={rate:.0}", method.to_ascii_lowercase());
+                    let figure = if fresh.is_some() { "fresh_dir" } else { "small" };
+                    println!("{figure}_{}_ops_s={rate:.0}", method.to_ascii_lowercase());
                 }
             }
         }
