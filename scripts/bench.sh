@@ -99,6 +99,9 @@ echo "$grouped"
     --status-token "$(field status_url | sed 's/.*token=//')" --nodes 100
 echo "depot_peak_rss_mib=$(awk '/VmHWM/ {printf "%.1f", $2 / 1024}' "/proc/$depot_pid/status")"
 
+# 1 GiB as a multipart upload of 8 MiB parts against the same PUT (mpu_vs_put, Complete's share).
+"$target/depot-bench" mpu "${s3_args[@]}"
+
 # The A/B for group commit: a second server, grouping off, the same PUTs.
 DEPOT_GROUP_COMMIT=off "$target/depot" serve "$work/archive-ungrouped" --listen 127.0.0.1:0 --json \
     --log-file "$work/depot-ungrouped.log" >"$work/banner-ungrouped.json" 2>"$work/depot-ungrouped.stderr" &

@@ -102,6 +102,17 @@ struct ServeArgs {
     /// How long Ctrl-C waits for requests in flight.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     shutdown_timeout: Duration,
+    /// Remove multipart uploads untouched for this long (e.g. 7d, 12h, 3600), freeing their space.
+    #[arg(long, default_value = "7d", value_parser = parse_duration)]
+    multipart_expiry: Duration,
+}
+
+/// A duration: `30s`, `7d`, `1h 30m` (humantime), or plain seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    if let Ok(seconds) = text.trim().parse::<u64>() {
+        return Ok(Duration::from_secs(seconds));
+    }
+    humantime::parse_duration(text).map_err(|e| format!("{e} (expected e.g. 30s, 12h, 7d, or plain seconds)"))
 }
 
 #[derive(Debug, Args)]
@@ -214,6 +225,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         multi_bucket: args.multi_bucket,
         heartbeat_interval: args.heartbeat_interval,
         drain_timeout: args.shutdown_timeout,
+        multipart_expiry: args.multipart_expiry,
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {

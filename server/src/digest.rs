@@ -69,10 +69,15 @@ impl Algorithm {
         hasher.update(data);
         hasher.finalize()
     }
+
+    /// A running digest.
+    pub fn hasher(self) -> Hasher {
+        Hasher::new(self)
+    }
 }
 
-/// One running digest.
-enum Hasher {
+/// One running digest; see [`Algorithm::hasher`].
+pub enum Hasher {
     Crc32(Crc32),
     Crc32c(Crc32c),
     Crc64Nvme(Crc64Nvme),
@@ -91,7 +96,8 @@ impl Hasher {
         }
     }
 
-    fn update(&mut self, data: &[u8]) {
+    /// Feeds the next bytes.
+    pub fn update(&mut self, data: &[u8]) {
         match self {
             Self::Crc32(h) => h.update(data),
             Self::Crc32c(h) => h.update(data),
@@ -101,7 +107,8 @@ impl Hasher {
         }
     }
 
-    fn finalize(self) -> Vec<u8> {
+    /// The digest, as bytes.
+    pub fn finalize(self) -> Vec<u8> {
         match self {
             Self::Crc32(h) => h.finalize().to_vec(),
             Self::Crc32c(h) => h.finalize().to_vec(),

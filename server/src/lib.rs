@@ -12,6 +12,7 @@
 //! - [`meta`]: what Depot keeps about an object beyond its bytes (an extended attribute).
 //! - [`digest`]: Content-MD5 / `x-amz-checksum-*` (header or trailer) computed and checked.
 //! - [`body`]: streaming a request body into a temp file, hashing on the way.
+//! - [`uploads`]: multipart uploads on disk: parts written in place, Complete, expiry.
 //! - [`listing`]: keys in S3 order straight from the directory tree.
 //! - [`marker`]: directory markers (the empty object `x/`) as a file inside the directory.
 //! - [`prechecks`]: requests S3 refuses before authentication (presign expiry, OPTIONS).
@@ -42,3 +43,4 @@ pub mod stats;
 pub mod status;
 pub mod storage_url;
 pub mod tls;
+pub mod uploads;

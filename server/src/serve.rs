@@ -28,6 +28,7 @@ use crate::stats::{Stats, Summary};
 use crate::status::{StatusConfig, StatusService};
 use crate::storage_url::{Advertised, StorageUrl};
 use crate::tls::{self, TlsError};
+use crate::uploads::Uploads;
 
 /// When to serve HTTPS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -65,6 +66,8 @@ pub struct Config {
     pub heartbeat_interval: Duration,
     /// How long Ctrl-C waits for requests in flight.
     pub drain_timeout: Duration,
+    /// A multipart upload untouched for this long is removed (with a log line).
+    pub multipart_expiry: Duration,
 }
 
 impl Config {
@@ -81,6 +84,7 @@ impl Config {
             multi_bucket: false,
             heartbeat_interval: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(30),
+            multipart_expiry: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -239,6 +243,8 @@ pub struct Server {
     root: Root,
     swept: usize,
     drain: Duration,
+    uploads: Arc<Uploads>,
+    multipart_expiry: Duration,
     /// Held while serving: one server per archive.
     _lock: File,
 }
@@ -320,11 +326,10 @@ impl Server {
             tmp_dir: root.tmp_dir(),
             lock: (lock_path.clone(), lock.try_clone().map_err(state_err(&lock_path))?),
         });
+        let depot = Depot::new(archive, Arc::clone(&stats), config.region.clone()).with_endpoint(endpoint.clone());
+        let uploads = Arc::clone(depot.uploads());
         let app = App {
-            s3: s3_service(
-                Depot::new(archive, Arc::clone(&stats), config.region.clone()).with_endpoint(endpoint.clone()),
-                &credentials,
-            ),
+            s3: s3_service(depot, &credentials),
             grpc: registry.routes(),
             stats: Arc::clone(&stats),
             metrics,
@@ -369,6 +374,8 @@ impl Server {
             root,
             swept,
             drain: config.drain_timeout,
+            uploads,
+            multipart_expiry: config.multipart_expiry,
             _lock: lock,
         })
     }
@@ -401,12 +408,41 @@ impl Server {
     /// Serves until `shutdown` completes, drains, and returns the summary.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> Summary {
         tracing::info!(endpoint = %self.banner.endpoint, archive = %self.root.dir().display(), "serving");
+        let sweeper = tokio::spawn(sweep_uploads(Arc::clone(&self.uploads), self.multipart_expiry));
         crate::server::run(self.listener, self.tls, self.app, shutdown, self.drain).await;
+        sweeper.abort();
         let _ = std::fs::remove_file(ServerInfo::path(self.root.dir()));
         let _ = std::fs::remove_file(StatusToken::path(self.root.dir()));
         let summary = self.stats.summary();
         tracing::info!(?summary, "stopped");
         summary
+    }
+}
+
+/// Removes multipart uploads idle for longer than `expiry`, at start and then every quarter
+/// of `expiry` (between a second and an hour), logging each.
+async fn sweep_uploads(uploads: Arc<Uploads>, expiry: Duration) {
+    let every = (expiry / 4).clamp(Duration::from_secs(1), Duration::from_secs(3600));
+    loop {
+        let sweep = Arc::clone(&uploads);
+        match tokio::task::spawn_blocking(move || sweep.sweep_expired(expiry)).await {
+            Ok(Ok(expired)) => {
+                for upload in expired {
+                    tracing::info!(
+                        upload_id = %upload.id,
+                        key = upload.key.as_deref().unwrap_or("?"),
+                        idle = %humantime::format_duration(Duration::from_secs(upload.idle.as_secs())),
+                        freed_bytes = upload.bytes,
+                        "removed a multipart upload abandoned for longer than --multipart-expiry"
+                    );
+                }
+            }
+            Ok(Err(err)) => {
+                tracing::warn!(dir = %uploads.dir().display(), %err, "cannot sweep expired multipart uploads")
+            }
+            Err(err) => tracing::warn!(%err, "the multipart expiry sweep failed"),
+        }
+        tokio::time::sleep(every).await;
     }
 }
 

@@ -9,4 +9,5 @@ mod agent_security;
 mod observability;
 mod s3_contract;
 mod s3_faults;
+mod s3_multipart;
 mod serve_cli;

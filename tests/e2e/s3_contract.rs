@@ -30,7 +30,7 @@ pub async fn get_bytes(s3: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Vec<
     got.body.collect().await.unwrap().into_bytes().to_vec()
 }
 
-fn crc32_b64(data: &[u8]) -> String {
+pub fn crc32_b64(data: &[u8]) -> String {
     let mut crc = 0xffff_ffffu32;
     for &byte in data {
         crc ^= u32::from(byte);

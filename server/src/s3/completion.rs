@@ -158,6 +158,11 @@ fn sweep(s3: &Depot, dir: &Path) {
     }
 }
 
+/// Whether `upload_id` has a completion record (its object was installed).
+pub fn recorded(s3: &Depot, upload_id: &str) -> bool {
+    dir(s3).join(format!("{upload_id}.json")).exists()
+}
+
 /// Answers a Complete for an upload id that has no upload left, from its record: the same
 /// result when the part list matches and the key still holds the object, else `NoSuchUpload`.
 ///

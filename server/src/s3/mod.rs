@@ -31,12 +31,15 @@ use s3s::{S3, S3Error, S3Request, S3Response, S3Result};
 
 use crate::archive::Archive;
 use crate::stats::Stats;
+use crate::uploads::Uploads;
 
 /// The S3 service over an [`Archive`]. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Depot {
     archive: Arc<Archive>,
     stats: Arc<Stats>,
+    /// Multipart uploads in progress.
+    uploads: Arc<Uploads>,
     /// Reported by HeadBucket (`x-amz-bucket-region`) and GetBucketLocation.
     region: String,
     /// The advertised endpoint, for `Location` in CompleteMultipartUpload.
@@ -46,7 +49,13 @@ pub struct Depot {
 impl Depot {
     /// Serves `archive`, reporting `region`, counting into `stats`.
     pub fn new(archive: Arc<Archive>, stats: Arc<Stats>, region: String) -> Self {
-        Self { archive, stats, region, endpoint: String::new() }
+        let uploads = Arc::new(Uploads::new(archive.uploads_dir()));
+        Self { archive, stats, uploads, region, endpoint: String::new() }
+    }
+
+    /// The multipart uploads (for the expiry sweep).
+    pub fn uploads(&self) -> &Arc<Uploads> {
+        &self.uploads
     }
 
     /// Names the advertised endpoint (`https://host:port`) used in `Location` answers.

@@ -43,8 +43,10 @@ pub async fn put_object(s3: &Depot, req: S3Request<PutObjectInput>) -> Result<S3
         ..ObjectMeta::default()
     };
 
+    let temp = s3.archive.temp_file()?;
+    let temp_path = temp.path().to_path_buf();
     let Received { file, size, digests } =
-        body::receive(input.body, s3.archive.temp_file()?, expected.hasher(), &input.key).await?;
+        body::receive(input.body, temp, expected.hasher(), &input.key, &temp_path).await?;
     let trailers = trailing_headers.and_then(|t| t.take());
     let checksum = expected.verify(&digests, trailers.as_ref())?;
     meta.etag = digests.etag();

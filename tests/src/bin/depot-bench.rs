@@ -5,6 +5,8 @@
 //! - `md5 --bytes N`: MD5 of N bytes on one core, with the implementation the server uses
 //!   (the md-5 crate, through s3s): the ETag's ceiling.
 //! - `s3 ...`: one large PUT then GET, then many small PUTs then GETs at a concurrency.
+//! - `mpu ...`: one large PUT, then the same size as a multipart upload of fixed-size parts
+//!   sent one after another (as TiKV does), with Complete timed on its own.
 //!
 //! The S3 requests are signed with `UNSIGNED-PAYLOAD` and sent with plain hyper, and the large
 //! GET is read the way the TCP baseline's sink reads (a reused 1 MiB buffer), so the client
@@ -77,6 +79,15 @@ enum Command {
         #[arg(long, default_value = "spread")]
         layout: String,
     },
+    /// A PUT and a multipart upload of the same size, on one connection.
+    Mpu {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, default_value_t = 1 << 30)]
+        size: u64,
+        #[arg(long, default_value_t = 8 << 20)]
+        part_size: u64,
+    },
     /// Registers N agents (each heartbeating a report with two jobs) with a running `depot
     /// serve`, then times scrapes of /_depot/metrics and reads of the status API.
     Scrape {
@@ -144,6 +155,29 @@ async fn register_nodes(endpoint: &str, join_token: &str, nodes: usize) {
 fn median_ms(mut samples: Vec<f64>) -> f64 {
     samples.sort_by(f64::total_cmp);
     samples[samples.len() / 2] * 1000.0
+}
+
+/// A running `depot serve` and its credentials.
+#[derive(clap::Args)]
+struct Target {
+    #[arg(long)]
+    endpoint: String,
+    #[arg(long)]
+    bucket: String,
+    #[arg(long)]
+    access_key: String,
+    #[arg(long)]
+    secret_key: String,
+    #[arg(long, default_value = "us-east-1")]
+    region: String,
+}
+
+impl Target {
+    fn client(self) -> Client {
+        let authority = self.endpoint.trim_start_matches("http://").to_owned();
+        let signer = Signer { access_key: self.access_key, secret_key: self.secret_key, region: self.region };
+        Client { endpoint: self.endpoint, authority, signer }
+    }
 }
 
 const CHUNK: usize = 1024 * 1024;
@@ -255,6 +289,19 @@ impl Client {
         (status, got)
     }
 
+    /// Sends a request and returns the status, headers and body.
+    async fn call_full(
+        &self,
+        conn: &mut hyper::client::conn::http1::SendRequest<Repeat>,
+        req: http::Request<Repeat>,
+    ) -> (u16, http::HeaderMap, Bytes) {
+        conn.ready().await.expect("connection ready");
+        let resp = conn.send_request(req).await.expect("response");
+        let (head, body) = resp.into_parts();
+        let body = body.collect().await.expect("body").to_bytes();
+        (head.status.as_u16(), head.headers, body)
+    }
+
     /// Sends a request and drains the response; returns (status, body bytes).
     async fn call(
         &self,
@@ -273,6 +320,72 @@ impl Client {
         }
         (status, n)
     }
+}
+
+/// The text of the first `<name>` element of an XML document.
+fn xml_text(xml: &[u8], name: &str) -> Option<String> {
+    let mut reader = quick_xml::Reader::from_reader(xml);
+    let mut inside = false;
+    loop {
+        match reader.read_event().ok()? {
+            quick_xml::events::Event::Start(e) => inside = e.name().as_ref() == name.as_bytes(),
+            quick_xml::events::Event::Text(t) if inside => return Some(t.decode().ok()?.into_owned()),
+            quick_xml::events::Event::Eof => return None,
+            _ => {}
+        }
+    }
+}
+
+/// `put_1g_seconds`, `mpu_1g_seconds`, `mpu_vs_put` (throughput ratio) and
+/// `mpu_complete_share` (Complete's share of the upload's wall time).
+async fn multipart_vs_put(client: Client, bucket: &str, size: u64, part_size: u64) {
+    let data = block(CHUNK);
+    let mut conn = client.connect().await;
+    let start = Instant::now();
+    let path = format!("/{bucket}/bench/put-large");
+    let (status, _) =
+        client.call(&mut conn, client.request("PUT", &path, Repeat { block: data.clone(), remaining: size })).await;
+    assert_eq!(status, 200, "large PUT");
+    let put = start.elapsed().as_secs_f64();
+
+    let path = format!("/{bucket}/bench/mpu-large");
+    let start = Instant::now();
+    let empty = || Repeat { block: Bytes::new(), remaining: 0 };
+    let (status, _, body) =
+        client.call_full(&mut conn, client.request("POST", &format!("{path}?uploads"), empty())).await;
+    assert_eq!(status, 200, "CreateMultipartUpload");
+    let id = xml_text(&body, "UploadId").expect("an UploadId");
+    let mut completed = String::from("<CompleteMultipartUpload>");
+    let mut number = 0;
+    let mut sent = 0;
+    while sent < size {
+        number += 1;
+        let len = part_size.min(size - sent);
+        let query = format!("{path}?partNumber={number}&uploadId={id}");
+        let req = client.request("PUT", &query, Repeat { block: data.clone(), remaining: len });
+        let (status, headers, _) = client.call_full(&mut conn, req).await;
+        assert_eq!(status, 200, "UploadPart {number}");
+        let etag = headers.get("etag").and_then(|v| v.to_str().ok()).expect("an ETag").to_owned();
+        completed.push_str(&format!("<Part><PartNumber>{number}</PartNumber><ETag>{etag}</ETag></Part>"));
+        sent += len;
+    }
+    completed.push_str("</CompleteMultipartUpload>");
+    let complete_start = Instant::now();
+    let body = Bytes::from(completed);
+    let req =
+        client.request("POST", &format!("{path}?uploadId={id}"), Repeat { remaining: body.len() as u64, block: body });
+    let (status, _, reply) = client.call_full(&mut conn, req).await;
+    assert!(
+        status == 200 && xml_text(&reply, "ETag").is_some(),
+        "Complete: {status} {}",
+        String::from_utf8_lossy(&reply)
+    );
+    let complete = complete_start.elapsed().as_secs_f64();
+    let mpu = start.elapsed().as_secs_f64();
+    println!("put_1g_seconds={put:.2}");
+    println!("mpu_1g_seconds={mpu:.2}");
+    println!("mpu_vs_put={:.2}", put / mpu);
+    println!("mpu_complete_share={:.3}", complete / mpu);
 }
 
 #[tokio::main]
@@ -336,6 +449,10 @@ async fn main() {
             let mut ack = [0u8; 4];
             tcp.read_exact(&mut ack).await.expect("ack");
             println!("tcp_loopback_mb_s={:.0}", mb_per_s(bytes, start.elapsed().as_secs_f64()));
+        }
+        Command::Mpu { target, size, part_size } => {
+            let bucket = target.bucket.clone();
+            multipart_vs_put(target.client(), &bucket, size, part_size).await;
         }
         Command::S3 {
             endpoint,
