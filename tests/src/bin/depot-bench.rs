@@ -51,16 +51,8 @@ enum Command {
     },
     /// The S3 workload against a running `depot serve`.
     S3 {
-        #[arg(long)]
-        endpoint: String,
-        #[arg(long)]
-        bucket: String,
-        #[arg(long)]
-        access_key: String,
-        #[arg(long)]
-        secret_key: String,
-        #[arg(long, default_value = "us-east-1")]
-        region: String,
+        #[command(flatten)]
+        target: Target,
         /// Size of the large object (0 skips it).
         #[arg(long, default_value_t = 1 << 30)]
         large: u64,
@@ -454,21 +446,9 @@ async fn main() {
             let bucket = target.bucket.clone();
             multipart_vs_put(target.client(), &bucket, size, part_size).await;
         }
-        Command::S3 {
-            endpoint,
-            bucket,
-            access_key,
-            secret_key,
-            region,
-            large,
-            small_count,
-            small_size,
-            concurrency,
-            get_only,
-            layout,
-        } => {
-            let authority = endpoint.trim_start_matches("http://").to_owned();
-            let client = Arc::new(Client { endpoint, authority, signer: Signer { access_key, secret_key, region } });
+        Command::S3 { target, large, small_count, small_size, concurrency, get_only, layout } => {
+            let bucket = target.bucket.clone();
+            let client = Arc::new(target.client());
             if large > 0 {
                 let mut conn = client.connect().await;
                 let path = format!("/{bucket}/bench/large");
