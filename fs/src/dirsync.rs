@@ -207,7 +207,9 @@ pub(crate) fn ensure_dir(dir: &Path, stop: Option<&Path>) -> Result<(), CommitEr
 /// # Errors
 /// The I/O error, or a file in the way.
 pub fn create_dir_all_durably(dir: &Path) -> io::Result<()> {
-    ensure_dir(dir, None).map_err(|err| match err {
+    // Walking up a relative path would end at "" rather than at `/`.
+    let dir = std::path::absolute(dir)?;
+    ensure_dir(&dir, None).map_err(|err| match err {
         CommitError::Io { source, .. } => source,
         conflict => io::Error::new(io::ErrorKind::AlreadyExists, conflict.to_string()),
     })
@@ -298,5 +300,26 @@ mod tests {
         std::fs::write(root.path().join("f"), b"x").unwrap();
         let err = ensure_dir(&root.path().join("f/g/h"), Some(root.path())).unwrap_err();
         assert!(matches!(&err, CommitError::Conflict { path, .. } if path.ends_with("f")), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod relative_path_tests {
+    #[test]
+    fn a_relative_directory_is_created() {
+        let base = tempfile::tempdir().unwrap();
+        let cwd = std::env::current_dir().unwrap();
+        let rel = pathdiff(base.path(), &cwd);
+        let dir = rel.join("a/b");
+        super::create_dir_all_durably(&dir).unwrap();
+        assert!(base.path().join("a/b").is_dir());
+    }
+
+    /// `target` relative to `from` (both absolute), with `..` as needed.
+    fn pathdiff(target: &std::path::Path, from: &std::path::Path) -> std::path::PathBuf {
+        let ups = from.components().count() - 1;
+        let mut out: std::path::PathBuf = (0..ups).map(|_| "..").collect();
+        out.push(target.strip_prefix("/").unwrap());
+        out
     }
 }
