@@ -21,29 +21,17 @@ fn size(w: usize, i: usize) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn put_flat() {
-    let Some(mut rig) = Rig::new("put_flat") else { return };
-    let ledger = Arc::new(Ledger::default());
-    for cycle in 0..CYCLES {
-        let l = Arc::clone(&ledger);
-        rig.cycle(&ledger, WRITERS, MIN, SPREAD, move |client, stop, w| {
-            let ledger = Arc::clone(&l);
-            async move {
-                for i in 0.. {
-                    if stop.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    let key = format!("flat-{cycle}-w{w}-{i}");
-                    put(&client, &ledger, &key, payload(&key, 0, size(w, i))).await;
-                }
-            }
-        })
-        .await;
-    }
+    put_until_cut("put_flat", |cycle, w, i| format!("flat-{cycle}-w{w}-{i}")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn put_into_new_nested_directories() {
-    let Some(mut rig) = Rig::new("put_into_new_nested_directories") else { return };
+    put_until_cut("put_into_new_nested_directories", |cycle, w, i| format!("nested/c{cycle}/w{w}/{i}/x/y.sst")).await;
+}
+
+/// Concurrent writers PUT fresh keys (named by `key(cycle, writer, i)`) until each cut.
+async fn put_until_cut(name: &str, key: fn(usize, usize, usize) -> String) {
+    let Some(mut rig) = Rig::new(name) else { return };
     let ledger = Arc::new(Ledger::default());
     for cycle in 0..CYCLES {
         let l = Arc::clone(&ledger);
@@ -54,7 +42,7 @@ async fn put_into_new_nested_directories() {
                     if stop.load(Ordering::SeqCst) {
                         break;
                     }
-                    let key = format!("nested/c{cycle}/w{w}/{i}/x/y.sst");
+                    let key = key(cycle, w, i);
                     put(&client, &ledger, &key, payload(&key, 0, size(w, i))).await;
                 }
             }
