@@ -15,6 +15,13 @@
 #                   (nothing re-hashed) vs. run again without one (every file re-hashed) vs.
 #                   the original run.
 #   rss_*_kib       peak RSS (VmHWM) of the serving agents and of the fetching agents (<= 64 MiB).
+#   collect_*       `depot-agent collect` (issue 10) into `depot serve` over S3: the 1 GiB file
+#                   from one node, and the 2,000 x 1 MiB files from 3 nodes; against depot
+#                   serve's own PUT rate in the same run (depot-bench: one 1 GiB PUT; 2,000
+#                   1 MiB PUTs at the same concurrency): collect_1gib_vs_put_ratio (target
+#                   >= 0.7); rss_collect_kib (<= 64 MiB).
+# ONLY=collect runs only the collect section (with the data it needs); ONLY=readfile only the
+# raw TCP vs ReadFile-over-mTLS comparison (readfile_vs_raw_ratio).
 # Each timing is the best of $RUNS runs (default $ROUNDS, as scripts/bench.sh, else 3), which
 # calls this script at its end. Files live under $BENCH_DIR (default
 # /dev/shm when it has room, so the disk's fsync speed does not hide the transfer's; set
@@ -33,11 +40,17 @@ fi
 command -v python3 >/dev/null || { echo "bench-agent.sh needs python3 (raw TCP baseline, data generation)" >&2; exit 2; }
 
 echo "# building release binaries" >&2
-cargo build --release -q -p depot-server -p depot-agent --bins --example readfile
+cargo build --release -q -p depot-server -p depot-agent -p depot-tests --bins --example readfile
 target="${CARGO_TARGET_DIR:-target}/release"
 DEPOT="$target/depot"
 AGENT="$target/depot-agent"
 READFILE="$target/examples/readfile"
+BENCH="$target/depot-bench"
+ONLY="${ONLY:-}"
+case "$ONLY" in
+    ""|collect|readfile) ;;
+    *) echo "ONLY=$ONLY: use ONLY=collect or ONLY=readfile (or nothing for every section)" >&2; exit 2 ;;
+esac
 
 work="$(mktemp -d "$BENCH_DIR/depot-bench-XXXXXX")"
 pids=()
@@ -124,7 +137,7 @@ fetch_json() { # fetch_json ROOT NODE MANIFEST [ARGS...] -> the JSON summary
 
 echo "# generating data under $work" >&2
 tool gen-big "$work/big/big.bin" $((1 << 30)) "$work/big.jsonl"
-tool gen-many 2000 $((1 << 20)) "$work/many.jsonl" "$work/n1" "$work/n2" "$work/n3"
+[[ "$ONLY" == readfile ]] || tool gen-many 2000 $((1 << 20)) "$work/many.jsonl" "$work/n1" "$work/n2" "$work/n3"
 
 "$DEPOT" serve "$work/archive" --listen 127.0.0.1:0 --json --log-file "$work/logs/depot.log" >"$work/depot.json" 2>/dev/null &
 pids+=($!)
@@ -140,9 +153,28 @@ start_agent() { # start_agent ID ROOT -> pid in last_pid
 }
 start_agent big "$work/big"; big_pid=$last_pid
 
+if [[ "$ONLY" == readfile ]]; then
+echo "# 1 GiB: raw TCP vs ReadFile over mutual TLS ($RUNS runs each, interleaved)" >&2
+: >"$work/raw.txt"; : >"$work/rf.txt"
+for _ in $(seq "$RUNS"); do
+    raw_copy /dev/null >>"$work/raw.txt"
+    "$READFILE" "$DEPOT_COORDINATOR" big big.bin | awk '{print $2}' >>"$work/rf.txt"
+done
+raw_null=$(best <"$work/raw.txt"); readfile=$(best <"$work/rf.txt")
+awk -v raw="$raw_null" -v rf="$readfile" -v g="$((1 << 30))" 'BEGIN {
+    printf "raw_tcp_devnull_seconds=%.3f\nraw_tcp_devnull_gib_per_s=%.2f\n", raw, g / raw / 2^30
+    printf "readfile_1gib_seconds=%.3f\nreadfile_gib_per_s=%.2f\n", rf, g / rf / 2^30
+    printf "readfile_vs_raw_ratio=%.2f\n", raw / rf
+}'
+echo "bench_dir=$BENCH_DIR"
+echo "cpus=$(nproc)"
+exit 0
+fi
+
+if [[ -z "$ONLY" ]]; then
 echo "# 1 GiB: raw TCP vs ReadFile vs fetch ($RUNS runs each)" >&2
 raw_null=$(for _ in $(seq "$RUNS"); do raw_copy /dev/null; done | best)
-readfile=$(for _ in $(seq "$RUNS"); do "$READFILE" "$DEPOT_COORDINATOR" "$DEPOT_JOIN_TOKEN" big big.bin | awk '{print $2}'; done | best)
+readfile=$(for _ in $(seq "$RUNS"); do "$READFILE" "$DEPOT_COORDINATOR" big big.bin | awk '{print $2}'; done | best)
 raw_file=$(for _ in $(seq "$RUNS"); do raw_copy "$work/fetch1/raw.bin"; rm -f "$work/fetch1/raw.bin"; done | best)
 fetch1=$(for _ in $(seq "$RUNS"); do
     rm -f "$work/fetch1/big.bin"
@@ -158,10 +190,12 @@ awk -v raw="$raw_null" -v rf="$readfile" -v rawf="$raw_file" -v f="$fetch1" -v g
     printf "fetch_vs_raw_copy_ratio=%.2f\n", rawf / f
 }'
 
-echo "# 2,000 x 1 MiB over 3 peers ($RUNS runs)" >&2
+fi
 start_agent n1 "$work/n1"; n1_pid=$last_pid
 start_agent n2 "$work/n2"; n2_pid=$last_pid
 start_agent n3 "$work/n3"; n3_pid=$last_pid
+if [[ -z "$ONLY" ]]; then
+echo "# 2,000 x 1 MiB over 3 peers ($RUNS runs)" >&2
 fetch_many() { # fetch_many ARGS... -> transfer seconds of a fresh fetch of the 2,000 files
     rm -rf "$work/fetch2000"; mkdir -p "$work/fetch2000"
     fetch_json "$work/fetch2000" me "$work/many.jsonl" "$@" >"$work/many.json"
@@ -192,11 +226,54 @@ awk -v o="$original" -v r="$resumed" -v c="$recheck" 'BEGIN {
     printf "resume_2000_fraction_of_original=%.3f\n", r / o
 }'
 
+fi
+
+echo "# collect into depot serve over S3 vs depot serve's own PUT rate ($RUNS runs each)" >&2
+export AWS_ACCESS_KEY_ID="$(field access_key "$work/depot.json")"
+export AWS_SECRET_ACCESS_KEY="$(field secret_key "$work/depot.json")"
+bucket="$(field bucket "$work/depot.json")"
+endpoint="$(field endpoint "$work/depot.json")"
+region="$(field region "$work/depot.json")"
+s3_args=(--endpoint "$endpoint" --bucket "$bucket" --access-key "$AWS_ACCESS_KEY_ID" --secret-key "$AWS_SECRET_ACCESS_KEY")
+echo 0 >"$work/collect.peak"
+collect_seconds() { # collect_seconds MANIFEST PREFIX -> seconds of a fresh collect (archive copy removed after)
+    "$AGENT" collect --meta "$1" --to "s3://$bucket/$2/?endpoint=$endpoint&force-path-style=true&region=$region" \
+        --json --log-file "$work/logs/collect.log" >"$work/collect.json" &
+    local pid=$! peak=0 now
+    while kill -0 "$pid" 2>/dev/null; do
+        now=$(hwm_kib "$pid" 2>/dev/null || echo 0); (( now > peak )) && peak=$now
+        sleep 0.02
+    done
+    wait "$pid" || { echo "collect failed: $(cat "$work/collect.json")" >&2; exit 2; }
+    (( peak > $(cat "$work/collect.peak") )) && echo "$peak" >"$work/collect.peak"
+    tool json seconds <"$work/collect.json"
+    rm -rf "${work:?}/archive/$2"
+}
+: >"$work/c1.txt"; : >"$work/p1.txt"; : >"$work/cm.txt"; : >"$work/pm.txt"
+for i in $(seq "$RUNS"); do # interleaved, so both see the same machine
+    collect_seconds "$work/big.jsonl" "c1-$i" >>"$work/c1.txt"
+    "$BENCH" s3 "${s3_args[@]}" --large $((1 << 30)) --small-count 0 | sed -n 's/^put_large_mb_s=//p' >>"$work/p1.txt"
+    rm -rf "$work/archive/bench"
+    collect_seconds "$work/many.jsonl" "cm-$i" >>"$work/cm.txt"
+    "$BENCH" s3 "${s3_args[@]}" --large 0 --small-count 2000 --small-size $((1 << 20)) --concurrency 8 \
+        | sed -n 's/^small_put_ops_s=//p' >>"$work/pm.txt"
+    rm -rf "$work/archive/bench"
+done
+c1=$(best <"$work/c1.txt"); cm=$(best <"$work/cm.txt")
+p1=$(sort -g "$work/p1.txt" | tail -1); pm=$(sort -g "$work/pm.txt" | tail -1)
+awk -v c1="$c1" -v p1="$p1" -v cm="$cm" -v pm="$pm" 'BEGIN {
+    printf "collect_1gib_seconds=%.3f\ncollect_1gib_mb_per_s=%.0f\n", c1, 2^30 / c1 / 1e6
+    printf "put_1gib_mb_per_s=%.0f\ncollect_1gib_vs_put_ratio=%.2f\n", p1, 2^30 / c1 / 1e6 / p1
+    printf "collect_2000x1mib_seconds=%.3f\ncollect_2000x1mib_files_per_s=%.0f\ncollect_2000x1mib_mb_per_s=%.0f\n", cm, 2000 / cm, 2000 * 2^20 / cm / 1e6
+    printf "put_2000x1mib_files_per_s=%.0f\ncollect_2000x1mib_vs_put_ratio=%.2f\n", pm, 2000 / cm / pm
+}'
+echo "rss_collect_kib=$(cat "$work/collect.peak")"
+
 serve_peak=0
 for pid in "$big_pid" "$n1_pid" "$n2_pid" "$n3_pid"; do
     now=$(hwm_kib "$pid"); (( now > serve_peak )) && serve_peak=$now
 done
 echo "rss_serving_agent_kib=$serve_peak"
-echo "rss_fetching_agent_kib=$(cat "$work/fetch.peak")"
+[[ -z "$ONLY" ]] && echo "rss_fetching_agent_kib=$(cat "$work/fetch.peak")"
 echo "bench_dir=$BENCH_DIR"
 echo "cpus=$(nproc)"

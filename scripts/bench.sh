@@ -13,8 +13,20 @@
 #   get_large_mb_s        1 GiB GET
 #   small_put_ops_s       5,000 x 4 KiB PUTs at concurrency 32
 #   small_get_ops_s       the same objects read back
+#   fresh_dir_put_ops_s   5,000 x 4 KiB PUTs at concurrency 32 into new nested directories,
+#                         16 objects each (TiKV writing SSTs into a fresh `<store>/`)
+#   ungrouped_*           the same two PUT figures against a second server with group commit
+#                         of directory fsyncs off (DEPOT_GROUP_COMMIT=off), same run
+#   group_commit_gain     small_put_ops_s / ungrouped_small_put_ops_s
 #   depot_peak_rss_mib    peak RSS (VmHWM) of `depot serve` over the whole run
+#   md5_one_core_mb_s     MD5 of 1 GiB on one core, the implementation the server uses
+#                         (a PUT computes the ETag's MD5 on its own thread)
 #   put_vs_dd, get_vs_tcp the ratios (targets: >= 0.8 and >= 0.7; RSS <= 64 MiB)
+#   put_vs_min_dd_md5     PUT / min(dd, MD5): the PUT against its slowest necessary part
+#                         (target >= 0.85)
+#   scrape_100_nodes_ms   median time of one /_depot/metrics scrape with 100 agents
+#                         registered (target: < 50 ms); status_api_100_nodes_ms the same
+#                         for the status API (two jobs per node)
 # Then scripts/bench-agent.sh, when present, adds the agent's figures.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -50,12 +62,13 @@ sink_port=$(sed -n 's/^port=//p' "$work/sink.out")
 field() { python3 -c "import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$work/banner.json" "$1"; }
 s3_args=(--endpoint "$(field endpoint)" --bucket "$(field bucket)" --access-key "$(field access_key)" --secret-key "$(field secret_key)")
 
-dd_runs=() tcp_runs=() put_runs=() get_runs=()
+dd_runs=() tcp_runs=() put_runs=() get_runs=() md5_runs=()
 for _ in $(seq "$ROUNDS"); do
     dd_out=$(dd if=/dev/zero of="$work/dd.bin" bs=1M count=1024 conv=fdatasync 2>&1 | tail -1)
     rm -f "$work/dd.bin"
     seconds=$(awk '{print $(NF-3)}' <<<"$dd_out")
     dd_runs+=("$(python3 -c "import sys; print(f'{$SIZE / 1e6 / float(sys.argv[1]):.0f}')" "$seconds")")
+    md5_runs+=("$("$target/depot-bench" md5 --bytes "$SIZE" | sed -n 's/^md5_one_core_mb_s=//p')")
     tcp_runs+=("$("$target/depot-bench" tcp-send --to "127.0.0.1:$sink_port" --bytes "$SIZE" | sed -n 's/^tcp_loopback_mb_s=//p')")
     out=$("$target/depot-bench" s3 "${s3_args[@]}" --large "$SIZE" --small-count 0)
     put_runs+=("$(sed -n 's/^put_large_mb_s=//p' <<<"$out")")
@@ -65,16 +78,44 @@ dd=$(printf '%s\n' "${dd_runs[@]}" | best)
 tcp=$(printf '%s\n' "${tcp_runs[@]}" | best)
 put=$(printf '%s\n' "${put_runs[@]}" | best)
 get=$(printf '%s\n' "${get_runs[@]}" | best)
+md5=$(printf '%s\n' "${md5_runs[@]}" | best)
+floor=$(python3 -c "import sys; print(min(float(sys.argv[1]), float(sys.argv[2])))" "$dd" "$md5")
 echo "rounds=$ROUNDS (best of each)"
 echo "dd_fdatasync_mb_s=$dd"
 echo "tcp_loopback_mb_s=$tcp"
+echo "md5_one_core_mb_s=$md5"
 echo "put_large_mb_s=$put"
 echo "get_large_mb_s=$get"
 echo "put_vs_dd=$(ratio "$put" "$dd")"
 echo "get_vs_tcp=$(ratio "$get" "$tcp")"
+echo "put_vs_min_dd_md5=$(ratio "$put" "$floor")"
 
-"$target/depot-bench" s3 "${s3_args[@]}" --large 0 --small-count 5000 --small-size 4096 --concurrency 32
+small=(--large 0 --small-count 5000 --small-size 4096 --concurrency 32)
+grouped=$("$target/depot-bench" s3 "${s3_args[@]}" "${small[@]}")
+echo "$grouped"
+"$target/depot-bench" s3 "${s3_args[@]}" "${small[@]}" --layout fresh | grep put
+# Metrics cost: a scrape (and a status read) with 100 agents registered (target: < 50 ms).
+"$target/depot-bench" scrape --endpoint "$(field endpoint)" --join-token "$(field join_token)" \
+    --status-token "$(field status_url | sed 's/.*token=//')" --nodes 100
 echo "depot_peak_rss_mib=$(awk '/VmHWM/ {printf "%.1f", $2 / 1024}' "/proc/$depot_pid/status")"
+
+# 1 GiB as a multipart upload of 8 MiB parts against the same PUT (mpu_vs_put, Complete's share).
+"$target/depot-bench" mpu "${s3_args[@]}"
+
+# The A/B for group commit: a second server, grouping off, the same PUTs.
+DEPOT_GROUP_COMMIT=off "$target/depot" serve "$work/archive-ungrouped" --listen 127.0.0.1:0 --json \
+    --log-file "$work/depot-ungrouped.log" >"$work/banner-ungrouped.json" 2>"$work/depot-ungrouped.stderr" &
+pids+=($!)
+for _ in $(seq 100); do
+    [[ -s "$work/banner-ungrouped.json" ]] && break
+    sleep 0.05
+done
+ab() { python3 -c "import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$work/banner-ungrouped.json" "$1"; }
+ab_args=(--endpoint "$(ab endpoint)" --bucket "$(ab bucket)" --access-key "$(ab access_key)" --secret-key "$(ab secret_key)")
+ungrouped=$("$target/depot-bench" s3 "${ab_args[@]}" "${small[@]}" | grep put)
+echo "ungrouped_$ungrouped"
+"$target/depot-bench" s3 "${ab_args[@]}" "${small[@]}" --layout fresh | grep put | sed 's/^/ungrouped_/'
+echo "group_commit_gain=$(ratio "$(sed -n 's/^small_put_ops_s=//p' <<<"$grouped")" "$(sed -n 's/^small_put_ops_s=//p' <<<"$ungrouped")")"
 
 if [[ -x scripts/bench-agent.sh ]]; then
     scripts/bench-agent.sh

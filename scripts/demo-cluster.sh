@@ -5,7 +5,11 @@
 #   3. a sample backup whose SST files are spread over the three node directories (as a BR
 #      backup to local:// storage leaves them), with its manifest in the archive;
 #   4. `depot-agent verify` (who holds what), `depot-agent fetch` on node 3 (reading the
-#      manifest over S3), `verify` again; every file on node 3 compared byte for byte.
+#      manifest over S3), `verify` again; every file on node 3 compared byte for byte;
+#   5. `depot-agent collect` of the whole backup into the archive (one complete copy, ready
+#      for `br restore --storage s3://...`, whose command line it prints), compared byte for
+#      byte; then node 2 goes away and a new node fetches with `--archive`, getting node 2's
+#      files from the archive.
 # Everything lives in a temporary directory, removed at the end (KEEP=1 keeps it).
 #
 # Usage: scripts/demo-cluster.sh            (builds release binaries with cargo)
@@ -79,6 +83,9 @@ for n in 1 2 3; do
     cat "$work/logs/agent$n.json"
 done
 
+say "   the joined nodes: each holds a certificate from the archive's CA (agents speak mutual TLS)"
+run "$DEPOT_BIN" nodes --archive "$work/archive"
+
 meta="s3://$bucket/backup-1/manifest.jsonl?endpoint=$endpoint&force-path-style=true&region=$region&provider=minio"
 
 say "4. verify: which node holds which file (Stat only, no data moved)"
@@ -100,4 +107,21 @@ done <"$manifest"
 
 say "7. fetch again: nothing to do"
 run "$DEPOT_AGENT_BIN" fetch --root "$work/node3" --meta "$meta"
+
+say "8. collect: one complete copy of the backup in the archive, from the nodes' disks"
+archive_url="s3://$bucket/collected/?endpoint=$endpoint&force-path-style=true&region=$region"
+run "$DEPOT_AGENT_BIN" collect --meta "$meta" --to "$archive_url"
+while IFS= read -r line; do
+    name="$(sed -n 's/.*"name":"\([^"]*\)".*/\1/p' <<<"$line")"
+    want="$(sed -n 's/.*"sha256":"\([^"]*\)".*/\1/p' <<<"$line")"
+    got="$(sha256sum "$work/archive/collected/$name" | cut -d' ' -f1)"
+    [[ "$got" == "$want" ]] || { echo "MISMATCH in the archive: $name"; bad=1; }
+done <"$manifest"
+(( bad == 0 )) && echo "the archive holds all 30 files under collected/, sha256-identical to the manifest"
+
+say "9. node2 goes away; a new node4 fetches, reading what no live node has from the archive"
+kill "${pids[2]}"
+run "$DEPOT_AGENT_BIN" verify --meta "$meta" --archive "$archive_url" || true
+mkdir -p "$work/node4"
+run "$DEPOT_AGENT_BIN" fetch --root "$work/node4" --meta "$meta" --archive "$archive_url" --retries 2
 exit "$bad"

@@ -75,7 +75,7 @@ report() {
 # The clients: current boto3 and awscli from PyPI, in .venv (reused when it already has them,
 # unless SMOKE_UPGRADE is set).
 ensure_venv() {
-    if [[ -z ${SMOKE_UPGRADE:-} && -x $py && -x $venv/bin/aws ]] && "$py" -c 'import boto3, awscli' 2>/dev/null; then
+    if [[ -z ${SMOKE_UPGRADE:-} && -x $py && -x $venv/bin/aws ]] && "$py" -c 'import boto3, awscli, prometheus_client' 2>/dev/null; then
         return
     fi
     echo "installing boto3 and awscli into $venv ..." >&2
@@ -84,7 +84,7 @@ ensure_venv() {
     else
         python3 -m venv "$venv"
     fi
-    "$py" -m pip install --quiet --disable-pip-version-check --upgrade pip boto3 awscli
+    "$py" -m pip install --quiet --disable-pip-version-check --upgrade pip boto3 awscli prometheus-client
 }
 
 find_depot() {

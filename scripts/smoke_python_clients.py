@@ -571,6 +571,26 @@ class Smoke:
         self.check("boto3 wrong secret -> SignatureDoesNotMatch, nothing written", wrong_secret)
         self.check("boto3 concurrent PUT+DELETE of keys sharing directories -> no 5xx", concurrent_put_delete)
 
+        def metrics_parse():
+            # Prometheus' own Python parser (strict OpenMetrics: types, _total, # EOF).
+            from prometheus_client.openmetrics.parser import text_string_to_metric_families
+
+            ca = self.banner.get("ca_file")
+            context = ssl.create_default_context(cafile=ca) if self.tls else None
+            with urllib.request.urlopen(self.endpoint + "/_depot/metrics", timeout=10, context=context) as r:
+                text = r.read().decode()
+            families = {f.name: f for f in text_string_to_metric_families(text)}
+            expect("depot_s3_requests" in families, f"no depot_s3_requests in {sorted(families)}")
+            puts = sum(
+                s.value for s in families["depot_s3_requests"].samples
+                if s.labels.get("operation") == "PutObject" and s.labels.get("class") == "ok"
+            )
+            expect(puts > 0, "no successful PutObject counted")
+            expect(families["depot_s3_written_bytes"].samples[0].value > 0, "no bytes written counted")
+            expect(self.banner["secret_key"] not in text, "the metrics expose the secret key")
+
+        self.check("metrics: /_depot/metrics parses with prometheus_client's OpenMetrics parser", metrics_parse)
+
         if self.tls:
 
             def no_ca_boto3():

@@ -23,7 +23,7 @@ use serde::Serialize;
 use crate::checkpoint::{self, Checkpoint, Recorded};
 use crate::digest::Sha256Digest;
 use crate::manifest::{FileEntry, Manifest};
-use crate::peer::{Origin, Partial, PeerReader, Progress};
+use crate::peer::{FetchError, Fetched, Origin, Partial, PeerReader, Progress};
 use crate::registry::RegistryError;
 
 /// A file verified and installed, as told to a [`Recorder`].
@@ -46,6 +46,8 @@ pub struct FileRecord {
 pub trait Recorder: Send + Sync {
     /// `record` is verified and installed.
     fn installed(&self, record: &FileRecord);
+    /// `name` could not be made present: held by no live node (`missing`), or another failure.
+    fn failed(&self, _name: &str, _missing: bool) {}
 }
 
 /// A [`Recorder`] that records nothing.
@@ -71,6 +73,8 @@ pub struct FetchJob {
     /// An earlier run's checkpoint to resume from: its recorded files are trusted without
     /// hashing, and its partial transfers continue.
     pub resume: Option<Arc<Checkpoint>>,
+    /// Where files no live node holds are read from (`--archive`), verified the same way.
+    pub archive: Option<crate::storage::Storage>,
 }
 
 /// A progress display for the two phases of a fetch.
@@ -257,6 +261,7 @@ impl FetchJob {
                     needed.push((entry.clone(), true));
                 }
                 Local::Unusable(error) => {
+                    self.recorder.failed(&entry.name, false);
                     summary.files_failed += 1;
                     summary.failed.push(FailedFile { name: entry.name.clone(), error, retryable: false });
                 }
@@ -290,7 +295,13 @@ impl FetchJob {
                 .map(|(entry, replacing)| async move {
                     let partial = self.partial_for(&entry, existing).await;
                     let resumed = partial.resumed_bytes();
-                    let result = reader.fetch_resuming(&entry, partial).await;
+                    let mut result = reader.fetch_resuming(&entry, partial).await;
+                    // Held by no live node, or its holders could not be read: the archive.
+                    if let (Err(err), Some(archive)) = (&result, &self.archive)
+                        && (err.is_missing() || matches!(err, FetchError::Unavailable { .. }))
+                    {
+                        result = self.read_archive(archive, &entry, result).await;
+                    }
                     (entry, replacing, result.map(|fetched| (fetched, resumed)))
                 })
                 .buffer_unordered(self.concurrency.max(1));
@@ -326,6 +337,7 @@ impl FetchJob {
                         summary.files_failed += 1;
                         tracing::error!(name = entry.name, %err, retryable = err.is_retryable(), "not fetched");
                         self.progress.println(&format!("not fetched: {err}"));
+                        self.recorder.failed(&entry.name, err.is_missing());
                         if err.is_missing() {
                             summary.missing.push(entry.name.clone());
                         } else {
@@ -349,6 +361,26 @@ impl FetchJob {
 }
 
 impl FetchJob {
+    /// `entry`, which no live node could provide, read from the archive; `missing` (the
+    /// nodes' answer) stands when the archive does not hold it either.
+    async fn read_archive(
+        &self,
+        archive: &crate::storage::Storage,
+        entry: &FileEntry,
+        missing: Result<Fetched, FetchError>,
+    ) -> Result<Fetched, FetchError> {
+        use crate::archive::ArchiveError;
+        let name = entry.name.clone();
+        match crate::archive::fetch(archive, &self.root, entry, &*self.progress).await {
+            Ok(fetched) => Ok(fetched),
+            Err(ArchiveError::Absent(_)) => missing,
+            Err(ArchiveError::Mismatch { location, .. }) => {
+                Err(FetchError::Corrupt { name, holders: vec![format!("archive ({location})")] })
+            }
+            Err(err) => Err(FetchError::Unavailable { name, rounds: 1, last: format!("from the archive: {err}") }),
+        }
+    }
+
     /// Where `entry`'s bytes are received: with a checkpoint, a resumable partial (continuing
     /// an interrupted transfer when `existing` lists one); otherwise a plain temp file.
     async fn partial_for(&self, entry: &FileEntry, existing: &HashSet<PathBuf>) -> Partial {

@@ -21,13 +21,15 @@
 //!   least busy live holder, verified, resumable from an offset, with bounded retries).
 //! - [`manifest`]: BR `backupmeta` v1/v2 (kvproto field numbers, encrypted ones with a key) and
 //!   JSON-lines manifests.
-//! - [`objstore`]: a local directory or an S3 bucket behind get/put/list/delete, for manifests
-//!   (and checkpoints).
+//! - [`storage`]: a local directory or an S3/GCS/Azure bucket prefix (`object_store`), for manifests,
+//!   checkpoints and archives; BR's URL forms.
 //! - [`fetch`]: the `fetch` job: local check, concurrent fetch, summary, the [`fetch::Recorder`]
 //!   hook.
 //! - [`checkpoint`]: what makes a long fetch resumable: recorded files, a lease lock, the
 //!   job's identity, partial transfers kept between runs.
 //! - [`verify`]: which live nodes hold each file (by `Stat`, no data moved).
+//! - [`jobs`]: job progress files (`.depot/jobs/`), read into the heartbeat's report.
+//! - [`metrics`]: Prometheus metrics and health checks over HTTP (`--metrics ADDR`).
 //! - [`node`]: running an agent: bind, register, serve, heartbeat, stop cleanly.
 //! - [`digest`], [`trust`], [`progress`]: SHA-256 of files, extra CAs, the progress bar.
 //!
@@ -35,17 +37,21 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod archive;
 pub mod auth;
 pub mod checkpoint;
+pub mod collect;
 pub mod digest;
 pub mod fetch;
 pub mod identity;
+pub mod jobs;
 pub mod manifest;
+pub mod metrics;
 pub mod node;
-pub mod objstore;
 pub mod peer;
 pub mod progress;
 pub mod registry;
 pub mod service;
+pub mod storage;
 pub mod trust;
 pub mod verify;

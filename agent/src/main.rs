@@ -9,6 +9,8 @@
 //!   or could not be reached, or files failed for another reason (checksums, I/O).
 //! - `130`: `fetch` was interrupted (Ctrl-C / SIGTERM); nothing partial was left behind.
 
+mod collect_cmd;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -19,12 +21,13 @@ use clap::{Args, Parser, Subcommand};
 use depot_agent::auth::Secret;
 use depot_agent::checkpoint::{Checkpoint, Identity, Settings};
 use depot_agent::fetch::{CheckpointReport, FetchJob, NoRecorder, Recorder, sweep_stale_temp_files};
+use depot_agent::jobs::{JobTracker, JobWriter, backup_name};
 use depot_agent::manifest::{CrypterKey, Manifest, ManifestSource};
 use depot_agent::node::{self, ServeOptions};
-use depot_agent::objstore::{ObjectStore, StoreOptions};
 use depot_agent::peer::{PeerDirectory, PeerReader, RetryPolicy, Timeouts};
 use depot_agent::progress::Bar;
 use depot_agent::registry::Coordinator;
+use depot_agent::storage::{Storage, StoreOptions};
 use depot_agent::trust::ExtraCa;
 
 /// mimalloc instead of the system allocator: transfers allocate and free a megabyte-sized
@@ -61,6 +64,8 @@ enum Command {
     Fetch(FetchArgs),
     /// Report which live nodes hold each file of a backup (size and sha256; no data moved).
     Verify(VerifyArgs),
+    /// Gather a backup scattered over the nodes into one archive (S3, GCS, Azure or a directory).
+    Collect(collect_cmd::CollectArgs),
 }
 
 #[derive(Debug, Args)]
@@ -144,6 +149,10 @@ struct ServeArgs {
     chunk_size: usize,
     #[command(flatten)]
     limits: depot_net::LimitArgs,
+    /// Serve Prometheus metrics (/metrics) and health checks (/_depot/healthz, /_depot/readyz)
+    /// over HTTP on this address (e.g. 127.0.0.1:9101; no credential, no file names).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -162,9 +171,11 @@ struct ManifestArgs {
 }
 
 impl ManifestArgs {
-    async fn load(&self, ca: Option<&ExtraCa>) -> anyhow::Result<Manifest> {
-        let key = match (&self.crypter_key, &self.crypter_key_file) {
+    /// The key of an encrypted backup, if one was given.
+    fn crypter(&self) -> anyhow::Result<Option<CrypterKey>> {
+        Ok(match (&self.crypter_key, &self.crypter_key_file) {
             (Some(hex), _) => {
+                // Warns that the key is visible on the command line when it came from there.
                 let hex = depot_net::secret_flag("crypter-key", "DEPOT_CRYPTER_KEY", Some(hex.clone()), None)
                     .map_err(anyhow::Error::msg)?
                     .unwrap_or_default();
@@ -175,7 +186,11 @@ impl ManifestArgs {
                 Some(CrypterKey::from_hex(&text).with_context(|| format!("in {}", path.display()))?)
             }
             (None, None) => None,
-        };
+        })
+    }
+
+    async fn load(&self, ca: Option<&ExtraCa>) -> anyhow::Result<Manifest> {
+        let key = self.crypter()?;
         let options = StoreOptions { ca: ca.cloned() };
         let source = ManifestSource::parse(&self.meta, &options)?;
         Ok(source.load(key.as_ref()).await?)
@@ -195,6 +210,10 @@ struct FetchArgs {
     /// serving DIR, else the host name).
     #[arg(long, value_name = "ID")]
     node_id: Option<String>,
+    /// Read files no live node holds from this archive (what `collect` wrote): s3://..., a
+    /// directory, gcs:// or azure://. Checked by size and sha256 like a peer's copy.
+    #[arg(long, value_name = "URL")]
+    archive: Option<String>,
     /// Only these files (one name per line; `-` reads standard input).
     #[arg(long, value_name = "LIST")]
     files_from: Option<PathBuf>,
@@ -218,6 +237,9 @@ struct FetchArgs {
     log_file: Option<PathBuf>,
     #[command(flatten)]
     checkpoint: CheckpointArgs,
+    /// Serve this fetch's Prometheus metrics (/metrics) over HTTP on this address while it runs.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
 }
 
 /// Resumable fetches: see `depot_agent::checkpoint`.
@@ -267,8 +289,8 @@ impl CheckpointArgs {
         }
         let store = match &self.checkpoint_storage {
             // Shared storage: one directory per node, so every node's progress sits side by side.
-            Some(url) => ObjectStore::open(url, &StoreOptions { ca: ca.cloned() })?.at(node_id),
-            None => ObjectStore::open(
+            Some(url) => Storage::open(url, &StoreOptions { ca: ca.cloned() })?.at(node_id),
+            None => Storage::open(
                 root.state_dir().join("checkpoints").to_str().context("non-UTF-8 root")?,
                 &StoreOptions::default(),
             )?,
@@ -296,6 +318,9 @@ struct VerifyArgs {
     manifest: ManifestArgs,
     #[command(flatten)]
     coordinator: CoordinatorArgs,
+    /// Also report which files this archive holds (one HEAD each; no data moved).
+    #[arg(long, value_name = "URL")]
+    archive: Option<String>,
     /// Stat calls in flight at once.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=1024))]
     concurrency: u16,
@@ -401,6 +426,15 @@ impl Drop for Leave {
     }
 }
 
+/// Aborts a background task when dropped (the fetch's metrics endpoint ends with the fetch).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 fn print_json(value: &impl serde::Serialize) {
     println!("{}", serde_json::to_string(value).unwrap_or_else(|err| format!("{{\"error\":\"{err}\"}}")));
 }
@@ -427,6 +461,7 @@ async fn serve(mut args: ServeArgs) -> anyhow::Result<u8> {
         chunk_size: args.chunk_size,
         max_rate: args.max_rate,
         limits: args.limits.limits(),
+        metrics: args.metrics,
     };
     match depot_net::raise_open_file_limit() {
         Ok((before, after)) => tracing::info!(?before, ?after, "open-file limit (soft) raised to the hard limit"),
@@ -482,25 +517,48 @@ async fn fetch(mut args: FetchArgs) -> anyhow::Result<u8> {
     let manifest = args.manifest.load(ca.as_ref()).await?;
     let only = args.files_from.as_deref().map(read_list).transpose()?;
     let node_id = args.node_id.clone().unwrap_or_else(|| node::default_node_id(root.dir()));
-    let bar = Arc::new(Bar::new(!args.json));
+    let bar: Arc<Bar> = Arc::new(Bar::new(!args.json));
     let coordinator = args.coordinator.connect(ca.as_ref())?;
     let _leave = coordinator.clone().map(Leave);
     let reader = coordinator.map(|coordinator| {
         PeerReader::new(root.clone(), PeerDirectory::new(coordinator, Some(node_id.clone())))
             .with_retry(RetryPolicy { rounds: args.retries, ..RetryPolicy::default() })
             .with_timeouts(Timeouts { rpc: args.rpc_timeout, stall: args.stall_timeout })
-            .with_progress(bar.clone())
     });
     let checkpoint = args.checkpoint.open(&root, &manifest, &node_id, ca.as_ref()).await?.map(Arc::new);
+    // Progress goes to the bar, the checkpoint, the job file (for `depot status`) and metrics.
+    let tracker = Arc::new(JobTracker::new(
+        bar,
+        checkpoint.clone().map_or_else(|| Arc::new(NoRecorder) as Arc<dyn Recorder>, |c| c as Arc<dyn Recorder>),
+    ));
+    let reader = reader.map(|r| r.with_progress(tracker.clone()));
+    let task = if args.checkpoint.no_checkpoint { "fetch".to_owned() } else { args.checkpoint.task.clone() };
+    let job_file = JobWriter::new(root.dir(), "fetch", &task, backup_name(&args.manifest.meta), tracker.counters());
+    let _metrics = match &args.metrics {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (--metrics)"))?;
+            if let Ok(bound) = listener.local_addr() {
+                tracing::info!(%bound, "serving metrics");
+                if !args.json {
+                    eprintln!("depot-agent fetch: metrics at http://{bound}/metrics");
+                }
+            }
+            let source = depot_agent::metrics::Source::Fetch(tracker.counters());
+            let ready: depot_agent::metrics::ReadyCheck = Arc::new(|| Ok(()));
+            Some(AbortOnDrop(tokio::spawn(depot_agent::metrics::serve(listener, source, ready))))
+        }
+        None => None,
+    };
     let job = FetchJob {
         root: root.clone(),
         reader,
         concurrency: usize::from(args.concurrency),
-        recorder: checkpoint
-            .clone()
-            .map_or_else(|| Arc::new(NoRecorder) as Arc<dyn Recorder>, |c| c as Arc<dyn Recorder>),
-        progress: bar,
+        recorder: tracker.clone(),
+        progress: tracker.clone(),
         resume: checkpoint.clone(),
+        archive: args.archive.as_deref().map(|url| Storage::open(url, &StoreOptions { ca: ca.clone() })).transpose()?,
     };
     let keep_up = async {
         match &checkpoint {
@@ -510,12 +568,14 @@ async fn fetch(mut args: FetchArgs) -> anyhow::Result<u8> {
     };
     let result = tokio::select! {
         result = job.run(&manifest, only.as_deref()) => result,
+        () = job_file.keep_writing() => unreachable!("keep_writing never returns"),
         lost = keep_up => {
             return Err(anyhow::Error::from(lost.expect_err("keep_up returns only on error"))
                 .context("stopped: another fetch took over the checkpoint"));
         }
         () = stop_signal() => {
             tracing::warn!("interrupted");
+            job_file.write(Some("interrupted"));
             let saved = match &checkpoint {
                 Some(checkpoint) => match checkpoint.suspend().await {
                     Ok(()) => format!("progress saved in {}; run again to resume", checkpoint.location()),
@@ -528,8 +588,12 @@ async fn fetch(mut args: FetchArgs) -> anyhow::Result<u8> {
         }
     };
     let mut summary = match result {
-        Ok(summary) => summary,
+        Ok(summary) => {
+            job_file.write(Some(if summary.complete() { "done" } else { "incomplete" }));
+            summary
+        }
         Err(err) => {
+            job_file.write(Some("failed"));
             if let Some(checkpoint) = &checkpoint
                 && let Err(save) = checkpoint.suspend().await
             {
@@ -583,8 +647,12 @@ async fn verify(mut args: VerifyArgs) -> anyhow::Result<u8> {
     let manifest = args.manifest.load(ca.as_ref()).await?;
     let _leave = Leave(coordinator.clone());
     let directory = PeerDirectory::new(coordinator, None);
-    let report =
+    let mut report =
         depot_agent::verify::verify(&manifest, &directory, usize::from(args.concurrency), args.rpc_timeout).await?;
+    if let Some(url) = &args.archive {
+        let archive = Storage::open(url, &StoreOptions { ca: ca.clone() })?;
+        report.add_archive(&manifest, &archive, usize::from(args.concurrency)).await?;
+    }
     if args.json {
         print_json(&report);
     } else {
@@ -599,6 +667,7 @@ fn main() -> ExitCode {
         Command::Serve(a) => a.json,
         Command::Fetch(a) => a.json,
         Command::Verify(a) => a.json,
+        Command::Collect(a) => a.json,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
@@ -612,6 +681,7 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve(args).await,
             Command::Fetch(args) => fetch(args).await,
             Command::Verify(args) => verify(args).await,
+            Command::Collect(args) => collect_cmd::collect(args).await,
         }
     });
     // Finish background tasks (and their temp-file guards) before exiting.

@@ -56,6 +56,8 @@ pub struct ServeOptions {
     pub max_rate: Option<u64>,
     /// Connection caps and timeouts against hostile clients.
     pub limits: depot_net::Limits,
+    /// Where to serve metrics and health checks over HTTP (`--metrics`).
+    pub metrics: Option<String>,
 }
 
 /// A started agent, as reported once ready (`--json` prints it).
@@ -69,6 +71,9 @@ pub struct Ready {
     pub address: String,
     /// The root served.
     pub root: String,
+    /// `http://host:port` of the metrics endpoint, with `--metrics`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<String>,
 }
 
 /// What a stopped agent did.
@@ -181,12 +186,22 @@ pub async fn serve(
     let bound = listener.local_addr().map_err(|source| NodeError::Bind { addr: options.listen.clone(), source })?;
     let address = advertised(bound, options.advertise.as_deref())?;
 
+    let metrics_listener = match &options.metrics {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| NodeError::Bind { addr: format!("{addr} (--metrics)"), source })?,
+        ),
+        None => None,
+    };
+    let report_root = root.dir().to_path_buf();
     let coordinator = Coordinator::with_insecure(
         &options.coordinator,
         options.join_token.clone(),
         options.ca.as_ref(),
         options.insecure_coordinator,
-    )?;
+    )?
+    .with_reporter(Arc::new(move || crate::jobs::node_report(&report_root)));
     let key = identity::node_key(&root.state_dir())?;
     let joined = coordinator.join(&node_id, &address, key, false, REGISTER_PATIENCE).await?;
     let identity = joined.identity.clone();
@@ -199,6 +214,18 @@ pub async fn serve(
     let service =
         NodeAgentService::new(root.clone()).with_chunk_size(options.chunk_size).with_rate_limit(options.max_rate);
     let stats: Arc<ServeStats> = service.stats();
+    let metrics_url = metrics_listener.as_ref().and_then(|l| l.local_addr().ok()).map(|a| format!("http://{a}"));
+    let metrics_task = metrics_listener.map(|listener| {
+        let state = root.state_dir();
+        let ready: crate::metrics::ReadyCheck = Arc::new(move || {
+            // Ready: the root's state directory takes a file (fetches and checkpoints need it).
+            let probe = state.join(format!("readyz-{}.tmp", std::process::id()));
+            std::fs::write(&probe, b"").map_err(|e| format!("{} is not writable: {e}", state.display()))?;
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        });
+        tokio::spawn(crate::metrics::serve(listener, crate::metrics::Source::Serve(Arc::clone(&stats)), ready))
+    });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let limits = options.limits;
     let server = {
@@ -229,6 +256,7 @@ pub async fn serve(
         node_id: node_id.clone(),
         address: address.clone(),
         root: root.dir().display().to_string(),
+        metrics: metrics_url,
     };
     tracing::info!(node_id, address, root = %root.dir().display(), "serving (mutual TLS)");
     on_ready(&ready);
@@ -277,6 +305,9 @@ pub async fn serve(
     let _ = stop_tx.send(true);
     let _ = heartbeats.await;
     renewals.abort();
+    if let Some(task) = metrics_task {
+        task.abort();
+    }
     match result {
         Ok(Ok(())) => {}
         Ok(Err(err)) => return Err(err.into()),

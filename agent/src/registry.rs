@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use depot_proto::registry::registry_client::RegistryClient;
 use depot_proto::registry::{
-    DeregisterNodeRequest, HeartbeatRequest, ListPeersRequest, RegisterRequest, RenewNodeCertificateRequest,
+    DeregisterNodeRequest, HeartbeatRequest, ListPeersRequest, NodeReport, RegisterRequest, RenewNodeCertificateRequest,
 };
 use rcgen::KeyPair;
 use tonic::Code;
@@ -182,9 +182,12 @@ pub struct Joined {
     pub heartbeat_interval: Duration,
 }
 
+/// Builds the report sent with each heartbeat (jobs, holdings; see `crate::jobs`).
+pub type Reporter = Arc<dyn Fn() -> NodeReport + Send + Sync>;
+
 /// A client of the coordinator's registry. Cheap to clone (one shared HTTP/2 connection; the
 /// node credential and identity are shared by the clones).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Coordinator {
     url: String,
     client: RegistryClient<Channel>,
@@ -192,6 +195,14 @@ pub struct Coordinator {
     /// This node's id and node secret, once joined.
     session: Arc<RwLock<Option<(String, Secret)>>>,
     identity: Arc<tokio::sync::OnceCell<Arc<Identity>>>,
+    /// What heartbeats carry besides the node's identity.
+    reporter: Option<Reporter>,
+}
+
+impl std::fmt::Debug for Coordinator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Coordinator").field("url", &self.url).finish_non_exhaustive()
+    }
 }
 
 /// Whether `host` (from a URL) is a loopback name or address.
@@ -262,7 +273,15 @@ impl Coordinator {
             join_token,
             session: Arc::new(RwLock::new(None)),
             identity: Arc::new(tokio::sync::OnceCell::new()),
+            reporter: None,
         })
+    }
+
+    /// Sends what `reporter` builds with every heartbeat.
+    #[must_use]
+    pub fn with_reporter(mut self, reporter: Reporter) -> Self {
+        self.reporter = Some(reporter);
+        self
     }
 
     /// The registry's URL.
@@ -391,8 +410,11 @@ impl Coordinator {
     /// # Errors
     /// [`RegistryError`]; `NotJoined` when the node was removed.
     pub async fn heartbeat(&self, node_id: &str, address: &str) -> Result<(), RegistryError> {
-        let (request, node) =
-            self.with_session(HeartbeatRequest { node_id: node_id.to_owned(), address: address.to_owned() })?;
+        let (request, node) = self.with_session(HeartbeatRequest {
+            node_id: node_id.to_owned(),
+            address: address.to_owned(),
+            node_report: self.reporter.as_ref().map(|report| report()),
+        })?;
         let response = self
             .client
             .clone()

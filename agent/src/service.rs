@@ -105,7 +105,7 @@ impl From<ServiceError> for Status {
     }
 }
 
-/// Counters for the summary `serve` prints when it stops.
+/// Counters for the summary `serve` prints when it stops, and for its metrics.
 #[derive(Debug, Default)]
 pub struct ServeStats {
     /// `ReadFile` streams started.
@@ -114,6 +114,35 @@ pub struct ServeStats {
     pub bytes_sent: AtomicU64,
     /// Requests refused for an unsafe name.
     pub refused: AtomicU64,
+    /// Calls by method (FileExists, ReadFile, Stat): answered, failed.
+    pub calls: [[AtomicU64; 2]; 3],
+    /// `ReadFile` streams sending now.
+    pub active_transfers: AtomicU64,
+    /// Chunks that waited for the rate limit, and the nanoseconds waited.
+    pub rate_waits: AtomicU64,
+    /// See `rate_waits`.
+    pub rate_wait_nanos: AtomicU64,
+    /// Bytes sent per calling node (as its certificate names it; at most [`MAX_PEER_LABELS`] names).
+    pub per_peer: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
+}
+
+/// The methods counted in [`ServeStats::calls`], in order.
+pub const METHODS: [&str; 3] = ["FileExists", "ReadFile", "Stat"];
+
+/// Most distinct peer names kept in [`ServeStats::per_peer`]; later ones count as `other`.
+pub const MAX_PEER_LABELS: usize = 64;
+
+impl ServeStats {
+    fn call<T, E>(&self, method: usize, result: &Result<T, E>) {
+        self.calls[method][usize::from(result.is_err())].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn peer_sent(&self, peer: &str, bytes: u64) {
+        if let Ok(mut map) = self.per_peer.lock() {
+            let key = if map.contains_key(peer) || map.len() < MAX_PEER_LABELS { peer } else { "other" };
+            *map.entry(key.to_owned()).or_default() += bytes;
+        }
+    }
 }
 
 /// A cap on the bytes per second all `ReadFile` streams of an agent send together, so a
@@ -133,8 +162,9 @@ impl RateLimit {
         Self { bytes_per_second: bytes_per_second.max(1) as f64, next: std::sync::Mutex::new(Instant::now()) }
     }
 
-    /// Blocks until `bytes` more may be sent. Called from the reader threads.
-    fn wait(&self, bytes: usize) {
+    /// Blocks until `bytes` more may be sent; returns how long it waited. Called from the
+    /// reader threads.
+    fn wait(&self, bytes: usize) -> Duration {
         let wait = {
             let mut next = self.next.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let now = Instant::now();
@@ -145,6 +175,7 @@ impl RateLimit {
         if !wait.is_zero() {
             std::thread::sleep(wait);
         }
+        wait
     }
 }
 
@@ -220,16 +251,44 @@ impl NodeAgentService {
 impl NodeAgent for NodeAgentService {
     #[tracing::instrument(skip_all, fields(caller = caller(&request), path = %request.get_ref().path))]
     async fn file_exists(&self, request: Request<FileExistsRequest>) -> Result<Response<FileExistsResponse>, Status> {
-        let name = request.into_inner().path;
-        let path = self.resolve(&name)?;
-        let size = Self::file_size(&name, path).await?;
-        Ok(Response::new(FileExistsResponse { exists: size.is_some(), size: size.unwrap_or(0) }))
+        let result = self.file_exists_inner(request).await;
+        self.stats.call(0, &result);
+        result
     }
 
     type ReadFileStream = ReceiverStream<Result<FileChunk, Status>>;
 
     #[tracing::instrument(skip_all, fields(caller = caller(&request), path = %request.get_ref().path, offset = request.get_ref().offset))]
     async fn read_file(&self, request: Request<ReadFileRequest>) -> Result<Response<Self::ReadFileStream>, Status> {
+        let result = self.read_file_inner(request).await;
+        self.stats.call(1, &result);
+        result
+    }
+
+    #[tracing::instrument(skip_all, fields(caller = caller(&request), path = %request.get_ref().path))]
+    async fn stat(&self, request: Request<StatRequest>) -> Result<Response<StatResponse>, Status> {
+        let result = self.stat_inner(request).await;
+        self.stats.call(2, &result);
+        result
+    }
+}
+
+impl NodeAgentService {
+    async fn file_exists_inner(
+        &self,
+        request: Request<FileExistsRequest>,
+    ) -> Result<Response<FileExistsResponse>, Status> {
+        let name = request.into_inner().path;
+        let path = self.resolve(&name)?;
+        let size = Self::file_size(&name, path).await?;
+        Ok(Response::new(FileExistsResponse { exists: size.is_some(), size: size.unwrap_or(0) }))
+    }
+
+    async fn read_file_inner(
+        &self,
+        request: Request<ReadFileRequest>,
+    ) -> Result<Response<ReceiverStream<Result<FileChunk, Status>>>, Status> {
+        let peer = metrics_peer(caller(&request)).to_owned();
         let ReadFileRequest { path: name, offset } = request.into_inner();
         tracing::info!("ReadFile");
         let path = self.resolve(&name)?;
@@ -244,12 +303,15 @@ impl NodeAgent for NodeAgentService {
         let chunk_size = self.chunk_size;
         let stats = self.stats.clone();
         let rate = self.rate.clone();
-        tokio::task::spawn_blocking(move || stream_file(opened, &name, chunk_size, rate.as_deref(), &tx, &stats));
+        tokio::task::spawn_blocking(move || {
+            stats.active_transfers.fetch_add(1, Ordering::Relaxed);
+            stream_file(opened, &name, &peer, chunk_size, rate.as_deref(), &tx, &stats);
+            stats.active_transfers.fetch_sub(1, Ordering::Relaxed);
+        });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
-    #[tracing::instrument(skip_all, fields(caller = caller(&request), path = %request.get_ref().path))]
-    async fn stat(&self, request: Request<StatRequest>) -> Result<Response<StatResponse>, Status> {
+    async fn stat_inner(&self, request: Request<StatRequest>) -> Result<Response<StatResponse>, Status> {
         let name = request.into_inner().path;
         let path = self.resolve(&name)?;
         if Self::file_size(&name, path.clone()).await?.is_none() {
@@ -298,6 +360,7 @@ fn open_at(name: &str, path: &std::path::Path, offset: u64) -> Result<Opened, Se
 fn stream_file(
     mut opened: Opened,
     name: &str,
+    peer: &str,
     chunk_size: usize,
     rate: Option<&RateLimit>,
     tx: &mpsc::Sender<Result<FileChunk, Status>>,
@@ -327,18 +390,31 @@ fn stream_file(
         data.truncate(filled);
         opened.remaining -= filled as u64;
         if let Some(rate) = rate {
-            rate.wait(filled);
+            let waited = rate.wait(filled);
+            if !waited.is_zero() {
+                stats.rate_waits.fetch_add(1, Ordering::Relaxed);
+                stats
+                    .rate_wait_nanos
+                    .fetch_add(u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
+            }
         }
         if tx.blocking_send(Ok(FileChunk { data })).is_err() {
             return;
         }
         stats.bytes_sent.fetch_add(filled as u64, Ordering::Relaxed);
+        stats.peer_sent(peer, filled as u64);
     }
 }
 
 /// The node id of a call's caller (from its certificate), for the log.
 fn caller<T>(request: &Request<T>) -> &str {
     request.extensions().get::<PeerIdentity>().map_or("?", |p| p.node_id.as_str())
+}
+
+/// The per-peer metrics label of a caller: its node, without the `#run-…` of a fetch run, so
+/// runs of one node add up under one label.
+fn metrics_peer(node_id: &str) -> &str {
+    node_id.split_once('#').map_or(node_id, |(node, _)| node)
 }
 
 /// Serves `service` (the real one, or a test double) on `listener` over mutual TLS with

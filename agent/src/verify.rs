@@ -13,9 +13,11 @@ use depot_proto::agent::StatRequest;
 use futures::StreamExt;
 use serde::Serialize;
 
+use crate::archive::ArchiveCopy;
 use crate::manifest::{FileEntry, Manifest};
 use crate::peer::{Peer, PeerDirectory, is_transient};
 use crate::registry::{RegistryError, status_message};
+use crate::storage::{Storage, StoreError};
 
 /// Attempts of one `Stat` call before the node is considered unreachable.
 const STAT_ATTEMPTS: u32 = 3;
@@ -31,6 +33,22 @@ pub struct FileHolders {
     pub nodes: Vec<String>,
     /// Nodes holding a file by that name with another size or digest.
     pub mismatched: Vec<String>,
+    /// What the archive holds of it, with `--archive`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub archive: Option<ArchiveCopy>,
+}
+
+/// The archive's part of a [`VerifyReport`].
+#[derive(Debug, Clone, Serialize)]
+pub struct ArchiveSummary {
+    /// The archive.
+    pub location: String,
+    /// Files it holds with the right size and stored digest.
+    pub verified: usize,
+    /// Files it holds with the right size but no stored digest.
+    pub size_only: usize,
+    /// Files no live node holds, which the archive does.
+    pub only_in_archive: Vec<String>,
 }
 
 /// A node that could not be asked.
@@ -51,8 +69,11 @@ pub struct VerifyReport {
     pub nodes: Vec<String>,
     /// Every file of the manifest, with its holders.
     pub files: Vec<FileHolders>,
-    /// Files no live node holds correctly.
+    /// Files no live node holds correctly (and, with `--archive`, the archive neither).
     pub missing: Vec<String>,
+    /// With `--archive`: the archive, and the files only it holds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub archive: Option<ArchiveSummary>,
     /// Nodes that could not be asked (their files may be listed as missing because of it).
     pub unreachable: Vec<NodeProblem>,
     /// Node id -> files it holds correctly.
@@ -98,7 +119,13 @@ pub async fn verify(
     let mut files: Vec<FileHolders> = manifest
         .files
         .iter()
-        .map(|f| FileHolders { name: f.name.clone(), size: f.size, nodes: Vec::new(), mismatched: Vec::new() })
+        .map(|f| FileHolders {
+            name: f.name.clone(),
+            size: f.size,
+            nodes: Vec::new(),
+            mismatched: Vec::new(),
+            archive: None,
+        })
         .collect();
     let mut answers = std::pin::pin!(answers);
     while let Some((fi, pi, held)) = answers.next().await {
@@ -132,10 +159,45 @@ pub async fn verify(
         nodes: peers.iter().map(|p| p.node_id.clone()).collect(),
         files,
         missing,
+        archive: None,
         unreachable,
         per_node,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+impl VerifyReport {
+    /// Adds what `archive` holds of each file (one HEAD each, `concurrency` at a time); a file
+    /// the archive holds is no longer missing.
+    ///
+    /// # Errors
+    /// The archive's [`StoreError`].
+    pub async fn add_archive(
+        &mut self,
+        manifest: &Manifest,
+        archive: &Storage,
+        concurrency: usize,
+    ) -> Result<(), StoreError> {
+        let states: Vec<Result<ArchiveCopy, StoreError>> = futures::stream::iter(&manifest.files)
+            .map(|entry| crate::archive::copy_state(archive, entry))
+            .buffered(concurrency.max(1))
+            .collect()
+            .await;
+        let mut summary =
+            ArchiveSummary { location: archive.describe(""), verified: 0, size_only: 0, only_in_archive: Vec::new() };
+        for (file, state) in self.files.iter_mut().zip(states) {
+            let state = state?;
+            file.archive = Some(state);
+            summary.verified += usize::from(state == ArchiveCopy::Verified);
+            summary.size_only += usize::from(state == ArchiveCopy::SizeOnly);
+            if file.nodes.is_empty() && matches!(state, ArchiveCopy::Verified | ArchiveCopy::SizeOnly) {
+                summary.only_in_archive.push(file.name.clone());
+            }
+        }
+        self.missing.retain(|name| !summary.only_in_archive.contains(name));
+        self.archive = Some(summary);
+        Ok(())
+    }
 }
 
 /// One node's answer about one file.
@@ -200,8 +262,19 @@ impl std::fmt::Display for VerifyReport {
         for problem in &self.unreachable {
             writeln!(f, "  could not ask {}: {}", problem.node_id, problem.error)?;
         }
+        if let Some(archive) = &self.archive {
+            writeln!(
+                f,
+                "  archive {}: holds {} file(s) verified by digest, {} by size only; {} held only there",
+                archive.location,
+                archive.verified,
+                archive.size_only,
+                archive.only_in_archive.len()
+            )?;
+        }
         if self.missing.is_empty() {
-            write!(f, "  every file is held by at least one live node")
+            let or_archive = if self.archive.is_some() { " or the archive" } else { "" };
+            write!(f, "  every file is held by at least one live node{or_archive}")
         } else {
             writeln!(f, "  held by no live node: {}", self.missing.len())?;
             let last = self.missing.len() - 1;

@@ -1,17 +1,26 @@
 //! The one way Depot writes a file: never in place, always whole.
 //!
 //! A [`TempFile`] is created in the root's `.depot/tmp/` (same file system as the target, so
-//! the final rename is atomic). [`TempFile::commit`] fsyncs the data, creates missing parent
-//! directories (fsyncing each new entry), renames the file into place and fsyncs the target
-//! directory, so that after `commit` returns the file survives a power cut and before it
-//! returns no reader can see it. A `TempFile` dropped without `commit` deletes itself; one
-//! left by a crash is removed by [`Root::sweep_tmp`](crate::Root::sweep_tmp).
+//! the final rename is atomic). [`TempFile::commit`] fsyncs the data, makes sure every parent
+//! directory exists *and is durable* up to the root — whichever request created it (see
+//! [`crate::dirsync`]) — renames the file into place and fsyncs the target directory (grouped
+//! with concurrent commits), so that after `commit` returns the file survives a power cut and
+//! before it returns no reader can see it. A `TempFile` dropped without `commit` deletes
+//! itself; one left by a crash is removed by [`Root::sweep_tmp`](crate::Root::sweep_tmp).
+//!
+//! Leftovers a power cut can leave are harmless by design: a temp file (swept at start), an
+//! empty directory made for a write that was never acknowledged (S3 shows no empty
+//! directories; the next write into it reuses it, a delete under it prunes it), and a
+//! renamed file's old entry in `.depot/tmp/` (swept).
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use rand::Rng;
+
+use crate::dirsync::{ensure_dir, sync_dir};
+use crate::name::STATE_DIR;
 
 /// A file being written in `.depot/tmp/`; see the module docs.
 #[derive(Debug)]
@@ -22,6 +31,17 @@ pub struct TempFile {
     committed: bool,
     /// A resumable file outlives its writer; see [`TempFile::resumable`].
     keep_on_drop: bool,
+    /// The root the file lives under (the parent of its `.depot/`), taken as durable:
+    /// directories are made durable up to it. `None`: up to `/`.
+    root: Option<PathBuf>,
+}
+
+/// The root a path in Depot's state lives under: the parent of its `.depot` ancestor.
+fn root_of(path: &Path) -> Option<PathBuf> {
+    path.ancestors()
+        .find(|a| a.file_name().is_some_and(|n| n == STATE_DIR))
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
 }
 
 /// Why [`TempFile::commit`] failed. The temp file is deleted either way.
@@ -47,7 +67,7 @@ pub enum CommitError {
 }
 
 impl CommitError {
-    fn io(path: &Path) -> impl FnOnce(io::Error) -> Self + '_ {
+    pub(crate) fn io(path: &Path) -> impl FnOnce(io::Error) -> Self + '_ {
         move |source| Self::Io { path: path.to_path_buf(), source }
     }
 }
@@ -61,7 +81,8 @@ impl TempFile {
         let name = format!("{:016x}.tmp", rand::rng().random::<u64>());
         let path = dir.join(name);
         let file = OpenOptions::new().write(true).read(true).create_new(true).open(&path)?;
-        Ok(Self { file, path, committed: false, keep_on_drop: false })
+        let root = root_of(&path);
+        Ok(Self { file, path, committed: false, keep_on_drop: false, root })
     }
 
     /// Opens (or creates) a temp file at a stable `path`, keeping what it holds, positioned at
@@ -81,7 +102,7 @@ impl TempFile {
             result => result?,
         };
         std::io::Seek::seek(&mut file, io::SeekFrom::End(0))?;
-        Ok(Self { file, path: path.to_path_buf(), committed: false, keep_on_drop: true })
+        Ok(Self { file, path: path.to_path_buf(), committed: false, keep_on_drop: true, root: root_of(path) })
     }
 
     /// Deletes the file now, resumable or not.
@@ -123,7 +144,7 @@ impl TempFile {
         // while it is being created or before the rename, and an empty directory at `dest`
         // gives way.
         for _ in 0..10 {
-            match create_dirs_durably(parent) {
+            match ensure_dir(parent, self.root.as_deref()) {
                 Err(CommitError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => continue,
                 result => result?,
             }
@@ -179,53 +200,6 @@ impl Drop for TempFile {
             tracing::warn!(path = %self.path.display(), %err, "cannot remove temp file");
         }
     }
-}
-
-/// Fsyncs a directory, making the entries created or renamed in it durable.
-///
-/// # Errors
-/// The I/O error opening or syncing it.
-pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-/// Creates `dir` and its missing ancestors, fsyncing the parent of each directory it creates.
-fn create_dirs_durably(dir: &Path) -> Result<(), CommitError> {
-    let mut missing = Vec::new();
-    let mut cur = dir;
-    loop {
-        match std::fs::metadata(cur) {
-            Ok(meta) if meta.is_dir() => break,
-            Ok(_) => {
-                return Err(CommitError::Conflict {
-                    path: cur.to_path_buf(),
-                    what: "a file, so nothing can be stored under it (a name cannot be both a file and a prefix)",
-                });
-            }
-            Err(err) if err.kind() == io::ErrorKind::NotFound => missing.push(cur),
-            Err(err) if err.kind() == io::ErrorKind::NotADirectory => {
-                // Some ancestor is a file; keep walking up to name it.
-                missing.push(cur);
-            }
-            Err(err) => return Err(CommitError::io(cur)(err)),
-        }
-        cur = match cur.parent() {
-            Some(parent) => parent,
-            None => break,
-        };
-    }
-    for dir in missing.into_iter().rev() {
-        match std::fs::create_dir(dir) {
-            Ok(()) => {}
-            // A concurrent writer made it first.
-            Err(err) if err.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => continue,
-            Err(err) => return Err(CommitError::io(dir)(err)),
-        }
-        if let Some(parent) = dir.parent() {
-            sync_dir(parent).map_err(CommitError::io(parent))?;
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -320,7 +294,7 @@ mod tests {
                         tmp.write_all(b"x").unwrap();
                         tmp.commit(&dest).unwrap_or_else(|e| panic!("commit {}: {e}", dest.display()));
                         std::fs::remove_file(&dest).unwrap();
-                        root.prune_empty_dirs(dest.parent().unwrap());
+                        root.prune_empty_dirs(dest.parent().unwrap()).unwrap();
                     }
                 })
             })

@@ -11,13 +11,17 @@
 //!   leave the root), Depot's private `.depot/` directory, the sweep of leftover temp files.
 //! - [`durable`]: [`TempFile`], the one way Depot writes a file: a temp file in `.depot/tmp/`,
 //!   `fsync`, rename into place, `fsync` of the directory; deleted on drop if never committed.
+//! - [`dirsync`]: directory fsyncs grouped across concurrent requests, the record of
+//!   directories already durable, and durable removal.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod dirsync;
 pub mod durable;
 pub mod name;
 pub mod root;
 
-pub use durable::{CommitError, TempFile, sync_dir};
+pub use dirsync::{create_dir_all_durably, remove_dir_durably, remove_file_durably, sync_dir};
+pub use durable::{CommitError, TempFile};
 pub use name::{MAX_NAME_BYTES, MAX_SEGMENT_BYTES, NameRule, STATE_DIR, UnsafeName, validate};
 pub use root::{OpenRootError, Root};

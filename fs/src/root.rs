@@ -147,16 +147,37 @@ impl Root {
 
     /// Removes `dir` and its ancestors while they are empty, stopping at the root, so that
     /// deleting the last object under a prefix leaves no empty directory behind (S3 has none).
-    pub fn prune_empty_dirs(&self, dir: &Path) {
+    /// The removal is made durable (the parent of the last directory removed is fsynced), so
+    /// emptied directories do not come back after a power cut.
+    ///
+    /// # Errors
+    /// The I/O error syncing that parent. A directory a concurrent delete already removed is
+    /// not one (that delete syncs it).
+    pub fn prune_empty_dirs(&self, dir: &Path) -> io::Result<()> {
         let mut dir = dir.to_path_buf();
+        let mut removed = false;
         while dir.starts_with(&self.dir) && dir != self.dir {
+            // A directory still holding something stays, and stays in the record of durable
+            // directories (the next write into it needs no fsync of its parent).
+            if std::fs::read_dir(&dir).map_or(true, |mut entries| entries.next().is_some()) {
+                break;
+            }
+            crate::dirsync::forget(&dir, false);
             // Fails (and stops) on the first non-empty directory.
             if std::fs::remove_dir(&dir).is_err() {
                 break;
             }
+            removed = true;
             if !dir.pop() {
                 break;
             }
+        }
+        if !removed {
+            return Ok(());
+        }
+        match crate::dirsync::sync_dir(&dir) {
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
+            result => result,
         }
     }
 }
@@ -211,7 +232,7 @@ mod tests {
 
         std::fs::create_dir_all(root.dir().join("a/b/c")).unwrap();
         std::fs::write(root.dir().join("a/keep"), b"x").unwrap();
-        root.prune_empty_dirs(&root.dir().join("a/b/c"));
+        root.prune_empty_dirs(&root.dir().join("a/b/c")).unwrap();
         assert!(!root.dir().join("a/b").exists());
         assert!(root.dir().join("a/keep").exists());
     }

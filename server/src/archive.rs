@@ -164,18 +164,24 @@ impl Archive {
         if has_files(bucket.root.dir()) {
             return Err(Error::BucketNotEmpty { bucket: name.to_owned() });
         }
-        std::fs::remove_dir_all(bucket.root.dir()).map_err(Error::io(bucket.root.dir()))?;
-        depot_fs::sync_dir(self.root.dir()).map_err(Error::io(self.root.dir()))
+        depot_fs::remove_dir_durably(bucket.root.dir()).map_err(Error::io(bucket.root.dir()))
     }
 }
 
 impl Bucket {
-    /// The file a key names, after the safety rules of [`Root::resolve`].
+    /// The file a key names, after the safety rules of [`Root::resolve`]; a key ending in
+    /// `/` names its directory's marker file ([`crate::marker`]).
     ///
     /// # Errors
     /// [`Error::UnsafeKey`].
     pub fn path_of(&self, key: &str) -> Result<PathBuf> {
-        Ok(self.root.resolve(key)?)
+        match crate::marker::dir_key(key) {
+            Some(dir) => Ok(crate::marker::file_in(&self.root.resolve(dir).map_err(|mut e| {
+                e.name = key.to_owned();
+                e
+            })?)),
+            None => Ok(self.root.resolve(key)?),
+        }
     }
 }
 

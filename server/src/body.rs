@@ -1,9 +1,12 @@
 //! Receiving a request body into a temp file, hashing it on the way.
 //!
-//! The network side (this task) hashes each chunk and hands batches of about 1 MiB to a
-//! blocking writer thread over a small bounded channel, so receiving, hashing and writing
-//! overlap while at most a few MiB per upload are in memory. Nothing reaches the object's
-//! path here: the caller checks the digests and then commits the [`TempFile`].
+//! The network side (this task) computes the cheap checksums of each chunk and hands batches
+//! of about 1 MiB to a blocking writer thread and to an MD5 thread (the ETag) over small
+//! bounded channels — the same reference-counted chunks, not copies — so receiving, hashing
+//! and writing overlap, a PUT runs at the pace of the slowest of the three, and at most a few
+//! MiB per upload are in memory. Nothing reaches the object's path here: the caller checks
+//! the digests and then commits the [`TempFile`] (or, for a multipart part written in place,
+//! records it; see [`crate::uploads`]).
 
 use std::io::{self, IoSlice, Write};
 
@@ -12,7 +15,7 @@ use depot_fs::TempFile;
 use futures::StreamExt;
 use s3s::dto::StreamingBlob;
 
-use crate::digest::{BodyHasher, Digests};
+use crate::digest::{BodyHasher, Digests, Md5Thread};
 use crate::error::{Error, Result, write_error};
 
 /// S3's limit for one PUT or one part.
@@ -25,10 +28,31 @@ const BATCH_CHUNKS: usize = 256;
 /// Batches in flight between the network and the writer.
 const QUEUE: usize = 4;
 
-/// A body written to a temp file, with its size and digests.
-pub struct Received {
-    /// The temp file holding the body.
-    pub file: TempFile,
+/// Where a body's bytes go: a temp file, or a part's region of an assembly file.
+pub trait Sink: Send + 'static {
+    /// Writes every chunk of `batch`, in order, after what was written before.
+    ///
+    /// # Errors
+    /// The I/O error.
+    fn write_batch(&mut self, batch: &[Bytes]) -> io::Result<()>;
+    /// The file written to (for the early writeback).
+    fn file(&self) -> &std::fs::File;
+}
+
+impl Sink for TempFile {
+    fn write_batch(&mut self, batch: &[Bytes]) -> io::Result<()> {
+        write_batch(self, batch)
+    }
+
+    fn file(&self) -> &std::fs::File {
+        TempFile::file(self)
+    }
+}
+
+/// A body written to a [`Sink`], with its size and digests.
+pub struct Received<S = TempFile> {
+    /// Where the body went.
+    pub file: S,
     /// Bytes received.
     pub size: u64,
     /// Digests of those bytes.
@@ -46,30 +70,34 @@ pub fn check_declared_length(length: Option<i64>) -> Result<()> {
     }
 }
 
-/// Streams `body` into `file`, hashing it with `hasher`. `key` names the object in errors.
+/// Streams `body` into `file`, hashing it with `hasher`. `key` names the object in errors,
+/// `path` the file in I/O errors.
 ///
 /// # Errors
 /// A body error (digest or signature mismatch found by s3s, early end), [`Error::EntityTooLarge`],
-/// or a write error (a full disk is [`Error::DiskFull`]). The temp file is deleted on error.
-pub async fn receive(
+/// or a write error (a full disk is [`Error::DiskFull`]). The sink is dropped on error (a
+/// temp file deletes itself).
+pub async fn receive<S: Sink>(
     body: Option<StreamingBlob>,
-    file: TempFile,
+    file: S,
     mut hasher: BodyHasher,
     key: &str,
-) -> Result<Received> {
-    let temp_path = file.path().to_path_buf();
+    path: &std::path::Path,
+) -> Result<Received<S>> {
+    let temp_path = path.to_path_buf();
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Bytes>>(QUEUE);
-    let writer = tokio::task::spawn_blocking(move || -> io::Result<TempFile> {
+    let writer = tokio::task::spawn_blocking(move || -> io::Result<S> {
         let mut file = file;
         let mut early = EarlyWriteback::default();
         while let Some(batch) = rx.blocking_recv() {
-            write_batch(&mut file, &batch)?;
+            file.write_batch(&batch)?;
             early.written(&file, batch.iter().map(|b| b.len() as u64).sum());
         }
         early.finish();
         Ok(file)
     });
 
+    let md5 = Md5Thread::start(QUEUE);
     let mut size = 0u64;
     let mut outcome = Ok(());
     if let Some(mut body) = body {
@@ -93,20 +121,23 @@ pub async fn receive(
             batch.push(chunk);
             if batch_bytes >= BATCH_BYTES || batch.len() >= BATCH_CHUNKS {
                 batch_bytes = 0;
+                md5.feed(batch.clone()).await;
                 if tx.send(std::mem::take(&mut batch)).await.is_err() {
                     break; // the writer failed; its error is reported below
                 }
             }
         }
         if outcome.is_ok() && !batch.is_empty() {
+            md5.feed(batch.clone()).await;
             let _ = tx.send(batch).await;
         }
     }
     drop(tx);
+    let md5 = md5.finish().await;
     let written = writer.await.map_err(|e| Error::io(&temp_path)(io::Error::other(e)))?;
     outcome?;
     let file = written.map_err(|e| write_error(key, temp_path, e))?;
-    Ok(Received { file, size, digests: hasher.finalize() })
+    Ok(Received { file, size, digests: hasher.finalize(md5) })
 }
 
 /// Bytes written between two early writebacks.
@@ -128,7 +159,7 @@ struct EarlyWriteback {
 }
 
 impl EarlyWriteback {
-    fn written(&mut self, file: &TempFile, bytes: u64) {
+    fn written(&mut self, file: &impl Sink, bytes: u64) {
         self.since_last += bytes;
         if self.since_last < WRITEBACK_EVERY {
             return;

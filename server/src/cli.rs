@@ -31,6 +31,30 @@ enum Command {
     Url(UrlArgs),
     /// The nodes joined to a running server: list, remove (revoke), rotate the join token.
     Nodes(crate::nodes_cli::NodesArgs),
+    /// Show the cluster: nodes, backups in the archive, coverage, running jobs.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+struct StatusArgs {
+    /// The served archive (DIR or br:///DIR): its server.json and status token are used
+    /// [default: a "depot-archive" directory under the system temp directory].
+    archive: Option<String>,
+    /// The status_url `depot serve` printed (or the endpoint, with --token).
+    #[arg(long, value_name = "URL", conflicts_with = "archive")]
+    endpoint: Option<String>,
+    /// The status token, when --endpoint carries none.
+    #[arg(long, env = "DEPOT_STATUS_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// A CA (PEM) to trust for https:// [default: the archive's ca.pem].
+    #[arg(long, value_name = "PEM")]
+    ca_file: Option<PathBuf>,
+    /// Print the status as one JSON object.
+    #[arg(long)]
+    json: bool,
+    /// Redraw every interval (e.g. 2s) until Ctrl-C.
+    #[arg(long, value_name = "INTERVAL", num_args = 0..=1, default_missing_value = "2s", value_parser = humantime::parse_duration)]
+    watch: Option<Duration>,
 }
 
 #[derive(Debug, Args)]
@@ -84,10 +108,21 @@ struct ServeArgs {
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     shutdown_timeout: Duration,
     /// Lifetime of the certificates issued to nodes at join (they renew at two thirds of it).
-    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
     cert_lifetime: Duration,
     #[command(flatten)]
     limits: depot_net::LimitArgs,
+    /// Remove multipart uploads untouched for this long (e.g. 7d, 12h, 3600), freeing their space.
+    #[arg(long, default_value = "7d", value_parser = parse_duration)]
+    multipart_expiry: Duration,
+}
+
+/// A duration: `30s`, `7d`, `1h 30m` (humantime), or plain seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    if let Ok(seconds) = text.trim().parse::<u64>() {
+        return Ok(Duration::from_secs(seconds));
+    }
+    humantime::parse_duration(text).map_err(|e| format!("{e} (expected e.g. 30s, 12h, 7d, or plain seconds)"))
 }
 
 #[derive(Debug, Args)]
@@ -133,7 +168,54 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => serve(*args),
         Command::Url(args) => url(args),
         Command::Nodes(args) => crate::nodes_cli::run(args),
+        Command::Status(args) => status(args),
     }
+}
+
+fn status(args: StatusArgs) -> anyhow::Result<()> {
+    use crate::status::client::{Target, render};
+    let target = match &args.endpoint {
+        Some(url) => Target::from_url(url, args.token.clone(), args.ca_file.clone())?,
+        None => {
+            let archive = match &args.archive {
+                Some(arg) => archive_path(arg)?,
+                None => std::env::temp_dir().join("depot-archive"),
+            };
+            Target::from_archive(&archive, args.ca_file.clone())?
+        }
+    };
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        loop {
+            let report = target.fetch().await;
+            let mut out = std::io::stdout().lock();
+            match (&report, args.watch) {
+                (Err(err), Some(_)) => {
+                    write!(out, "\x1b[H\x1b[2J")?;
+                    writeln!(out, "depot status: {err} (retrying)")?;
+                }
+                (Err(_), None) => return report.map(|_| ()).map_err(anyhow::Error::from),
+                (Ok(report), watch) => {
+                    if watch.is_some() && !args.json {
+                        write!(out, "\x1b[H\x1b[2J")?;
+                    }
+                    if args.json {
+                        writeln!(out, "{}", serde_json::to_string(report)?)?;
+                    } else {
+                        write!(out, "{}", render(report))?;
+                    }
+                }
+            }
+            out.flush()?;
+            drop(out);
+            let Some(every) = args.watch else { return Ok(()) };
+            tokio::select! {
+                () = tokio::time::sleep(every) => {}
+                _ = tokio::signal::ctrl_c() => return Ok(()),
+            }
+        }
+    })
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -171,6 +253,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         cert_lifetime: args.cert_lifetime,
         limits: args.limits.limits(),
         drain_timeout: args.shutdown_timeout,
+        multipart_expiry: args.multipart_expiry,
     };
     let raised = depot_net::raise_open_file_limit();
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
@@ -267,6 +350,10 @@ fn print_banner(banner: &Banner, json: bool, swept: usize) -> anyhow::Result<()>
     if let Some(bundle) = &banner.bundle_file {
         writeln!(out, "    export SSL_CERT_FILE={}", bundle.display())?;
     }
+    if let Some(bundle) = &banner.aws_ca_bundle {
+        // aws-sdk-go (BR), boto3 and the AWS CLI read AWS_CA_BUNDLE before SSL_CERT_FILE.
+        writeln!(out, "    export AWS_CA_BUNDLE={}", bundle.display())?;
+    }
     if let Some(ca) = &banner.ca_file {
         writeln!(out, "  CA certificate: {} (copy it to every node)", ca.display())?;
     }
@@ -275,6 +362,8 @@ fn print_banner(banner: &Banner, json: bool, swept: usize) -> anyhow::Result<()>
         "  agents:      depot-agent serve --coordinator {} --join-token {} ...",
         banner.registry, banner.join_token
     )?;
+    writeln!(out, "  status:      {}", banner.status_url)?;
+    writeln!(out, "  metrics:     {}  (Prometheus; no credential)", banner.metrics_url)?;
     if let Some(log) = &banner.log_file {
         writeln!(out, "  log file:    {}", log.display())?;
     }

@@ -69,10 +69,15 @@ impl Algorithm {
         hasher.update(data);
         hasher.finalize()
     }
+
+    /// A running digest.
+    pub fn hasher(self) -> Hasher {
+        Hasher::new(self)
+    }
 }
 
-/// One running digest.
-enum Hasher {
+/// One running digest; see [`Algorithm::hasher`].
+pub enum Hasher {
     Crc32(Crc32),
     Crc32c(Crc32c),
     Crc64Nvme(Crc64Nvme),
@@ -91,7 +96,8 @@ impl Hasher {
         }
     }
 
-    fn update(&mut self, data: &[u8]) {
+    /// Feeds the next bytes.
+    pub fn update(&mut self, data: &[u8]) {
         match self {
             Self::Crc32(h) => h.update(data),
             Self::Crc32c(h) => h.update(data),
@@ -101,7 +107,8 @@ impl Hasher {
         }
     }
 
-    fn finalize(self) -> Vec<u8> {
+    /// The digest, as bytes.
+    pub fn finalize(self) -> Vec<u8> {
         match self {
             Self::Crc32(h) => h.finalize().to_vec(),
             Self::Crc32c(h) => h.finalize().to_vec(),
@@ -177,11 +184,6 @@ impl Expected {
         Ok(expected)
     }
 
-    /// Whether the client sent `Content-MD5` (and so the ETag is an MD5).
-    pub fn wants_md5(&self) -> bool {
-        self.content_md5.is_some()
-    }
-
     /// The checksum algorithm in use, if the client named one.
     pub fn algorithm(&self) -> Option<Algorithm> {
         self.algorithm
@@ -190,7 +192,6 @@ impl Expected {
     /// A hasher computing everything needed to check these expectations.
     pub fn hasher(&self) -> BodyHasher {
         BodyHasher {
-            md5: self.content_md5.as_ref().map(|_| Md5::new()),
             crc64: Crc64Nvme::new(),
             extra: self.algorithm.filter(|a| *a != Algorithm::Crc64Nvme).map(|a| (a, Hasher::new(a))),
         }
@@ -203,7 +204,8 @@ impl Expected {
     /// [`Error::BadDigest`] on a mismatch; [`Error::InvalidRequest`] when an announced
     /// trailer did not come.
     pub fn verify(&self, digests: &Digests, trailers: Option<&HeaderMap>) -> Result<StoredChecksum> {
-        if let (Some(want), Some(got)) = (&self.content_md5, &digests.md5) {
+        if let Some(want) = &self.content_md5 {
+            let got = digests.md5.as_deref().expect("the MD5 is computed whenever Content-MD5 is sent");
             check("Content-MD5", want, got)?;
         }
         let Some(algorithm) = self.algorithm else {
@@ -246,9 +248,8 @@ fn decode(value: &[u8]) -> Option<Vec<u8>> {
     BASE64.decode(value.trim_ascii()).ok()
 }
 
-/// Running digests of a body; see [`Expected::hasher`].
+/// Running digests of a body (all but the MD5); see [`Expected::hasher`].
 pub struct BodyHasher {
-    md5: Option<Md5>,
     crc64: Crc64Nvme,
     extra: Option<(Algorithm, Hasher)>,
 }
@@ -256,29 +257,65 @@ pub struct BodyHasher {
 impl BodyHasher {
     /// Feeds the next bytes of the body.
     pub fn update(&mut self, data: &[u8]) {
-        if let Some(md5) = &mut self.md5 {
-            md5.update(data);
-        }
         self.crc64.update(data);
         if let Some((_, hasher)) = &mut self.extra {
             hasher.update(data);
         }
     }
 
-    /// The final digests.
-    pub fn finalize(self) -> Digests {
+    /// The final digests, with the body's MD5 when it was computed (see [`Md5Thread`]).
+    pub fn finalize(self, md5: Option<[u8; 16]>) -> Digests {
         Digests {
-            md5: self.md5.map(|m| m.finalize().to_vec()),
+            md5: md5.map(|m| m.to_vec()),
             crc64: self.crc64.finalize().to_vec(),
             extra: self.extra.map(|(a, h)| (a, h.finalize())),
         }
     }
 }
 
+/// MD5 computed on a thread of its own, fed the same shared chunks the writer gets.
+///
+/// A PUT is then bounded by the slowest of network, disk and MD5 rather than their sum: the
+/// network task only does the SIMD CRC64 and hands `Bytes` (reference-counted, not copied) to
+/// the writer and to this thread over bounded channels.
+pub struct Md5Thread {
+    tx: tokio::sync::mpsc::Sender<Vec<bytes::Bytes>>,
+    done: tokio::task::JoinHandle<[u8; 16]>,
+}
+
+impl Md5Thread {
+    /// Starts the thread; `queue` batches may wait for it.
+    pub fn start(queue: usize) -> Self {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<bytes::Bytes>>(queue);
+        let done = tokio::task::spawn_blocking(move || {
+            let mut md5 = Md5::new();
+            while let Some(batch) = rx.blocking_recv() {
+                for chunk in &batch {
+                    md5.update(chunk);
+                }
+            }
+            md5.finalize()
+        });
+        Self { tx, done }
+    }
+
+    /// Hashes `batch` next; waits while the thread is `queue` batches behind.
+    pub async fn feed(&self, batch: Vec<bytes::Bytes>) {
+        // The thread only ends when `tx` is dropped, so a send cannot fail.
+        let _ = self.tx.send(batch).await;
+    }
+
+    /// The MD5 of everything fed.
+    pub async fn finish(self) -> Option<[u8; 16]> {
+        drop(self.tx);
+        self.done.await.ok()
+    }
+}
+
 /// The digests of a complete body.
 #[derive(Debug, Clone)]
 pub struct Digests {
-    /// MD5, when Content-MD5 was sent.
+    /// MD5 of the body (`None` only where nobody needs it: a concatenation of parts).
     pub md5: Option<Vec<u8>>,
     /// CRC64-NVME, always.
     pub crc64: Vec<u8>,
@@ -294,9 +331,12 @@ impl Digests {
         self.extra.as_ref().filter(|(a, _)| *a == algorithm).map(|(_, d)| d.as_slice())
     }
 
-    /// The ETag (without quotes): the MD5 when there is one, else the CRC64-NVME.
+    /// The ETag (without quotes): the hex MD5, as S3 gives for a single-part object or a part.
+    ///
+    /// # Panics
+    /// When the MD5 was not computed (a programming error).
     pub fn etag(&self) -> String {
-        hex::encode(self.md5.as_deref().unwrap_or(&self.crc64))
+        hex::encode(self.md5.as_deref().expect("the MD5 of a received body is always computed"))
     }
 
     /// This body's digest under `algorithm` in base64, if it was computed.
@@ -316,7 +356,7 @@ mod tests {
     fn digest_of(expected: &Expected, body: &[u8]) -> Digests {
         let mut hasher = expected.hasher();
         hasher.update(body);
-        hasher.finalize()
+        hasher.finalize(Some(Md5::checksum(body)))
     }
 
     #[test]
@@ -356,7 +396,7 @@ mod tests {
         let digests = digest_of(&expected, b"x");
         let stored = expected.verify(&digests, None).unwrap();
         assert_eq!(stored.algorithm, "CRC64NVME");
-        assert_eq!(digests.etag().len(), 16);
+        assert_eq!(digests.etag(), "9dd4e461268c8034f5c8564e155c67a6", "the ETag is the MD5 all the same");
     }
 
     #[test]
@@ -365,5 +405,19 @@ mod tests {
         let two = headers(&[("x-amz-checksum-crc32", "AAAAAA=="), ("x-amz-checksum-sha1", "AAAAAA==")]);
         assert!(Expected::from_headers(&two).is_err());
         assert!(Expected::from_headers(&headers(&[("x-amz-trailer", "x-amz-foo")])).is_err());
+    }
+}
+
+#[cfg(test)]
+mod md5_thread_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_md5_thread_hashes_every_batch_in_order() {
+        let md5 = Md5Thread::start(2);
+        for piece in [&b"hel"[..], b"", b"lo"] {
+            md5.feed(vec![bytes::Bytes::copy_from_slice(piece), bytes::Bytes::new()]).await;
+        }
+        assert_eq!(hex::encode(md5.finish().await.unwrap()), "5d41402abc4b2a76b9719d911017c592");
     }
 }

@@ -46,6 +46,23 @@ pub enum Error {
         /// The id asked for.
         upload_id: String,
     },
+    /// A Complete repeated for a completed upload that no longer matches its record.
+    #[error("the multipart upload {upload_id:?} was completed, {why}")]
+    CompletedOtherwise {
+        /// The upload id.
+        upload_id: String,
+        /// Why the earlier result cannot be given again.
+        why: &'static str,
+    },
+    /// A tag breaks S3's rules (key or value too long, empty or repeated key, malformed set).
+    #[error("{0}")]
+    InvalidTag(String),
+    /// More than S3's 10 tags on one object.
+    #[error("an object can have at most 10 tags; {count} were given")]
+    TooManyTags {
+        /// Tags given.
+        count: usize,
+    },
     /// The body does not match a digest the client sent.
     #[error("the {header} you specified ({expected}) did not match the body's ({actual})")]
     BadDigest {
@@ -172,7 +189,7 @@ impl Error {
             Self::KeyConflict { .. } => (custom("KeyConflict"), StatusCode::CONFLICT),
             Self::NoSuchKey { .. } => (C::NoSuchKey, StatusCode::NOT_FOUND),
             Self::NoSuchBucket { .. } => (C::NoSuchBucket, StatusCode::NOT_FOUND),
-            Self::NoSuchUpload { .. } => (C::NoSuchUpload, StatusCode::NOT_FOUND),
+            Self::NoSuchUpload { .. } | Self::CompletedOtherwise { .. } => (C::NoSuchUpload, StatusCode::NOT_FOUND),
             Self::BadDigest { .. } => (C::BadDigest, StatusCode::BAD_REQUEST),
             Self::ContentSha256Mismatch => (custom("XAmzContentSHA256Mismatch"), StatusCode::BAD_REQUEST),
             Self::ChunkSignature => (C::SignatureDoesNotMatch, StatusCode::FORBIDDEN),
@@ -185,6 +202,8 @@ impl Error {
             Self::InvalidRange { .. } => (C::InvalidRange, StatusCode::RANGE_NOT_SATISFIABLE),
             Self::PreconditionFailed => (C::PreconditionFailed, StatusCode::PRECONDITION_FAILED),
             Self::NotModified => (custom("NotModified"), StatusCode::NOT_MODIFIED),
+            Self::InvalidTag(_) => (C::InvalidTag, StatusCode::BAD_REQUEST),
+            Self::TooManyTags { .. } => (custom("BadRequest"), StatusCode::BAD_REQUEST),
             Self::SingleBucket(_) => (C::NotImplemented, StatusCode::NOT_IMPLEMENTED),
             Self::BucketNotEmpty { .. } => (C::BucketNotEmpty, StatusCode::CONFLICT),
             Self::BucketAlreadyOwnedByYou { .. } => (C::BucketAlreadyOwnedByYou, StatusCode::CONFLICT),

@@ -5,9 +5,10 @@
 //! record carries the size and mtime it describes; a file changed behind Depot's back (or
 //! placed there by hand) has no valid record and gets a [`ObjectMeta::synthesized`] one.
 //!
-//! ETags: an MD5 (as S3 gives) when the client sent Content-MD5 and so can check it;
-//! otherwise the object's CRC64-NVME as 16 hex digits, which no tool mistakes for an MD5 —
-//! hashing every byte with MD5 would cap uploads near 700 MB/s, below a fast disk.
+//! ETags are what S3 gives: the hex MD5 of the bytes for a PUT, a copy or a part, and
+//! `md5(part md5s)-N` for a multipart object. A file placed by hand has no record, and
+//! hashing it at every listing would be too slow, so it gets a stable 16-hex-digit tag from
+//! (size, mtime, inode): deliberately not MD5-shaped, so no client compares it with an MD5.
 
 use std::collections::BTreeMap;
 use std::fs::{File, Metadata};
@@ -45,6 +46,9 @@ pub struct ObjectMeta {
     /// The object's checksum (algorithm, base64 value), as S3 reports it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checksum: Option<StoredChecksum>,
+    /// Object tags (key → value), as PutObjectTagging or `x-amz-tagging` set them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
     /// Number of parts, for an object made by a multipart upload.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parts: Option<u32>,
@@ -68,6 +72,23 @@ pub struct Headers {
     /// `Cache-Control`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_control: Option<String>,
+    /// `Expires`, as an HTTP date.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<String>,
+}
+
+impl Headers {
+    /// The `Expires` date to keep, from a request's parsed header.
+    pub fn expires_of(expires: Option<&s3s::dto::Timestamp>) -> Option<String> {
+        let mut text = Vec::new();
+        expires?.format(s3s::dto::TimestampFormat::HttpDate, &mut text).ok()?;
+        String::from_utf8(text).ok()
+    }
+
+    /// The kept `Expires` date, for a response.
+    pub fn expires(&self) -> Option<s3s::dto::Timestamp> {
+        s3s::dto::Timestamp::parse(s3s::dto::TimestampFormat::HttpDate, self.expires.as_deref()?).ok()
+    }
 }
 
 impl Headers {

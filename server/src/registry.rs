@@ -7,6 +7,10 @@
 //! nodes. ListPeers returns the agents heard from within three heartbeat intervals; heartbeat
 //! answers and ListPeers carry the revoked serials. The admin calls (`depot nodes`) carry the
 //! admin token from `DIR/.depot/cluster/admin-token`.
+//!
+//! [`Registry::nodes`] is the one view of the cluster: the joined nodes (from the cluster
+//! state) with their liveness and last heartbeat report. `depot nodes` (ListNodes) and
+//! `depot status` / the status page both show it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -15,8 +19,8 @@ use std::time::{Duration, Instant};
 use depot_proto::registry::registry_server::{Registry as RegistryApi, RegistryServer};
 use depot_proto::registry::{
     DeregisterNodeRequest, DeregisterNodeResponse, HeartbeatRequest, HeartbeatResponse, ListNodesRequest,
-    ListNodesResponse, ListPeersRequest, ListPeersResponse, NodeRecord, Peer, RegisterRequest, RegisterResponse,
-    RemoveNodeRequest, RemoveNodeResponse, RenewNodeCertificateRequest, RenewNodeCertificateResponse,
+    ListNodesResponse, ListPeersRequest, ListPeersResponse, NodeRecord, NodeReport, Peer, RegisterRequest,
+    RegisterResponse, RemoveNodeRequest, RemoveNodeResponse, RenewNodeCertificateRequest, RenewNodeCertificateResponse,
     RotateJoinTokenRequest, RotateJoinTokenResponse,
 };
 use s3s::auth::SecretKey;
@@ -40,9 +44,45 @@ pub struct Registry {
     cluster: Arc<Cluster>,
     /// How often agents are told to heartbeat.
     interval: Duration,
-    /// node id -> (address, last heard).
-    live: Mutex<HashMap<String, (String, Instant)>>,
+    /// node id -> what this run heard from it.
+    live: Mutex<HashMap<String, Heard>>,
 }
+
+/// What the registry heard from a node in this run.
+#[derive(Debug)]
+struct Heard {
+    address: String,
+    last_seen: Instant,
+    /// What it last reported with a heartbeat (for `depot status`).
+    report: Option<NodeReport>,
+}
+
+/// A joined node as `depot nodes` and `depot status` show it.
+#[derive(Debug, Clone)]
+pub struct NodeView {
+    /// Its node id (a fetch/verify run's is `NODE#run-…`).
+    pub node_id: String,
+    /// Its NodeAgent address (empty for a run).
+    pub address: String,
+    /// Heard from within three heartbeat intervals (runs: joined and not yet left).
+    pub live: bool,
+    /// Time since it was last heard from; `None` when not heard from in this run.
+    pub last_seen: Option<Duration>,
+    /// Serial (hex) of its newest certificate.
+    pub serial: String,
+    /// When that certificate expires (Unix seconds).
+    pub certificate_not_after: i64,
+    /// A fetch/verify run (client-only certificate, never a peer).
+    pub client_only: bool,
+    /// Its last heartbeat's report (none before the first heartbeat, or from older agents).
+    pub report: Option<NodeReport>,
+}
+
+/// Most jobs, holdings and missing names kept per node report (agents send no more; a
+/// report over the limits is cut, so a misbehaving agent cannot grow the coordinator).
+const MAX_JOBS: usize = 16;
+const MAX_HOLDINGS: usize = 64;
+const MAX_MISSING: usize = 20;
 
 impl Registry {
     /// A registry accepting `join_token`, asking agents to heartbeat every `interval`.
@@ -64,11 +104,48 @@ impl Registry {
     /// The live agents: (node id, address, time since last heard).
     pub fn live(&self) -> Vec<(String, String, Duration)> {
         let horizon = self.interval * LIVE_INTERVALS;
-        let mut live = self.live.lock().expect("registry lock");
-        live.retain(|_, (_, seen)| seen.elapsed() <= horizon);
-        let mut out: Vec<_> = live.iter().map(|(id, (a, seen))| (id.clone(), a.clone(), seen.elapsed())).collect();
+        let live = self.live.lock().expect("registry lock");
+        let mut out: Vec<_> = live
+            .iter()
+            .filter(|(_, h)| h.last_seen.elapsed() <= horizon)
+            .map(|(id, h)| (id.clone(), h.address.clone(), h.last_seen.elapsed()))
+            .collect();
         out.sort();
         out
+    }
+
+    /// Every joined node with its liveness, certificate and last report, sorted by node id.
+    pub fn nodes(&self) -> Vec<NodeView> {
+        let horizon = self.interval * LIVE_INTERVALS;
+        let heard = self.live.lock().expect("registry lock");
+        let mut nodes: Vec<NodeView> = self
+            .cluster
+            .nodes()
+            .into_iter()
+            .map(|(node_id, n)| {
+                let (serial, certificate_not_after) = n.newest().cloned().unwrap_or_default();
+                let h = heard.get(&node_id);
+                let last_seen = h.map(|h| h.last_seen.elapsed());
+                NodeView {
+                    // A run is never heartbeating; it is live from join until it leaves.
+                    live: n.client_only || last_seen.is_some_and(|age| age <= horizon),
+                    last_seen,
+                    report: h.and_then(|h| h.report.clone()),
+                    node_id,
+                    address: n.address,
+                    serial,
+                    certificate_not_after,
+                    client_only: n.client_only,
+                }
+            })
+            .collect();
+        nodes.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        nodes
+    }
+
+    /// The heartbeat interval agents are given.
+    pub fn interval(&self) -> Duration {
+        self.interval
     }
 
     /// The current join token.
@@ -113,14 +190,30 @@ impl Registry {
         }
     }
 
+    /// Records that `node_id` was heard from at `address` (keeping its last report).
     fn see(&self, node_id: &str, address: &str) {
-        self.live.lock().expect("registry lock").insert(node_id.to_owned(), (address.to_owned(), Instant::now()));
+        let mut live = self.live.lock().expect("registry lock");
+        let report = live.remove(node_id).and_then(|h| h.report);
+        live.insert(node_id.to_owned(), Heard { address: address.to_owned(), last_seen: Instant::now(), report });
+    }
+
+    /// Keeps `report` (cut to the limits) as `node_id`'s latest.
+    fn keep_report(&self, node_id: &str, mut report: NodeReport) {
+        report.jobs.truncate(MAX_JOBS);
+        report.holdings.truncate(MAX_HOLDINGS);
+        report.version.truncate(64);
+        for job in &mut report.jobs {
+            job.missing.truncate(MAX_MISSING);
+        }
+        if let Some(heard) = self.live.lock().expect("registry lock").get_mut(node_id) {
+            heard.report = Some(report);
+        }
     }
 
     fn live_address(&self, node_id: &str) -> Option<String> {
         let horizon = self.interval * LIVE_INTERVALS;
         let live = self.live.lock().expect("registry lock");
-        live.get(node_id).filter(|(_, seen)| seen.elapsed() <= horizon).map(|(a, _)| a.clone())
+        live.get(node_id).filter(|h| h.last_seen.elapsed() <= horizon).map(|h| h.address.clone())
     }
 }
 
@@ -181,6 +274,9 @@ impl RegistryApi for Service {
         }
         if self.0.cluster.address(&node).is_some_and(|a| a == req.address) {
             self.0.see(&node, &req.address);
+            if let Some(report) = req.node_report {
+                self.0.keep_report(&node, report);
+            }
         }
         Ok(Response::new(HeartbeatResponse { known: true, revoked_serials: self.0.cluster.revoked() }))
     }
@@ -230,27 +326,18 @@ impl RegistryApi for Service {
 
     async fn list_nodes(&self, req: Request<ListNodesRequest>) -> Result<Response<ListNodesResponse>, Status> {
         self.0.check_admin(req.metadata())?;
-        let live: HashMap<String, Duration> = self.0.live().into_iter().map(|(id, _, age)| (id, age)).collect();
-        let last_seen: HashMap<String, Duration> = {
-            let all = self.0.live.lock().expect("registry lock");
-            all.iter().map(|(id, (_, seen))| (id.clone(), seen.elapsed())).collect()
-        };
         let nodes = self
             .0
-            .cluster
             .nodes()
             .into_iter()
-            .map(|(node_id, n)| {
-                let (serial, not_after) = n.newest().cloned().unwrap_or_default();
-                NodeRecord {
-                    live: live.contains_key(&node_id),
-                    last_seen_ms: last_seen.get(&node_id).map(|d| millis(*d)),
-                    node_id,
-                    address: n.address,
-                    serial,
-                    certificate_not_after: not_after,
-                    client_only: n.client_only,
-                }
+            .map(|n| NodeRecord {
+                live: n.live,
+                last_seen_ms: n.last_seen.map(millis),
+                node_id: n.node_id,
+                address: n.address,
+                serial: n.serial,
+                certificate_not_after: n.certificate_not_after,
+                client_only: n.client_only,
             })
             .collect();
         Ok(Response::new(ListNodesResponse { nodes }))

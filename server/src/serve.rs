@@ -21,12 +21,15 @@ use tokio::net::TcpListener;
 use crate::archive::{Archive, Layout};
 use crate::cluster::Cluster;
 use crate::credentials::{CredentialError, Credentials, Given};
+use crate::metrics::{Metrics, RecordOperation};
 use crate::registry::Registry;
 use crate::s3::Depot;
 use crate::server::App;
 use crate::stats::{Stats, Summary};
+use crate::status::{StatusConfig, StatusService};
 use crate::storage_url::{Advertised, StorageUrl};
 use crate::tls::{self, TlsError};
+use crate::uploads::Uploads;
 
 /// When to serve HTTPS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -68,6 +71,8 @@ pub struct Config {
     pub limits: depot_net::Limits,
     /// How long Ctrl-C waits for requests in flight.
     pub drain_timeout: Duration,
+    /// A multipart upload untouched for this long is removed (with a log line).
+    pub multipart_expiry: Duration,
 }
 
 impl Config {
@@ -86,6 +91,7 @@ impl Config {
             cert_lifetime: Duration::from_secs(24 * 3600),
             limits: depot_net::Limits::default(),
             drain_timeout: Duration::from_secs(30),
+            multipart_expiry: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -157,6 +163,9 @@ pub struct Banner {
     pub ca_file: Option<PathBuf>,
     /// System roots + the CA, for `SSL_CERT_FILE`.
     pub bundle_file: Option<PathBuf>,
+    /// The same bundle, for `AWS_CA_BUNDLE`: aws-sdk-go v1 (BR), boto3 and the AWS CLI let it
+    /// replace every other trust setting, so a value left over for another endpoint breaks them.
+    pub aws_ca_bundle: Option<PathBuf>,
     /// The log file (set by the caller that configured logging).
     pub log_file: Option<PathBuf>,
     /// Where agents register (`--coordinator`): the same port as S3.
@@ -167,6 +176,10 @@ pub struct Banner {
     pub archive: PathBuf,
     /// Whether top-level directories are buckets.
     pub multi_bucket: bool,
+    /// The live status page, token included (read-only; fresh for this run).
+    pub status_url: String,
+    /// Prometheus metrics (no credential needed).
+    pub metrics_url: String,
 }
 
 impl std::fmt::Debug for Banner {
@@ -205,6 +218,27 @@ impl ServerInfo {
     }
 }
 
+/// `<archive>/.depot/status-token`: the run's read-only status token, owner-only, so
+/// `depot status DIR` on the serving machine needs no flags.
+#[derive(Debug)]
+pub struct StatusToken;
+
+impl StatusToken {
+    /// Where the token of `archive`'s server lives.
+    pub fn path(archive: &Path) -> PathBuf {
+        archive.join(depot_fs::STATE_DIR).join("status-token")
+    }
+}
+
+/// Writes `bytes` to a file only the owner can read.
+fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let _ = std::fs::remove_file(path);
+    let mut file = File::options().write(true).create_new(true).mode(0o600).open(path)?;
+    file.write_all(bytes)
+}
+
 /// A bound server, ready to [`run`](Server::run).
 pub struct Server {
     listener: TcpListener,
@@ -217,6 +251,8 @@ pub struct Server {
     swept: usize,
     drain: Duration,
     limits: depot_net::Limits,
+    uploads: Arc<Uploads>,
+    multipart_expiry: Duration,
     /// Held while serving: one server per archive.
     _lock: File,
 }
@@ -227,7 +263,7 @@ impl Server {
     /// # Errors
     /// [`ServeError`], each naming what to fix.
     pub async fn bind(config: Config) -> Result<Self, ServeError> {
-        std::fs::create_dir_all(&config.archive)
+        depot_fs::create_dir_all_durably(&config.archive)
             .map_err(|source| ServeError::CreateArchive { path: config.archive.clone(), source })?;
         let root = Root::open(&config.archive)?;
         let state = root.state_dir();
@@ -290,11 +326,29 @@ impl Server {
         let admin_token = write_admin_token(&state).map_err(state_err(&state.join("cluster")))?;
         let registry =
             Registry::new(credentials.join_token.clone(), admin_token, Arc::clone(&cluster), config.heartbeat_interval);
+        let metrics = Metrics::new(Arc::clone(&stats), Arc::clone(&registry), state.join("uploads"));
+        let status_token = crate::status::generate_token();
+        let status = StatusService::new(StatusConfig {
+            token: status_token.clone(),
+            metrics: Arc::clone(&metrics),
+            registry: Arc::clone(&registry),
+            archive: root.dir().to_path_buf(),
+            endpoint: endpoint.clone(),
+            tmp_dir: root.tmp_dir(),
+            lock: (lock_path.clone(), lock.try_clone().map_err(state_err(&lock_path))?),
+        });
+        let depot = Depot::new(archive, Arc::clone(&stats), config.region.clone()).with_endpoint(endpoint.clone());
+        let uploads = Arc::clone(depot.uploads());
         let app = App {
-            s3: s3_service(Depot::new(archive, Arc::clone(&stats), config.region.clone()), &credentials),
+            s3: s3_service(depot, &credentials),
             grpc: registry.routes(),
             stats: Arc::clone(&stats),
+            metrics,
+            status,
         };
+        // `depot status DIR` reads the token from here (owner-only, removed at stop).
+        let token_path = StatusToken::path(root.dir());
+        write_private(&token_path, status_token.expose().as_bytes()).map_err(state_err(&token_path))?;
 
         let banner = Banner {
             endpoint: endpoint.clone(),
@@ -307,11 +361,14 @@ impl Server {
             }),
             ca_file: tls.as_ref().and_then(|t| t.ca_file.clone()),
             bundle_file: tls.as_ref().and_then(|t| t.bundle_file.clone()),
+            aws_ca_bundle: tls.as_ref().and_then(|t| t.bundle_file.clone()),
             log_file: None,
             registry: endpoint.clone(),
             join_token: credentials.join_token.expose().to_owned(),
             archive: root.dir().to_path_buf(),
             multi_bucket: config.multi_bucket,
+            status_url: format!("{endpoint}/_depot/?token={}", status_token.expose()),
+            metrics_url: format!("{endpoint}/_depot/metrics"),
         };
         let info = ServerInfo { pid: std::process::id(), endpoint, bucket: credentials.bucket, region: config.region };
         let info_path = ServerInfo::path(root.dir());
@@ -329,6 +386,8 @@ impl Server {
             swept,
             drain: config.drain_timeout,
             limits: config.limits,
+            uploads,
+            multipart_expiry: config.multipart_expiry,
             _lock: lock,
         })
     }
@@ -361,8 +420,11 @@ impl Server {
     /// Serves until `shutdown` completes, drains, and returns the summary.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> Summary {
         tracing::info!(endpoint = %self.banner.endpoint, archive = %self.root.dir().display(), "serving");
+        let sweeper = tokio::spawn(sweep_uploads(Arc::clone(&self.uploads), self.multipart_expiry));
         crate::server::run(self.listener, self.tls, self.app, shutdown, self.drain, self.limits).await;
+        sweeper.abort();
         let _ = std::fs::remove_file(ServerInfo::path(self.root.dir()));
+        let _ = std::fs::remove_file(StatusToken::path(self.root.dir()));
         let summary = self.stats.summary();
         tracing::info!(?summary, "stopped");
         summary
@@ -388,9 +450,37 @@ fn write_admin_token(state_dir: &Path) -> io::Result<SecretKey> {
     Ok(SecretKey::from(token))
 }
 
+/// Removes multipart uploads idle for longer than `expiry`, at start and then every quarter
+/// of `expiry` (between a second and an hour), logging each.
+async fn sweep_uploads(uploads: Arc<Uploads>, expiry: Duration) {
+    let every = (expiry / 4).clamp(Duration::from_secs(1), Duration::from_secs(3600));
+    loop {
+        let sweep = Arc::clone(&uploads);
+        match tokio::task::spawn_blocking(move || sweep.sweep_expired(expiry)).await {
+            Ok(Ok(expired)) => {
+                for upload in expired {
+                    tracing::info!(
+                        upload_id = %upload.id,
+                        key = upload.key.as_deref().unwrap_or("?"),
+                        idle = %humantime::format_duration(Duration::from_secs(upload.idle.as_secs())),
+                        freed_bytes = upload.bytes,
+                        "removed a multipart upload abandoned for longer than --multipart-expiry"
+                    );
+                }
+            }
+            Ok(Err(err)) => {
+                tracing::warn!(dir = %uploads.dir().display(), %err, "cannot sweep expired multipart uploads")
+            }
+            Err(err) => tracing::warn!(%err, "the multipart expiry sweep failed"),
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
 /// The s3s service: Depot's S3 behind SigV4 with the run's credentials.
 fn s3_service(depot: Depot, credentials: &Credentials) -> s3s::service::S3Service {
     let mut builder = S3ServiceBuilder::new(depot);
+    builder.set_access(RecordOperation);
     builder.set_auth(OneKey { access_key: credentials.access_key.clone(), secret_key: credentials.secret_key.clone() });
     let mut config = S3Config::default();
     // PostObject (browser form uploads) is not served; without this s3s would buffer a form's

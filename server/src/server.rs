@@ -19,7 +19,9 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tower::Service as _;
 
+use crate::metrics::{Metrics, OperationSlot};
 use crate::stats::Stats;
+use crate::status::StatusService;
 
 /// The body of any response: S3 (s3s) or gRPC (tonic).
 pub type ResponseBody = Either<s3s::Body, tonic::body::Body>;
@@ -33,6 +35,10 @@ pub struct App {
     pub grpc: tonic::service::Routes,
     /// Response counters.
     pub stats: Arc<Stats>,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
+    /// `/_depot/`: health, metrics, status.
+    pub status: StatusService,
 }
 
 impl App {
@@ -41,19 +47,47 @@ impl App {
             .headers()
             .get(http::header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        let started = std::time::Instant::now();
         if grpc {
             let mut routes = self.grpc;
             let response = match routes.call(req).await {
                 Ok(response) => response,
                 Err(never) => match never {},
             };
+            self.metrics.request("registry", response.status(), started.elapsed(), 0);
             return Ok(response.map(Either::Right));
         }
-        let close = expects_continue_without_body(&req);
-        let mut response = self.s3.call(req.map(s3s::Body::from)).await?;
+        let path = req.uri().path();
+        if path.starts_with(crate::status::PREFIX) || path == "/_depot" {
+            return Ok(self.status.handle(req).await.map(Either::Left));
+        }
+        let close = expects_continue_without_body(&req) && req.version() < http::Version::HTTP_2;
+        let head = req.method() == http::Method::HEAD;
+        let body_bytes = req
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        let slot = OperationSlot::default();
+        let mut response = match crate::prechecks::refusal(&req) {
+            Some(refused) => crate::prechecks::response(&refused),
+            None => {
+                let mut req = req.map(s3s::Body::from);
+                req.extensions_mut().insert(slot.clone());
+                self.s3.call(req).await?
+            }
+        };
         self.stats.response(response.status());
+        self.metrics.request(slot.get(), response.status(), started.elapsed(), body_bytes);
         if close {
             response.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+        }
+        if head {
+            // s3s answers a failed HEAD with its XML error body. HTTP/1.1 drops it on the
+            // wire, but HTTP/2 would send it as DATA, which clients reject (curl's
+            // PROTOCOL_ERROR) or misread (aws-sdk-s3 cannot classify the 404).
+            response = response.map(|_| s3s::Body::empty());
         }
         Ok(response.map(Either::Left))
     }
@@ -109,7 +143,10 @@ pub async fn run(
         let watcher = graceful.watcher();
         let acceptor = acceptor.clone();
         let builder = builder.clone();
+        let connection = app.metrics.connection();
         tokio::spawn(async move {
+            let _connection = connection;
+            let metrics = Arc::clone(&app.metrics);
             let activity = conn.activity();
             let service = hyper::service::service_fn(move |req| {
                 let in_flight = activity.request();
@@ -120,6 +157,9 @@ pub async fn run(
                     response
                 }
             });
+            // Whether a TLS handshake is still under way (a header timeout then counts as a
+            // handshake failure).
+            let handshaking = std::sync::atomic::AtomicBool::new(acceptor.is_some());
             let serve = async {
                 match acceptor {
                     None => watcher.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned()).await,
@@ -127,10 +167,12 @@ pub async fn run(
                         let stream = match acceptor.accept(stream).await {
                             Ok(stream) => stream,
                             Err(err) => {
+                                metrics.tls_failure();
                                 tracing::debug!(%peer, %err, "TLS handshake failed");
                                 return Ok(());
                             }
                         };
+                        handshaking.store(false, std::sync::atomic::Ordering::Relaxed);
                         watcher.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned()).await
                     }
                 }
@@ -139,6 +181,9 @@ pub async fn run(
             let result = tokio::select! {
                 result = serve => result,
                 why = conn.closed() => {
+                    if handshaking.load(std::sync::atomic::Ordering::Relaxed) {
+                        metrics.tls_failure();
+                    }
                     tracing::debug!(%peer, ?why, "connection closed by the server");
                     Ok(())
                 }

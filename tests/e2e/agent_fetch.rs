@@ -210,7 +210,7 @@ fn works_against_an_https_coordinator_with_its_generated_ca() {
 /// put, get, list, delete against Depot's S3 endpoint, byte-exact; a missing key is NotFound.
 #[tokio::test]
 async fn the_object_store_round_trips_through_depot() {
-    use depot_agent::objstore::{ObjectStore, StoreError, StoreOptions};
+    use depot_agent::storage::{Storage, StoreError, StoreOptions};
     let dir = test_dir();
     let depot = depot_tests::Depot::start(&dir.path().join("archive"), &[]);
     let url = format!(
@@ -225,7 +225,7 @@ async fn the_object_store_round_trips_through_depot() {
     if std::env::var_os("AWS_ACCESS_KEY_ID").is_some() {
         return;
     }
-    let store = ObjectStore::open(&url, &StoreOptions::default()).unwrap();
+    let store = Storage::open(&url, &StoreOptions::default()).unwrap();
     let record = depot_tests::agents::content("record", 300_000);
     store.put("data/1.cpt", record.clone()).await.unwrap();
     store.put("data/2.cpt", b"two".to_vec()).await.unwrap();
@@ -242,4 +242,27 @@ async fn the_object_store_round_trips_through_depot() {
     store.delete("data/1.cpt").await.unwrap();
     assert!(matches!(store.get("data/1.cpt").await, Err(StoreError::NotFound { .. })));
     assert_eq!(store.list("").await.unwrap().len(), 2);
+
+    // Create-only writes (the checkpoint lock): Depot honours If-None-Match: *.
+    store.put_new("checkpoint.lock", b"first".to_vec()).await.unwrap();
+    assert!(matches!(store.put_new("checkpoint.lock", b"second".to_vec()).await, Err(StoreError::Exists { .. })));
+    assert_eq!(store.get("checkpoint.lock").await.unwrap(), b"first");
+
+    // A multipart upload (over 16 MiB) carries the digest as metadata, visible to HEAD, and is
+    // invisible until finished; an aborted one leaves nothing.
+    let big = depot_tests::agents::content("big", 20 << 20);
+    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&big));
+    let mut upload = store.upload("big.sst", big.len() as u64, Some(&digest)).await.unwrap();
+    for chunk in big.chunks(1 << 20) {
+        upload.write(bytes::Bytes::copy_from_slice(chunk)).await.unwrap();
+    }
+    assert!(store.head("big.sst").await.unwrap().is_none());
+    upload.finish().await.unwrap();
+    let head = store.head("big.sst").await.unwrap().unwrap();
+    assert_eq!((head.size, head.sha256.as_deref()), (big.len() as u64, Some(digest.as_str())));
+    assert_eq!(std::fs::read(dir.path().join("archive/checkpoints/fetch/big.sst")).unwrap(), big);
+    let mut upload = store.upload("aborted.sst", big.len() as u64, None).await.unwrap();
+    upload.write(bytes::Bytes::copy_from_slice(&big[..9 << 20])).await.unwrap();
+    upload.abort().await;
+    assert!(store.head("aborted.sst").await.unwrap().is_none());
 }

@@ -2,11 +2,14 @@
 //! real clients. One test binary, one module per topic.
 
 mod agent_checkpoint;
+mod agent_collect;
 mod agent_faults;
 mod agent_fetch;
 mod agent_security;
 mod agent_trust;
 mod hostile_clients;
+mod observability;
 mod s3_contract;
 mod s3_faults;
+mod s3_multipart;
 mod serve_cli;

@@ -314,3 +314,37 @@ async fn one_server_per_archive_and_a_default_archive_under_the_temp_dir() {
     let default = Depot::spawn(&[], &[("TMPDIR", tmp.to_str().unwrap())], &dir.path().join("logs"));
     assert_eq!(default.field("archive"), tmp.join("depot-archive").canonicalize().unwrap().to_str().unwrap());
 }
+
+/// With TLS, the banner tells clients to trust the bundle through `AWS_CA_BUNDLE` as well as
+/// `SSL_CERT_FILE` (aws-sdk-go, BR's S3 library, reads the first and lets it replace its trust),
+/// and `--json` has the field.
+#[tokio::test]
+async fn the_tls_banner_names_aws_ca_bundle_too() {
+    let dir = test_dir();
+    let archive = dir.path().join("archive");
+    let depot = Depot::start(&archive, &["--tls", "on"]);
+    let bundle = depot.field("bundle_file");
+    assert_eq!(depot.field("aws_ca_bundle"), bundle);
+    drop(depot);
+    let plain = Depot::start(&dir.path().join("plain"), &[]);
+    assert!(plain.banner["aws_ca_bundle"].is_null());
+    drop(plain);
+
+    let mut cmd = Command::new(bin("depot"));
+    cmd.args(["serve", archive.to_str().unwrap(), "--tls", "on", "--listen", "127.0.0.1:0"])
+        .stderr(std::process::Stdio::null());
+    let (mut child, lines) = depot_tests::spawn_lines(&mut cmd);
+    let mut banner = Vec::new();
+    while let Ok(line) = lines.recv_timeout(Duration::from_secs(10)) {
+        let done = line.starts_with("Press Ctrl-C");
+        banner.push(line);
+        if done {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let banner = banner.join("\n");
+    assert!(banner.contains(&format!("export SSL_CERT_FILE={bundle}")), "{banner}");
+    assert!(banner.contains(&format!("export AWS_CA_BUNDLE={bundle}")), "{banner}");
+}

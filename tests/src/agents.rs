@@ -171,6 +171,8 @@ pub struct Agent {
     pub address: String,
     /// The directory it serves.
     pub root: PathBuf,
+    /// `http://host:port` of its metrics endpoint (with `--metrics`).
+    pub metrics: Option<String>,
     /// Where its stderr goes.
     pub stderr_path: PathBuf,
     /// Lines it printed on stdout after the ready line.
@@ -223,6 +225,7 @@ impl Agent {
             node_id: field("node_id"),
             endpoint: field("endpoint"),
             address: field("address"),
+            metrics: banner["metrics"].as_str().map(str::to_owned),
             root: root.to_path_buf(),
             stderr_path,
             child,

@@ -15,7 +15,10 @@ use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use aws_smithy_http_client::tls;
 
 pub mod agents;
+pub mod proto;
 pub mod raw;
+
+pub use proto::Proto;
 
 /// The path of a workspace binary, `name` being `depot` or `depot-agent`.
 ///
@@ -48,6 +51,9 @@ pub struct Depot {
     pub stderr_path: PathBuf,
     /// Lines printed on stdout after the banner.
     stdout: mpsc::Receiver<String>,
+    /// The protocol [`Depot::client`] and [`Depot::target`] speak: HTTP/2 (ALPN) when the
+    /// server has TLS, else HTTP/1.1 unless [`Proto::start`] chose h2c.
+    pub proto: Proto,
 }
 
 impl Depot {
@@ -96,7 +102,7 @@ impl Depot {
             .stderr(std::fs::File::create(&stderr_path).expect("stderr file"));
         let (mut child, rx) = spawn_lines(&mut cmd);
         let line = rx.recv_timeout(Duration::from_secs(10)).unwrap_or_default();
-        let Ok(banner) = serde_json::from_str(&line) else {
+        let Ok(banner) = serde_json::from_str::<serde_json::Value>(&line) else {
             let _ = child.kill();
             let _ = child.wait();
             panic!(
@@ -104,7 +110,9 @@ impl Depot {
                 std::fs::read_to_string(&stderr_path).unwrap_or_default()
             );
         };
-        Self { child, banner, stderr_path, stdout: rx }
+        let proto =
+            if banner["endpoint"].as_str().is_some_and(|e| e.starts_with("https://")) { Proto::H2 } else { Proto::H1 };
+        Self { child, banner, stderr_path, stdout: rx, proto }
     }
 
     /// A banner field as a string.
@@ -126,6 +134,14 @@ impl Depot {
     /// An aws-sdk-s3 client with the server's endpoint and credentials (trusting its CA, if
     /// it has one).
     pub fn client(&self) -> aws_sdk_s3::Client {
+        if self.proto == Proto::H2c {
+            return proto::h2c_s3_client(
+                &self.field("endpoint"),
+                &self.field("access_key"),
+                &self.field("secret_key"),
+                &self.field("region"),
+            );
+        }
         let ca = self.banner["ca_file"].as_str().map(PathBuf::from);
         s3_client(
             &self.field("endpoint"),
@@ -134,6 +150,15 @@ impl Depot {
             &self.field("region"),
             ca.as_deref(),
         )
+    }
+
+    /// Where [`raw::send`] reaches this server, over its protocol.
+    pub fn target(&self) -> raw::Target {
+        raw::Target {
+            endpoint: self.field("endpoint"),
+            proto: self.proto,
+            ca: self.banner["ca_file"].as_str().map(PathBuf::from),
+        }
     }
 
     /// Sends SIGTERM.

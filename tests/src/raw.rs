@@ -4,6 +4,8 @@
 //! requests. Signing uses the AWS SDK's own `aws-sigv4`; only the aws-chunked framing is
 //! written here, as other clients (aws-sdk-go-v2, Java) send it.
 
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use aws_credential_types::Credentials;
@@ -15,8 +17,10 @@ use aws_sigv4::sign::v4;
 use aws_smithy_runtime_api::client::identity::Identity;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use sha2::{Digest, Sha256};
+
+use crate::Proto;
 
 /// Who signs, and for which region.
 #[derive(Debug, Clone)]
@@ -44,9 +48,41 @@ pub enum Payload {
     UnsignedTrailer { data: Vec<u8>, chunk: usize, trailer: (String, String) },
 }
 
+/// Where a request goes and over which protocol.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// `http://host:port` or `https://host:port`.
+    pub endpoint: String,
+    /// HTTP/1.1, HTTP/2 over TLS (`https://`), or h2c.
+    pub proto: Proto,
+    /// The CA to trust for `https://`.
+    pub ca: Option<PathBuf>,
+}
+
+impl From<&str> for Target {
+    fn from(endpoint: &str) -> Self {
+        let proto = if endpoint.starts_with("https://") { Proto::H2 } else { Proto::H1 };
+        Self { endpoint: endpoint.to_owned(), proto, ca: None }
+    }
+}
+
+impl From<&String> for Target {
+    fn from(endpoint: &String) -> Self {
+        Self::from(endpoint.as_str())
+    }
+}
+
+impl From<&Target> for Target {
+    fn from(target: &Target) -> Self {
+        target.clone()
+    }
+}
+
 /// A response, read whole.
 #[derive(Debug)]
 pub struct Response {
+    /// The protocol it came over.
+    pub version: http::Version,
     /// Status code.
     pub status: u16,
     /// Headers.
@@ -87,20 +123,23 @@ fn settings() -> SigningSettings {
     settings
 }
 
-/// Sends one request to `endpoint` (`http://host:port`) for `path_and_query` (sent as given,
-/// so it may carry any percent-encoding), signed by `signer` unless it is `None`.
+/// Sends one request to `target` (an `http://host:port` endpoint, or a [`Target`] naming the
+/// protocol) for `path_and_query` (sent as given, so it may carry any percent-encoding),
+/// signed by `signer` unless it is `None`.
 ///
 /// # Panics
 /// On connection or signing failures (the tests want to see them).
 pub async fn send(
-    endpoint: &str,
+    target: impl Into<Target>,
     signer: Option<&Signer>,
     method: &str,
     path_and_query: &str,
     headers: &[(&str, &str)],
     payload: Payload,
 ) -> Response {
-    let authority = endpoint.trim_start_matches("http://").trim_end_matches('/');
+    let target: Target = target.into();
+    let endpoint = target.endpoint.as_str();
+    let authority = endpoint.trim_start_matches("http://").trim_start_matches("https://").trim_end_matches('/');
     let mut builder = http::Request::builder().method(method).uri(path_and_query).header("host", authority);
     for (name, value) in headers {
         builder = builder.header(*name, *value);
@@ -157,16 +196,68 @@ pub async fn send(
         _ => wire_body,
     };
     request.headers_mut().insert("content-length", wire_body.len().to_string().parse().expect("header"));
-    let (parts, ()) = request.into_parts();
+    let (mut parts, ()) = request.into_parts();
+    if target.proto != Proto::H1 {
+        // HTTP/2 carries the scheme and authority as pseudo-headers.
+        parts.uri = format!("{endpoint}{}", parts.uri).parse().expect("absolute URI");
+    }
     let request = http::Request::from_parts(parts, Full::new(Bytes::from(wire_body)));
-
-    let stream = tokio::net::TcpStream::connect(authority).await.expect("connect");
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("handshake");
-    tokio::spawn(conn);
-    let response = sender.send_request(request).await.expect("send");
+    let response = exchange(&target, authority, request).await;
+    let version = response.version();
     let (parts, body) = response.into_parts();
     let body = body.collect().await.map(|b| b.to_bytes().to_vec()).unwrap_or_default();
-    Response { status: parts.status.as_u16(), headers: parts.headers, body }
+    Response { version, status: parts.status.as_u16(), headers: parts.headers, body }
+}
+
+/// One request on a fresh connection of `target`'s protocol.
+async fn exchange(
+    target: &Target,
+    authority: &str,
+    request: http::Request<Full<Bytes>>,
+) -> http::Response<hyper::body::Incoming> {
+    let tcp = tokio::net::TcpStream::connect(authority).await.expect("connect");
+    match target.proto {
+        Proto::H1 => {
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.expect("handshake");
+            tokio::spawn(conn);
+            sender.send_request(request).await.expect("send")
+        }
+        Proto::H2c => {
+            let (mut sender, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await.expect("h2c");
+            tokio::spawn(conn);
+            sender.send_request(request).await.expect("send")
+        }
+        Proto::H2 => {
+            let tls = tls_connect(target.ca.as_deref(), tcp).await;
+            assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]), "the server accepts h2 by ALPN");
+            let (mut sender, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await.expect("h2");
+            tokio::spawn(conn);
+            sender.send_request(request).await.expect("send")
+        }
+    }
+}
+
+/// A TLS connection to 127.0.0.1 trusting `ca`, offering only `h2` by ALPN.
+async fn tls_connect(
+    ca: Option<&Path>,
+    tcp: tokio::net::TcpStream,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(ca.expect("an https target needs its CA")).expect("CA file");
+    for block in pem::parse_many(pem).expect("CA PEM") {
+        roots.add(rustls::pki_types::CertificateDer::from(block.into_contents())).expect("CA certificate");
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("server name");
+    connector.connect(name, tcp).await.expect("TLS handshake")
 }
 
 fn identity(signer: Option<&Signer>) -> Identity {

@@ -5,14 +5,15 @@
 //! ends; the holder rewrites it well before then. Another fetch of the same task is refused
 //! with that holder and time, until the lease ends — or at once when the holder is provably
 //! gone: on the same host, with no process of that pid (and start time) alive, as after a
-//! `kill -9`. Object stores have no compare-and-swap, so taking the lock is write, then read
-//! back after a moment: of two fetches racing, the one whose record is not there gives way.
+//! `kill -9`. A free lock is taken with a create-only write (`If-None-Match: *` on S3, which
+//! `depot serve` honours; a hard link locally). Taking over a dead holder's lock is write, then
+//! read back after a moment: of two fetches racing, the one whose record is not there gives way.
 
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use crate::objstore::{ObjectStore, StoreError};
+use crate::storage::{Storage, StoreError};
 
 /// The lock's key inside the task's checkpoint directory.
 pub const LOCK: &str = "checkpoint.lock";
@@ -99,7 +100,7 @@ pub enum LockError {
 /// A held lease. Refresh it within its duration; release it when done.
 #[derive(Debug)]
 pub struct Lease {
-    store: ObjectStore,
+    store: Storage,
     record: Record,
     duration: Duration,
 }
@@ -112,7 +113,7 @@ fn rfc3339(unix_ms: u64) -> String {
     humantime::format_rfc3339_seconds(SystemTime::UNIX_EPOCH + Duration::from_millis(unix_ms)).to_string()
 }
 
-async fn read(store: &ObjectStore) -> Result<Option<Record>, StoreError> {
+async fn read(store: &Storage) -> Result<Option<Record>, StoreError> {
     match store.get(LOCK).await {
         Ok(data) => Ok(match serde_json::from_slice(&data) {
             Ok(record) => Some(record),
@@ -133,18 +134,19 @@ impl Lease {
     /// # Errors
     /// [`LockError::Held`] while another live holder's lease runs; [`LockError::Store`].
     pub async fn acquire(
-        store: &ObjectStore,
+        store: &Storage,
         holder: Holder,
         duration: Duration,
         now: SystemTime,
     ) -> Result<Self, LockError> {
         let location = store.describe(LOCK);
-        if let Some(existing) = read(store).await? {
+        let existing = read(store).await?;
+        if let Some(existing) = &existing {
             let expired = existing.expires_unix_ms <= unix_ms(now);
             if !expired && !existing.holder.is_gone() {
                 return Err(LockError::Held {
                     location,
-                    holder: existing.holder,
+                    holder: existing.holder.clone(),
                     until: rfc3339(existing.expires_unix_ms),
                 });
             }
@@ -157,6 +159,25 @@ impl Lease {
         }
         let record = Record { id: uuid::Uuid::new_v4().to_string(), holder, expires_unix_ms: unix_ms(now + duration) };
         let lease = Self { store: store.clone(), record, duration };
+        if existing.is_none() {
+            // No lock yet: a create-only write (S3 `If-None-Match: *`, a local hard link), so of
+            // two fetches starting together exactly one gets it.
+            match store.put_new(LOCK, lease.encode()).await {
+                Ok(()) => return Ok(lease),
+                Err(StoreError::Exists { .. }) => {
+                    return match read(store).await? {
+                        Some(winner) => Err(LockError::Held {
+                            location,
+                            holder: winner.holder,
+                            until: rfc3339(winner.expires_unix_ms),
+                        }),
+                        None => Err(LockError::Store(StoreError::Exists { location })),
+                    };
+                }
+                Err(err) => return Err(err.into()),
+            }
+        }
+        // Taking over a dead or expired holder's lock: write, then read back after a moment.
         lease.write().await?;
         tokio::time::sleep(SETTLE).await;
         match read(store).await? {
@@ -167,8 +188,12 @@ impl Lease {
         }
     }
 
+    fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec_pretty(&self.record).expect("lock serializes")
+    }
+
     async fn write(&self) -> Result<(), StoreError> {
-        self.store.put(LOCK, serde_json::to_vec_pretty(&self.record).expect("lock serializes")).await
+        self.store.put(LOCK, self.encode()).await
     }
 
     /// Extends the lease to `now + duration`, if it is still ours.
@@ -216,9 +241,9 @@ fn process_start(pid: u32) -> Option<u64> {
 mod tests {
     use super::*;
 
-    fn store() -> (tempfile::TempDir, ObjectStore) {
+    fn store() -> (tempfile::TempDir, Storage) {
         let dir = tempfile::tempdir().unwrap();
-        let store = ObjectStore::open(dir.path().to_str().unwrap(), &Default::default()).unwrap();
+        let store = Storage::open(dir.path().to_str().unwrap(), &Default::default()).unwrap();
         (dir, store)
     }
 

@@ -25,7 +25,7 @@ pub mod record;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
@@ -34,7 +34,7 @@ use sha2::{Digest, Sha256};
 pub use self::lock::{Holder, Lease, LockError};
 pub use self::record::Recorded;
 use crate::fetch::{FileRecord, Recorder};
-use crate::objstore::{ObjectStore, StoreError};
+use crate::storage::{Storage, StoreError};
 
 /// The identity file's key.
 const META: &str = "checkpoint.meta";
@@ -45,7 +45,7 @@ const DATA: &str = "data/";
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// The checkpoint storage: holds `fetch-<task>/`.
-    pub store: ObjectStore,
+    pub store: Storage,
     /// The task name (`fetch-<task>`): stable for a node and root, so a re-run finds it.
     pub task: String,
     /// How often recorded files are written out.
@@ -122,7 +122,7 @@ pub enum CheckpointError {
 #[derive(Debug)]
 pub struct Checkpoint {
     /// `fetch-<task>/` in the storage.
-    dir: ObjectStore,
+    dir: Storage,
     settings: Settings,
     /// Held while the checkpoint is in use; `None` once released.
     lease: tokio::sync::Mutex<Option<Lease>>,
@@ -132,6 +132,10 @@ pub struct Checkpoint {
     skipped: Vec<String>,
     /// Records not yet written, and every name recorded (to record each once).
     pending: Mutex<(Vec<Recorded>, HashSet<String>)>,
+    /// Held while a record is being written, by a task that outlives a dropped `keep_up`
+    /// (local writes run on a blocking thread that cannot be cancelled): `complete` waits
+    /// for it, so no record lands after the checkpoint was removed.
+    writing: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Checkpoint {
@@ -153,6 +157,7 @@ impl Checkpoint {
                     trusted,
                     skipped,
                     pending: Mutex::new((Vec::new(), names)),
+                    writing: Arc::default(),
                 })
             }
             Err(err) => {
@@ -165,7 +170,7 @@ impl Checkpoint {
     }
 
     async fn load(
-        dir: &ObjectStore,
+        dir: &Storage,
         settings: &Settings,
         identity: &Identity,
     ) -> Result<(HashMap<String, Recorded>, Vec<String>), CheckpointError> {
@@ -259,12 +264,21 @@ impl Checkpoint {
     /// # Errors
     /// [`CheckpointError::Store`]; the records stay pending for the next flush.
     pub async fn flush(&self) -> Result<usize, CheckpointError> {
+        let writing = self.writing.clone().lock_owned().await;
         let batch = std::mem::take(&mut self.pending.lock().expect("checkpoint lock").0);
         if batch.is_empty() {
             return Ok(0);
         }
         let key = format!("{DATA}{}.cpt", uuid::Uuid::new_v4());
-        if let Err(err) = self.dir.put(&key, record::encode(&batch)).await {
+        let (dir, put_key, data) = (self.dir.clone(), key.clone(), record::encode(&batch));
+        let put = tokio::spawn(async move {
+            let _writing = writing;
+            dir.put(&put_key, data).await
+        });
+        let written = put.await.unwrap_or_else(|join| {
+            Err(StoreError::Io { path: key.clone().into(), source: std::io::Error::other(join) })
+        });
+        if let Err(err) = written {
             self.pending.lock().expect("checkpoint lock").0.extend(batch);
             return Err(err.into());
         }
@@ -320,6 +334,7 @@ impl Checkpoint {
     /// What failed; the caller reports it (a leftover checkpoint is harmless but should be
     /// known: the next run with this task would resume from it).
     pub async fn complete(&self) -> Result<(), CheckpointError> {
+        let _writing = self.writing.lock().await;
         self.pending.lock().expect("checkpoint lock").0.clear();
         remove_records(&self.dir).await?;
         self.dir.delete(META).await?;
@@ -389,7 +404,7 @@ fn differences(was: &Identity, now: &Identity) -> Vec<String> {
     out
 }
 
-async fn remove_records(dir: &ObjectStore) -> Result<(), StoreError> {
+async fn remove_records(dir: &Storage) -> Result<(), StoreError> {
     for object in dir.list(DATA).await? {
         dir.delete(&object.key).await?;
     }
@@ -411,7 +426,7 @@ mod tests {
 
     fn settings(dir: &Path, interval: Duration) -> Settings {
         Settings {
-            store: ObjectStore::open(dir.join("checkpoints").to_str().unwrap(), &Default::default()).unwrap(),
+            store: Storage::open(dir.join("checkpoints").to_str().unwrap(), &Default::default()).unwrap(),
             task: "t".into(),
             interval,
             lease: Duration::from_secs(60),

@@ -22,7 +22,7 @@ use prost::Message;
 use sha2::{Digest, Sha256};
 
 use crate::digest::Sha256Digest;
-use crate::objstore::{ObjectStore, StoreError};
+use crate::storage::{Storage, StoreError};
 pub use crypter::CrypterKey;
 use wire::Shape;
 
@@ -197,19 +197,20 @@ pub enum ManifestError {
 #[derive(Debug, Clone)]
 pub struct ManifestSource {
     /// The store holding the manifest and (for BR v2) its index objects.
-    pub store: ObjectStore,
+    pub store: Storage,
     /// The manifest's key in `store`; `None` means "the backup's directory": `backupmeta`.
     pub key: Option<String>,
 }
 
 impl ManifestSource {
-    /// Interprets `--meta`: an `s3://` URL or a path naming either the manifest itself or the
+    /// Interprets `--meta`: an `s3://` (or `gcs://`, `azure://`) URL or a path naming either the manifest itself or the
     /// backup's directory/prefix.
     ///
     /// # Errors
     /// [`StoreError`] for an unusable URL.
-    pub fn parse(meta: &str, options: &crate::objstore::StoreOptions) -> Result<Self, StoreError> {
-        if let Some(rest) = meta.strip_prefix("s3://") {
+    pub fn parse(meta: &str, options: &crate::storage::StoreOptions) -> Result<Self, StoreError> {
+        let remote = meta.split_once("://").filter(|(scheme, _)| !matches!(*scheme, "local" | "file"));
+        if let Some((scheme, rest)) = remote {
             let (path, query) = match rest.split_once('?') {
                 Some((p, q)) => (p, format!("?{q}")),
                 None => (rest, String::new()),
@@ -217,26 +218,26 @@ impl ManifestSource {
             let (bucket, prefix) = path.split_once('/').unwrap_or((path, ""));
             let prefix = prefix.trim_start_matches('/');
             if prefix.is_empty() || prefix.ends_with('/') {
-                let store = ObjectStore::open(&format!("s3://{bucket}/{prefix}{query}"), options)?;
+                let store = Storage::open(&format!("{scheme}://{bucket}/{prefix}{query}"), options)?;
                 return Ok(Self { store, key: None });
             }
             // Either the manifest object itself or a prefix without a trailing slash; `load`
             // tries the object first.
             let (dir, name) = prefix.rsplit_once('/').unwrap_or(("", prefix));
-            let store = ObjectStore::open(&format!("s3://{bucket}/{dir}{query}"), options)?;
+            let store = Storage::open(&format!("{scheme}://{bucket}/{dir}{query}"), options)?;
             return Ok(Self { store, key: Some(name.to_owned()) });
         }
         let path = meta.strip_prefix("local://").or_else(|| meta.strip_prefix("file://")).unwrap_or(meta);
         let path = std::path::Path::new(path);
         if path.is_dir() {
-            return Ok(Self { store: ObjectStore::open(&path.display().to_string(), options)?, key: None });
+            return Ok(Self { store: Storage::open(&path.display().to_string(), options)?, key: None });
         }
         let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
         let name = path.file_name().and_then(|n| n.to_str()).ok_or_else(|| StoreError::BadUrl {
             url: meta.to_owned(),
             reason: "not a file or directory path".into(),
         })?;
-        Ok(Self { store: ObjectStore::open(&dir.display().to_string(), options)?, key: Some(name.to_owned()) })
+        Ok(Self { store: Storage::open(&dir.display().to_string(), options)?, key: Some(name.to_owned()) })
     }
 
     /// Reads and parses the manifest.
@@ -244,12 +245,22 @@ impl ManifestSource {
     /// # Errors
     /// [`ManifestError`], naming the file.
     pub async fn load(&self, key: Option<&CrypterKey>) -> Result<Manifest, ManifestError> {
+        Ok(self.load_located(key).await?.0)
+    }
+
+    /// Like [`ManifestSource::load`], also returning the storage the manifest was found in and
+    /// its key there (`collect` copies the backup's other meta files from beside it).
+    ///
+    /// # Errors
+    /// [`ManifestError`], naming the file.
+    pub async fn load_located(&self, key: Option<&CrypterKey>) -> Result<(Manifest, Storage, String), ManifestError> {
         let (store, name, bytes) = self.fetch().await?;
-        parse(&store, &name, &bytes, key).await
+        let manifest = parse(&store, &name, &bytes, key).await?;
+        Ok((manifest, store, name))
     }
 
     /// Finds the manifest bytes: the named object, else `<name>/backupmeta`, else `backupmeta`.
-    async fn fetch(&self) -> Result<(ObjectStore, String, Vec<u8>), ManifestError> {
+    async fn fetch(&self) -> Result<(Storage, String, Vec<u8>), ManifestError> {
         match &self.key {
             None => match self.store.get(BACKUPMETA).await {
                 Ok(bytes) => Ok((self.store.clone(), BACKUPMETA.to_owned(), bytes)),
@@ -282,7 +293,7 @@ impl ManifestSource {
 /// # Errors
 /// [`ManifestError`], naming the file.
 pub async fn parse(
-    store: &ObjectStore,
+    store: &Storage,
     name: &str,
     bytes: &[u8],
     key: Option<&CrypterKey>,
@@ -348,7 +359,7 @@ fn scan_shape(file: &str, bytes: &[u8]) -> Result<(), ManifestError> {
 /// Follows a v2 `MetaFile` index: data files are collected, each `meta_files` entry is read,
 /// decrypted if needed, checked against its recorded sha256, and followed.
 async fn walk_index(
-    store: &ObjectStore,
+    store: &Storage,
     index: &brpb::MetaFile,
     key: Option<&CrypterKey>,
     collector: &mut Collector,

@@ -1,7 +1,7 @@
 //! Manifest parsing against protobuf bytes built with prost, as BR would write them.
 
 use super::*;
-use crate::objstore::StoreOptions;
+use crate::storage::StoreOptions;
 
 fn file(name: &str, content: &[u8]) -> brpb::File {
     brpb::File {

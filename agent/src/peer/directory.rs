@@ -46,7 +46,7 @@ impl Peer {
 #[derive(Debug)]
 enum Source {
     /// The coordinator's registry.
-    Coordinator(Coordinator),
+    Coordinator(Box<Coordinator>),
     /// A fixed list (embedders, tests), called with this identity.
     Fixed(Vec<PeerInfo>, Arc<Identity>),
 }
@@ -69,7 +69,7 @@ impl PeerDirectory {
     /// Peers as the coordinator lists them, except `self_id`.
     #[must_use]
     pub fn new(coordinator: Coordinator, self_id: Option<String>) -> Self {
-        Self::with_source(Source::Coordinator(coordinator), self_id)
+        Self::with_source(Source::Coordinator(Box::new(coordinator)), self_id)
     }
 
     /// A fixed peer list, all called with `identity`'s certificate.

@@ -108,6 +108,10 @@ pub trait Progress: Send + Sync {
     fn advance(&self, bytes: u64);
     /// `bytes` received earlier were discarded (a failed checksum): they will come again.
     fn rewind(&self, bytes: u64);
+    /// Another round of asking the peers begins (the holders were unreachable).
+    fn retry(&self) {}
+    /// A holder failed mid-file and the next one is tried.
+    fn failover(&self) {}
 }
 
 /// A [`Progress`] that ignores everything.
@@ -403,6 +407,7 @@ impl PeerReader {
                 return Err(FetchError::Unavailable { name: name.to_owned(), rounds: round, last });
             }
             let delay = self.retry.backoff(round);
+            self.progress.retry();
             tracing::info!(name, round, ?delay, last, "retrying");
             tokio::time::sleep(delay).await;
         }
@@ -424,6 +429,9 @@ impl PeerReader {
         let mut remaining: Vec<&Peer> = holders.iter().map(|(p, _)| *p).collect();
         let mut last = None;
         while let Some((peer, lease)) = self.load.pick(&remaining) {
+            if last.is_some() {
+                self.progress.failover();
+            }
             remaining.retain(|p| p.node_id != peer.node_id);
             if corrupt.contains(&peer.node_id) {
                 continue;
@@ -578,7 +586,8 @@ impl PeerReader {
         if offset == size && offset > 0 {
             return Ok(());
         }
-        let request = ReadFileRequest { path: name.to_owned(), offset };
+        // The holder knows who asks from this side's certificate (for its per-peer metrics too).
+        let request = tonic::Request::new(ReadFileRequest { path: name.to_owned(), offset });
         let mut stream = match tokio::time::timeout(self.timeouts.stall, client.read_file(request)).await {
             Err(_) => return Err(TransferFailure::Broken("ReadFile did not start in time".into())),
             Ok(Err(status)) if status.code() == Code::NotFound => return Err(TransferFailure::Gone),

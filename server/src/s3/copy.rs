@@ -40,6 +40,9 @@ pub async fn copy_object(s3: &Depot, req: S3Request<CopyObjectInput>) -> Result<
     conditions.check(&src_meta).map_err(|_| Error::PreconditionFailed)?;
 
     let mut meta = src_meta.clone();
+    if input.tagging_directive.as_ref().is_some_and(|d| d.as_str() == TaggingDirective::REPLACE) {
+        meta.tags = super::tagging::from_header(input.tagging.as_deref())?;
+    }
     if replace {
         meta.headers = Headers {
             content_type: input.content_type.clone(),
@@ -47,19 +50,30 @@ pub async fn copy_object(s3: &Depot, req: S3Request<CopyObjectInput>) -> Result<
             content_disposition: input.content_disposition.clone(),
             content_language: input.content_language.clone(),
             cache_control: input.cache_control.clone(),
+            expires: Headers::expires_of(input.expires.as_ref()),
         };
         meta.user = user_metadata(input.metadata.clone())?;
     }
 
+    // A copy is a new single-part object, whose ETag S3 makes the MD5 of its bytes. A source
+    // that already has one passes it on (and the copy can be a reflink); one with a multipart
+    // or a hand-placed file's tag is hashed on the way.
+    let hash = !is_md5(&meta.etag);
     let temp = s3.archive.temp_file()?;
     let key = input.key.clone();
-    let (temp, size) = tokio::task::spawn_blocking(move || {
+    let (temp, size, md5) = tokio::task::spawn_blocking(move || {
         let temp_path = temp.path().to_path_buf();
-        let size = io::copy(&mut src_file, &mut temp.file()).map_err(|e| write_error(&key, temp_path, e))?;
-        Ok::<_, Error>((temp, size))
+        let copied =
+            if hash { copy_hashing(&mut src_file, &mut temp.file()) } else { copy_plain(&mut src_file, &temp) };
+        let (size, md5) = copied.map_err(|e| write_error(&key, temp_path, e))?;
+        Ok::<_, Error>((temp, size, md5))
     })
     .await
     .map_err(|e| Error::io("<copy task>")(io::Error::other(e)))??;
+    if let Some(md5) = md5 {
+        meta.etag = hex::encode(md5);
+        meta.parts = None;
+    }
     install(temp, meta.clone(), dest_path, input.key).await?;
     s3.stats.object_written(size);
 
@@ -72,4 +86,33 @@ pub async fn copy_object(s3: &Depot, req: S3Request<CopyObjectInput>) -> Result<
         set_checksum_fields(checksum, &mut result);
     }
     Ok(respond(CopyObjectOutput { copy_object_result: Some(result), ..Default::default() }))
+}
+
+/// Whether an ETag is a plain MD5 (32 hex digits), as a single-part upload's is.
+fn is_md5(etag: &str) -> bool {
+    etag.len() == 32 && etag.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+fn copy_plain(src: &mut std::fs::File, temp: &depot_fs::TempFile) -> io::Result<(u64, Option<[u8; 16]>)> {
+    Ok((io::copy(src, &mut temp.file())?, None))
+}
+
+/// Copies `src` into `dest`, returning the size and the MD5 of the bytes.
+fn copy_hashing(src: &mut impl io::Read, dest: &mut impl io::Write) -> io::Result<(u64, Option<[u8; 16]>)> {
+    use s3s::crypto::{Checksum as _, Md5};
+    let mut md5 = Md5::new();
+    let mut buf = vec![0u8; 1024 * 1024];
+    let mut size = 0u64;
+    loop {
+        let n = match src.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        md5.update(&buf[..n]);
+        dest.write_all(&buf[..n])?;
+        size += n as u64;
+    }
+    Ok((size, Some(md5.finalize())))
 }

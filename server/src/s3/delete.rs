@@ -32,7 +32,8 @@ fn delete_key(bucket: &Bucket, key: &str) -> Result<()> {
         match depot_fs::sync_dir(parent) {
             // A concurrent delete already removed the emptied directory.
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(Error::io(parent)(e)),
-            _ => bucket.root.prune_empty_dirs(parent),
+            // Emptied directories go durably too, so they do not come back after a power cut.
+            _ => bucket.root.prune_empty_dirs(parent).map_err(Error::io(parent))?,
         }
     }
     Ok(())

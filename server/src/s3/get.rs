@@ -73,6 +73,7 @@ macro_rules! describe {
         output.content_disposition = meta.headers.content_disposition.clone();
         output.content_language = meta.headers.content_language.clone();
         output.cache_control = meta.headers.cache_control.clone();
+        output.expires = meta.headers.expires();
         output.metadata = (!meta.user.is_empty()).then(|| meta.user.clone().into_iter().collect());
         output.parts_count = meta.parts.map(|n| n as i32);
         // A checksum describes the whole object, so a range gets none (as in S3).
@@ -196,6 +197,7 @@ impl Conditions<'_> {
 pub async fn get_object(s3: &Depot, req: S3Request<GetObjectInput>) -> Result<S3Response<GetObjectOutput>> {
     let found = find(s3, &lookup_of!(req.input))?;
     let mut output = describe!(&found, GetObjectOutput);
+    output.tag_count = (!found.meta.tags.is_empty()).then_some(found.meta.tags.len() as i32);
     let (start, len) = (found.range.as_ref().map_or(0, |r| r.start), found.content_length());
     s3.stats.object_read();
     output.body = Some(file_body(found.file, start, len, Arc::clone(&s3.stats)));

@@ -71,7 +71,7 @@ pub async fn list_objects(s3: &Depot, req: S3Request<ListObjectsInput>) -> Resul
     let enc = Encoder::new(input.encoding_type.as_ref())?;
     let query = Query {
         prefix: input.prefix.clone().unwrap_or_default(),
-        delimiter: input.delimiter.clone(),
+        delimiter: input.delimiter.clone().filter(|d| !d.is_empty()),
         after: input.marker.clone().unwrap_or_default(),
         max_keys: max_keys(input.max_keys)?,
     };
@@ -84,7 +84,8 @@ pub async fn list_objects(s3: &Depot, req: S3Request<ListObjectsInput>) -> Resul
         max_keys: Some(input.max_keys.unwrap_or(MAX_KEYS)),
         is_truncated: Some(page.truncated),
         next_marker: page.truncated.then(|| page.last.clone().map(|l| enc.apply(l))).flatten(),
-        delimiter: input.delimiter.map(|d| enc.apply(d)),
+        // An empty `delimiter=` is no delimiter, and S3 does not echo it.
+        delimiter: input.delimiter.filter(|d| !d.is_empty()).map(|d| enc.apply(d)),
         encoding_type: input.encoding_type,
         contents: Some(objects),
         common_prefixes: Some(prefixes),
@@ -109,7 +110,7 @@ pub async fn list_objects_v2(
     };
     let query = Query {
         prefix: input.prefix.clone().unwrap_or_default(),
-        delimiter: input.delimiter.clone(),
+        delimiter: input.delimiter.clone().filter(|d| !d.is_empty()),
         after,
         max_keys: max_keys(input.max_keys)?,
     };
@@ -124,7 +125,8 @@ pub async fn list_objects_v2(
         continuation_token: input.continuation_token,
         is_truncated: Some(page.truncated),
         next_continuation_token: page.truncated.then(|| page.last.as_ref().map(|l| TOKEN.encode(l))).flatten(),
-        delimiter: input.delimiter.map(|d| enc.apply(d)),
+        // An empty `delimiter=` is no delimiter, and S3 does not echo it.
+        delimiter: input.delimiter.filter(|d| !d.is_empty()).map(|d| enc.apply(d)),
         encoding_type: input.encoding_type,
         start_after: input.start_after.map(|s| enc.apply(s)),
         contents: Some(objects),

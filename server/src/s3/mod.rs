@@ -11,14 +11,18 @@
 //! - [`delete`]: DeleteObject and DeleteObjects.
 //! - [`copy`]: server-side CopyObject.
 //! - [`multipart`]: Create, UploadPart, ListParts, Complete, Abort, ListMultipartUploads.
+//! - [`tagging`]: PutObjectTagging, GetObjectTagging, DeleteObjectTagging.
+//! - [`completion`]: the record that makes a repeated Complete answer the same.
 
 mod bucket;
+mod completion;
 mod copy;
 mod delete;
 mod get;
 mod list;
 mod multipart;
 mod put;
+mod tagging;
 
 use std::sync::Arc;
 
@@ -27,20 +31,38 @@ use s3s::{S3, S3Error, S3Request, S3Response, S3Result};
 
 use crate::archive::Archive;
 use crate::stats::Stats;
+use crate::uploads::Uploads;
 
 /// The S3 service over an [`Archive`]. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Depot {
     archive: Arc<Archive>,
     stats: Arc<Stats>,
+    /// Multipart uploads in progress.
+    uploads: Arc<Uploads>,
     /// Reported by HeadBucket (`x-amz-bucket-region`) and GetBucketLocation.
     region: String,
+    /// The advertised endpoint, for `Location` in CompleteMultipartUpload.
+    endpoint: String,
 }
 
 impl Depot {
     /// Serves `archive`, reporting `region`, counting into `stats`.
     pub fn new(archive: Arc<Archive>, stats: Arc<Stats>, region: String) -> Self {
-        Self { archive, stats, region }
+        let uploads = Arc::new(Uploads::new(archive.uploads_dir()));
+        Self { archive, stats, uploads, region, endpoint: String::new() }
+    }
+
+    /// The multipart uploads (for the expiry sweep).
+    pub fn uploads(&self) -> &Arc<Uploads> {
+        &self.uploads
+    }
+
+    /// Names the advertised endpoint (`https://host:port`) used in `Location` answers.
+    #[must_use]
+    pub fn with_endpoint(mut self, endpoint: String) -> Self {
+        self.endpoint = endpoint;
+        self
     }
 }
 
@@ -85,4 +107,7 @@ delegate! {
     complete_multipart_upload => multipart, CompleteMultipartUploadInput, CompleteMultipartUploadOutput;
     abort_multipart_upload => multipart, AbortMultipartUploadInput, AbortMultipartUploadOutput;
     list_multipart_uploads => multipart, ListMultipartUploadsInput, ListMultipartUploadsOutput;
+    put_object_tagging => tagging, PutObjectTaggingInput, PutObjectTaggingOutput;
+    get_object_tagging => tagging, GetObjectTaggingInput, GetObjectTaggingOutput;
+    delete_object_tagging => tagging, DeleteObjectTaggingInput, DeleteObjectTaggingOutput;
 }

@@ -1,33 +1,30 @@
-//! Multipart uploads: parts wait in `.depot/uploads/<id>/` until Complete concatenates them
-//! into one temp file, which is then installed like any PUT.
+//! Multipart uploads, as S3 checks them. Where the parts live and how Complete turns them
+//! into one file without copying is [`crate::uploads`].
 //!
-//! Each upload directory holds `upload.json` (bucket, key, headers, checksum settings) and
-//! one file per part, named by its number, carrying its ETag and checksum in the same
-//! extended-attribute record as objects. Parts are written through temp files too, so a
-//! crash never leaves a partial part. Uploads survive a restart (with the same credentials a
-//! client can finish them); Abort removes them.
+//! Each upload directory holds `upload.json` (bucket, key, headers, checksum settings) next to
+//! the parts. Uploads survive a restart (with the same credentials a client can finish them);
+//! Abort removes them, and `--multipart-expiry` sweeps the abandoned ones.
 
-use std::io::{self, Read, Write};
-use std::path::{Path, PathBuf};
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use depot_fs::TempFile;
 use s3s::crypto::{Checksum as _, Md5};
 use s3s::dto::*;
 use s3s::{S3Request, S3Response};
 use serde::{Deserialize, Serialize};
 
-use super::put::{install, set_checksum_fields, user_metadata};
+use super::completion::{self, Completion};
+use super::put::{install, user_metadata};
 use super::{Depot, respond};
 use crate::body::{self, Received};
 use crate::digest::{Algorithm, Expected};
 use crate::error::{Error, Result, write_error};
 use crate::meta::{Headers, ObjectMeta, StoredChecksum};
-
-/// S3's minimum size of every part but the last.
-const MIN_PART: u64 = 5 * 1024 * 1024;
+use crate::uploads::{self, MIN_PART, PartRecord, PartSink, Placement};
 /// S3's part number range.
 const MAX_PART_NUMBER: i32 = 10_000;
 /// S3's cap on parts and uploads per listing page.
@@ -46,6 +43,9 @@ struct Upload {
     checksum_algorithm: Option<String>,
     /// `COMPOSITE` or `FULL_OBJECT`.
     checksum_type: Option<String>,
+    /// Tags from `x-amz-tagging`, given to the object.
+    #[serde(default)]
+    tags: std::collections::BTreeMap<String, String>,
 }
 
 impl Depot {
@@ -68,10 +68,6 @@ impl Depot {
         }
         Ok((dir, upload))
     }
-}
-
-fn part_path(dir: &Path, part: i32) -> PathBuf {
-    dir.join(format!("{part:05}"))
 }
 
 fn check_part_number(part: i32) -> Result<()> {
@@ -125,8 +121,10 @@ pub async fn create_multipart_upload(
             content_disposition: input.content_disposition,
             content_language: input.content_language,
             cache_control: input.cache_control,
+            expires: Headers::expires_of(input.expires.as_ref()),
         },
         user: user_metadata(input.metadata)?,
+        tags: super::tagging::from_header(input.tagging.as_deref())?,
         checksum_algorithm: algorithm.map(|a| a.name().to_owned()),
         checksum_type: checksum_type.clone(),
     };
@@ -153,18 +151,44 @@ pub async fn create_multipart_upload(
 
 pub async fn upload_part(s3: &Depot, req: S3Request<UploadPartInput>) -> Result<S3Response<UploadPartOutput>> {
     let S3Request { input, headers, trailing_headers, .. } = req;
-    check_part_number(input.part_number)?;
+    let number = input.part_number;
+    check_part_number(number)?;
     let (dir, _upload) = s3.upload(&input.upload_id, &input.bucket, &input.key)?;
     body::check_declared_length(input.content_length)?;
     let expected = Expected::from_headers(&headers)?;
-    let Received { file, digests, .. } =
-        body::receive(input.body, s3.archive.temp_file()?, expected.hasher(), &input.key).await?;
+
+    // In place when the part fits the upload's shape, else a temp file of its own.
+    let declared = input.content_length.and_then(|l| u64::try_from(l).ok());
+    let (uploads, id, at) = (Arc::clone(&s3.uploads), input.upload_id.clone(), dir.clone());
+    let region = tokio::task::spawn_blocking(move || uploads.begin_part(&id, &at, number, declared))
+        .await
+        .map_err(blocking_error)?
+        .map_err(|e| write_error(&input.key, dir.clone(), e))?;
+    let sink = match region {
+        Some(region) => PartSink::InPlace(region),
+        None => PartSink::Separate(s3.archive.temp_file()?),
+    };
+    let sink_path = sink.path(&dir);
+    let Received { file, size, digests } =
+        body::receive(input.body, sink, expected.hasher(), &input.key, &sink_path).await?;
     let trailers = trailing_headers.and_then(|t| t.take());
     let checksum = expected.verify(&digests, trailers.as_ref())?;
-    let meta = ObjectMeta { etag: digests.etag(), checksum: Some(checksum.clone()), ..ObjectMeta::default() };
-    install(file, meta.clone(), part_path(&dir, input.part_number), input.key).await?;
+    let record = PartRecord {
+        number,
+        size,
+        etag: digests.etag(),
+        checksum: checksum.clone(),
+        crc64nvme: digests.base64(Algorithm::Crc64Nvme).expect("always computed"),
+        at: Placement::File { name: String::new() }, // set by store_part
+        modified: SystemTime::now(),
+    };
+    let etag = record.etag.clone();
+    let key = input.key.clone();
+    tokio::task::spawn_blocking(move || uploads::store_part(&dir, file, record).map_err(|e| write_error(&key, dir, e)))
+        .await
+        .map_err(blocking_error)??;
 
-    let mut output = UploadPartOutput { e_tag: Some(ETag::Strong(meta.etag)), ..Default::default() };
+    let mut output = UploadPartOutput { e_tag: Some(ETag::Strong(etag)), ..Default::default() };
     if let Some(algorithm) = expected.algorithm() {
         let value = Some(checksum.value);
         match algorithm {
@@ -178,29 +202,9 @@ pub async fn upload_part(s3: &Depot, req: S3Request<UploadPartInput>) -> Result<
     Ok(respond(output))
 }
 
-/// A stored part.
-struct StoredPart {
-    number: i32,
-    path: PathBuf,
-    size: u64,
-    meta: ObjectMeta,
-}
-
 /// The parts of an upload, by number.
-fn stored_parts(dir: &Path) -> Result<Vec<StoredPart>> {
-    let mut parts = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(Error::io(dir))? {
-        let entry = entry.map_err(Error::io(dir))?;
-        let Some(number) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
-            continue;
-        };
-        let path = entry.path();
-        let fs_meta = entry.metadata().map_err(Error::io(&path))?;
-        let meta = ObjectMeta::load_or_synthesize(&path, &fs_meta);
-        parts.push(StoredPart { number, path, size: fs_meta.len(), meta });
-    }
-    parts.sort_by_key(|p| p.number);
-    Ok(parts)
+fn stored_parts(dir: &std::path::Path) -> Result<Vec<PartRecord>> {
+    uploads::records(dir).map_err(Error::io(dir))
 }
 
 pub async fn list_parts(s3: &Depot, req: S3Request<ListPartsInput>) -> Result<S3Response<ListPartsOutput>> {
@@ -208,7 +212,7 @@ pub async fn list_parts(s3: &Depot, req: S3Request<ListPartsInput>) -> Result<S3
     let (dir, upload) = s3.upload(&input.upload_id, &input.bucket, &input.key)?;
     let marker = input.part_number_marker.unwrap_or(0);
     let max = input.max_parts.unwrap_or(MAX_LISTED).clamp(0, MAX_LISTED) as usize;
-    let all: Vec<StoredPart> = stored_parts(&dir)?.into_iter().filter(|p| p.number > marker).collect();
+    let all: Vec<PartRecord> = stored_parts(&dir)?.into_iter().filter(|p| p.number > marker).collect();
     let truncated = all.len() > max;
     let listed: Vec<Part> = all
         .iter()
@@ -217,15 +221,13 @@ pub async fn list_parts(s3: &Depot, req: S3Request<ListPartsInput>) -> Result<S3
             let mut part = Part {
                 part_number: Some(p.number),
                 size: Some(p.size as i64),
-                e_tag: Some(ETag::Strong(p.meta.etag.clone())),
-                last_modified: Some(Timestamp::from(p.meta.last_modified())),
+                e_tag: Some(ETag::Strong(p.etag.clone())),
+                last_modified: Some(Timestamp::from(p.modified)),
                 ..Default::default()
             };
-            if let Some(c) = &p.meta.checksum
-                && upload.checksum_algorithm.as_deref() == Some(c.algorithm.as_str())
-            {
-                let value = Some(c.value.clone());
-                match Algorithm::from_name(&c.algorithm) {
+            if upload.checksum_algorithm.as_deref() == Some(p.checksum.algorithm.as_str()) {
+                let value = Some(p.checksum.value.clone());
+                match Algorithm::from_name(&p.checksum.algorithm) {
                     Some(Algorithm::Crc32) => part.checksum_crc32 = value,
                     Some(Algorithm::Crc32c) => part.checksum_crc32c = value,
                     Some(Algorithm::Crc64Nvme) => part.checksum_crc64nvme = value,
@@ -269,7 +271,20 @@ pub async fn complete_multipart_upload(
     req: S3Request<CompleteMultipartUploadInput>,
 ) -> Result<S3Response<CompleteMultipartUploadOutput>> {
     let input = req.input;
-    let (dir, upload) = s3.upload(&input.upload_id, &input.bucket, &input.key)?;
+    let (dir, upload) = match s3.upload(&input.upload_id, &input.bucket, &input.key) {
+        Ok(found) => found,
+        // Completed already? A retry (the reply was lost) gets the same answer.
+        Err(Error::NoSuchUpload { .. }) => return Ok(respond(completion::replay(s3, &input)?)),
+        Err(err) => return Err(err),
+    };
+    if completion::recorded(s3, &input.upload_id) {
+        // Completed just before a crash cut its clean-up: answer as a retry is answered.
+        let answer = completion::replay(s3, &input);
+        if let Err(err) = depot_fs::remove_dir_durably(&dir) {
+            tracing::warn!(dir = %dir.display(), %err, "cannot remove a completed upload's parts");
+        }
+        return answer.map(respond);
+    }
     let path = s3.archive.bucket(&input.bucket)?.path_of(&input.key)?;
     let requested = input.multipart_upload.and_then(|m| m.parts).unwrap_or_default();
     let stored = stored_parts(&dir)?;
@@ -284,68 +299,86 @@ pub async fn complete_multipart_upload(
     if numbers.windows(2).any(|w| w[0] >= w[1]) {
         return Err(Error::InvalidPartOrder);
     }
-    let mut chosen: Vec<&StoredPart> = Vec::with_capacity(requested.len());
+    let mut chosen: Vec<PartRecord> = Vec::with_capacity(requested.len());
     for (i, (part, number)) in requested.iter().zip(numbers).enumerate() {
         let found = stored
             .iter()
             .find(|p| p.number == number)
             .ok_or(Error::InvalidPart { part: number, problem: "was not uploaded" })?;
         if let Some(etag) = &part.e_tag
-            && etag.value() != found.meta.etag
+            && etag.value() != found.etag
         {
             return Err(Error::InvalidPart { part: number, problem: "has a different ETag than the one uploaded" });
         }
         if let Some(algorithm) = algorithm
             && let Some(given) = completed_checksum(part, algorithm)
-            && found.meta.checksum.as_ref().is_none_or(|c| c.value != given)
+            && found.checksum.value != given
         {
             return Err(Error::InvalidPart { part: number, problem: "has a different checksum than the one uploaded" });
         }
         if i + 1 < requested.len() && found.size < MIN_PART {
             return Err(Error::EntityTooSmall { part: number, size: found.size });
         }
-        chosen.push(found);
+        chosen.push(found.clone());
     }
-
-    let part_paths: Vec<PathBuf> = chosen.iter().map(|p| p.path.clone()).collect();
-    let full_object = if composite { None } else { algorithm };
-    let temp = s3.archive.temp_file()?;
-    let key = input.key.clone();
-    let (temp, size, digests) = tokio::task::spawn_blocking(move || concatenate(temp, &part_paths, full_object, &key))
-        .await
-        .map_err(blocking_error)??;
 
     let n = chosen.len();
     let mut etags = Vec::new();
     for part in &chosen {
-        etags.extend(hex::decode(&part.meta.etag).unwrap_or_else(|_| part.meta.etag.as_bytes().to_vec()));
+        etags.extend(hex::decode(&part.etag).unwrap_or_else(|_| part.etag.as_bytes().to_vec()));
     }
     let etag = format!("{}-{n}", hex::encode(Md5::checksum(&etags)));
-    let checksum = match (algorithm, composite) {
+    let composite_checksum = match (algorithm, composite) {
         (Some(algorithm), true) => {
             let mut joined = Vec::new();
             for part in &chosen {
-                let value = part.meta.checksum.as_ref().filter(|c| c.algorithm == algorithm.name()).ok_or(
-                    Error::InvalidPart { part: part.number, problem: "was uploaded without the upload's checksum" },
-                )?;
-                joined.extend(BASE64.decode(&value.value).unwrap_or_default());
+                if part.checksum.algorithm != algorithm.name() {
+                    return Err(Error::InvalidPart {
+                        part: part.number,
+                        problem: "was uploaded without the upload's checksum",
+                    });
+                }
+                joined.extend(BASE64.decode(&part.checksum.value).unwrap_or_default());
             }
-            StoredChecksum {
+            Some(StoredChecksum {
                 algorithm: algorithm.name().to_owned(),
                 value: format!("{}-{n}", BASE64.encode(algorithm.digest(&joined))),
                 kind: ChecksumType::COMPOSITE.to_owned(),
-            }
+            })
         }
-        (Some(algorithm), false) => StoredChecksum {
-            algorithm: algorithm.name().to_owned(),
-            value: digests.1.expect("computed for FULL_OBJECT"),
-            kind: ChecksumType::FULL_OBJECT.to_owned(),
-        },
-        (None, _) => StoredChecksum {
-            algorithm: Algorithm::Crc64Nvme.name().to_owned(),
-            value: digests.0,
-            kind: ChecksumType::FULL_OBJECT.to_owned(),
-        },
+        _ => None,
+    };
+
+    // The bytes: the assembly file itself when the parts are in shape, else a concatenation.
+    let closing = s3.uploads.begin_complete(&input.upload_id).ok_or_else(|| {
+        Error::InvalidRequest("another CompleteMultipartUpload of this upload is in progress; retry later".into())
+    })?;
+    let temp = s3.archive.temp_file()?;
+    let full_object = if composite { None } else { Some(algorithm.unwrap_or(Algorithm::Crc64Nvme)) };
+    let (at, idle) = (dir.clone(), closing.idle());
+    let assembled = tokio::task::spawn_blocking(move || {
+        let full = match full_object {
+            Some(algorithm) => uploads::combined_crc(&at, &chosen, algorithm)?.map(|value| (algorithm, value)),
+            None => None,
+        };
+        let (file, size) = uploads::assemble(&at, &chosen, &stored, idle, temp)?;
+        Ok((file, size, full))
+    })
+    .await
+    .map_err(blocking_error)?;
+    let (file, size, full_checksum) = assembled.map_err(|e: io::Error| match e.kind() {
+        // A part's bytes are gone: the upload was completed just before a crash.
+        io::ErrorKind::NotFound => Error::NoSuchUpload { upload_id: input.upload_id.clone() },
+        _ => write_error(&input.key, dir.clone(), e),
+    })?;
+    let checksum = match (composite_checksum, full_checksum) {
+        (Some(composite), _) => composite,
+        (None, Some((algorithm, value))) => {
+            StoredChecksum { algorithm: algorithm.name().to_owned(), value, kind: ChecksumType::FULL_OBJECT.to_owned() }
+        }
+        (None, None) => {
+            return Err(Error::InvalidRequest("SHA checksums of multipart uploads can only be COMPOSITE".into()));
+        }
     };
     // A whole-object checksum sent with Complete must match what was assembled.
     let given = [
@@ -372,63 +405,24 @@ pub async fn complete_multipart_upload(
         etag: etag.clone(),
         headers: upload.headers,
         user: upload.user,
+        tags: upload.tags,
         checksum: Some(checksum.clone()),
         parts: Some(n as u32),
         ..ObjectMeta::default()
     };
-    install(temp, meta, path, input.key.clone()).await?;
+    install(file, meta, path.clone(), input.key.clone()).await?;
     s3.stats.object_written(size);
-    if let Err(err) = std::fs::remove_dir_all(&dir) {
+    let done = Completion::new(s3, &input.bucket, &input.key, &requested, etag, algorithm.map(|_| checksum));
+    let done = completion::record(s3, &input.upload_id, &path, done)?;
+    // Durably, or a power cut could list (and complete again) an upload already answered.
+    if let Err(err) = depot_fs::remove_dir_durably(&dir) {
         tracing::warn!(dir = %dir.display(), %err, "cannot remove a completed upload's parts");
     }
-
-    let mut output = CompleteMultipartUploadOutput {
-        bucket: Some(input.bucket),
-        key: Some(input.key),
-        e_tag: Some(ETag::Strong(etag)),
-        ..Default::default()
-    };
-    if algorithm.is_some() {
-        set_checksum_fields(&checksum, &mut output);
-    }
-    Ok(respond(output))
+    Ok(respond(done.output()))
 }
 
 fn strip_part_count(value: &str) -> &str {
     value.split_once('-').map_or(value, |(v, _)| v)
-}
-
-/// Writes the parts one after another into `temp`, computing CRC64-NVME (and `full_object`'s
-/// algorithm) over the whole. Returns the file, its size, and the base64 digests.
-fn concatenate(
-    mut temp: TempFile,
-    parts: &[PathBuf],
-    full_object: Option<Algorithm>,
-    key: &str,
-) -> Result<(TempFile, u64, (String, Option<String>))> {
-    let mut headers = http::HeaderMap::new();
-    if let Some(algorithm) = full_object {
-        headers.insert("x-amz-sdk-checksum-algorithm", http::HeaderValue::from_static(algorithm.name()));
-    }
-    let expected = Expected::from_headers(&headers)?;
-    let mut hasher = expected.hasher();
-    let mut buf = vec![0u8; 1024 * 1024];
-    let mut size = 0u64;
-    for path in parts {
-        let mut file = std::fs::File::open(path).map_err(Error::io(path))?;
-        loop {
-            let n = file.read(&mut buf).map_err(Error::io(path))?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            temp.write_all(&buf[..n]).map_err(|e| write_error(key, temp.path().to_path_buf(), e))?;
-            size += n as u64;
-        }
-    }
-    let digests = hasher.finalize();
-    let crc64 = digests.base64(Algorithm::Crc64Nvme).expect("always computed");
-    Ok((temp, size, (crc64, full_object.and_then(|a| digests.base64(a)))))
 }
 
 pub async fn abort_multipart_upload(
@@ -437,7 +431,7 @@ pub async fn abort_multipart_upload(
 ) -> Result<S3Response<AbortMultipartUploadOutput>> {
     let input = req.input;
     let (dir, _) = s3.upload(&input.upload_id, &input.bucket, &input.key)?;
-    tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&dir).map_err(Error::io(&dir)))
+    tokio::task::spawn_blocking(move || depot_fs::remove_dir_durably(&dir).map_err(Error::io(&dir)))
         .await
         .map_err(blocking_error)??;
     Ok(respond(AbortMultipartUploadOutput::default()))

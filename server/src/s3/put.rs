@@ -20,6 +20,11 @@ pub async fn put_object(s3: &Depot, req: S3Request<PutObjectInput>) -> Result<S3
     let bucket = s3.archive.bucket(&input.bucket)?;
     let path = bucket.path_of(&input.key)?;
     body::check_declared_length(input.content_length)?;
+    if let Some(size) = input.content_length.filter(|n| *n > 0)
+        && crate::marker::dir_key(&input.key).is_some()
+    {
+        return Err(non_empty_marker(&input.key, size as u64));
+    }
     if input.if_none_match.as_ref().is_some_and(|v| matches!(v, ETagCondition::Any)) && path.is_file() {
         return Err(Error::PreconditionFailed);
     }
@@ -31,13 +36,17 @@ pub async fn put_object(s3: &Depot, req: S3Request<PutObjectInput>) -> Result<S3
             content_disposition: input.content_disposition.clone(),
             content_language: input.content_language.clone(),
             cache_control: input.cache_control.clone(),
+            expires: Headers::expires_of(input.expires.as_ref()),
         },
         user: user_metadata(input.metadata)?,
+        tags: super::tagging::from_header(input.tagging.as_deref())?,
         ..ObjectMeta::default()
     };
 
+    let temp = s3.archive.temp_file()?;
+    let temp_path = temp.path().to_path_buf();
     let Received { file, size, digests } =
-        body::receive(input.body, s3.archive.temp_file()?, expected.hasher(), &input.key).await?;
+        body::receive(input.body, temp, expected.hasher(), &input.key, &temp_path).await?;
     let trailers = trailing_headers.and_then(|t| t.take());
     let checksum = expected.verify(&digests, trailers.as_ref())?;
     meta.etag = digests.etag();
@@ -61,6 +70,10 @@ pub async fn put_object(s3: &Depot, req: S3Request<PutObjectInput>) -> Result<S3
 pub async fn install(file: TempFile, mut meta: ObjectMeta, path: PathBuf, key: String) -> Result<()> {
     tokio::task::spawn_blocking(move || {
         let temp = file.path().to_path_buf();
+        let size = file.file().metadata().map_err(Error::io(&temp))?.len();
+        if size > 0 && crate::marker::dir_key(&key).is_some() {
+            return Err(non_empty_marker(&key, size));
+        }
         meta.store(file.file()).map_err(|e| write_error(&key, temp, e))?;
         file.commit(&path).map_err(|e| match e {
             CommitError::Conflict { path, what } => {
@@ -75,6 +88,14 @@ pub async fn install(file: TempFile, mut meta: ObjectMeta, path: PathBuf, key: S
     })
     .await
     .map_err(|e| Error::io("<commit task>")(std::io::Error::other(e)))?
+}
+
+/// A key ending in `/` names a directory, which holds no bytes of its own.
+fn non_empty_marker(key: &str, size: u64) -> Error {
+    Error::InvalidRequest(format!(
+        "the key {key:?} ends in '/', which makes it a directory marker, and a directory marker must be \
+         empty (this body has {size} bytes); drop the trailing '/' to store the bytes as an object"
+    ))
 }
 
 /// Checks user metadata against S3's size limit and normalises keys to lowercase (as S3

@@ -2,7 +2,11 @@
 //!
 //! - `tcp-sink`: accepts connections and discards what they send (prints `port=N`).
 //! - `tcp-send --to ADDR --bytes N`: the raw loopback TCP baseline.
+//! - `md5 --bytes N`: MD5 of N bytes on one core, with the implementation the server uses
+//!   (the md-5 crate, through s3s): the ETag's ceiling.
 //! - `s3 ...`: one large PUT then GET, then many small PUTs then GETs at a concurrency.
+//! - `mpu ...`: one large PUT, then the same size as a multipart upload of fixed-size parts
+//!   sent one after another (as TiKV does), with Complete timed on its own.
 //!
 //! The S3 requests are signed with `UNSIGNED-PAYLOAD` and sent with plain hyper, and the large
 //! GET is read the way the TCP baseline's sink reads (a reused 1 MiB buffer), so the client
@@ -13,7 +17,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
@@ -40,18 +44,15 @@ enum Command {
         #[arg(long)]
         bytes: u64,
     },
+    /// MD5 of N bytes on one core; reports MB/s.
+    Md5 {
+        #[arg(long)]
+        bytes: u64,
+    },
     /// The S3 workload against a running `depot serve`.
     S3 {
-        #[arg(long)]
-        endpoint: String,
-        #[arg(long)]
-        bucket: String,
-        #[arg(long)]
-        access_key: String,
-        #[arg(long)]
-        secret_key: String,
-        #[arg(long, default_value = "us-east-1")]
-        region: String,
+        #[command(flatten)]
+        target: Target,
         /// Size of the large object (0 skips it).
         #[arg(long, default_value_t = 1 << 30)]
         large: u64,
@@ -65,7 +66,109 @@ enum Command {
         /// Only GET the large object (stored by an earlier run).
         #[arg(long)]
         get_only: bool,
+        /// Where the small objects go: `spread` (64 existing directories) or `fresh` (new
+        /// nested directories, 16 objects each, written at once: TiKV's `<store>/` pattern).
+        #[arg(long, default_value = "spread")]
+        layout: String,
     },
+    /// A PUT and a multipart upload of the same size, on one connection.
+    Mpu {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, default_value_t = 1 << 30)]
+        size: u64,
+        #[arg(long, default_value_t = 8 << 20)]
+        part_size: u64,
+    },
+    /// Registers N agents (each heartbeating a report with two jobs) with a running `depot
+    /// serve`, then times scrapes of /_depot/metrics and reads of the status API.
+    Scrape {
+        #[arg(long)]
+        endpoint: String,
+        #[arg(long)]
+        join_token: String,
+        /// The status token (from `status_url`).
+        #[arg(long)]
+        status_token: String,
+        #[arg(long, default_value_t = 100)]
+        nodes: usize,
+        #[arg(long, default_value_t = 50)]
+        rounds: usize,
+    },
+}
+
+/// GETs `path` on `authority` over a fresh HTTP/1.1 connection; returns the body length.
+async fn http_get(authority: &str, path: &str, bearer: Option<&str>) -> usize {
+    let tcp = tokio::net::TcpStream::connect(authority).await.expect("connect");
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.expect("handshake");
+    tokio::spawn(connection);
+    let mut req = http::Request::get(path).header("host", authority);
+    if let Some(token) = bearer {
+        req = req.header("authorization", format!("Bearer {token}"));
+    }
+    let response =
+        sender.send_request(req.body(http_body_util::Empty::<Bytes>::new()).expect("request")).await.expect("send");
+    assert_eq!(response.status(), 200, "GET {path}");
+    response.into_body().collect().await.expect("body").to_bytes().len()
+}
+
+/// Joins `nodes` agents (a certificate each, as `depot-agent serve` does) and heartbeats each
+/// once with a two-job report.
+async fn register_nodes(endpoint: &str, join_token: &str, nodes: usize) {
+    use depot_agent::registry::Coordinator;
+    use depot_proto::registry::{JobReport, NodeReport};
+    let job = |task: &str| JobReport {
+        kind: "fetch".into(),
+        task: task.into(),
+        backup: "backup-1".into(),
+        state: "fetching".into(),
+        files_done: 500,
+        files_needed: 2000,
+        bytes_done: 500 << 20,
+        bytes_needed: 2000 << 20,
+        bytes_per_second: 100e6,
+        missing: (0..20).map(|m| format!("1/{m}_missing.sst")).collect(),
+        ..JobReport::default()
+    };
+    let report = NodeReport { version: "0.1.0".into(), jobs: vec![job("a"), job("b")], holdings: vec![] };
+    for i in 0..nodes {
+        let (node_id, address) = (format!("bench-node-{i:03}"), format!("10.0.{}.{}:7070", i / 250, i % 250 + 1));
+        let report = report.clone();
+        let coordinator = Coordinator::new(endpoint, depot_agent::auth::Secret::new(join_token.to_owned()), None)
+            .expect("registry")
+            .with_reporter(std::sync::Arc::new(move || report.clone()));
+        let key = rcgen::KeyPair::generate().expect("key");
+        coordinator.join(&node_id, &address, key, false, Duration::from_secs(10)).await.expect("join");
+        coordinator.heartbeat(&node_id, &address).await.expect("heartbeat");
+    }
+}
+
+fn median_ms(mut samples: Vec<f64>) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    samples[samples.len() / 2] * 1000.0
+}
+
+/// A running `depot serve` and its credentials.
+#[derive(clap::Args)]
+struct Target {
+    #[arg(long)]
+    endpoint: String,
+    #[arg(long)]
+    bucket: String,
+    #[arg(long)]
+    access_key: String,
+    #[arg(long)]
+    secret_key: String,
+    #[arg(long, default_value = "us-east-1")]
+    region: String,
+}
+
+impl Target {
+    fn client(self) -> Client {
+        let authority = self.endpoint.trim_start_matches("http://").to_owned();
+        let signer = Signer { access_key: self.access_key, secret_key: self.secret_key, region: self.region };
+        Client { endpoint: self.endpoint, authority, signer }
+    }
 }
 
 const CHUNK: usize = 1024 * 1024;
@@ -177,6 +280,19 @@ impl Client {
         (status, got)
     }
 
+    /// Sends a request and returns the status, headers and body.
+    async fn call_full(
+        &self,
+        conn: &mut hyper::client::conn::http1::SendRequest<Repeat>,
+        req: http::Request<Repeat>,
+    ) -> (u16, http::HeaderMap, Bytes) {
+        conn.ready().await.expect("connection ready");
+        let resp = conn.send_request(req).await.expect("response");
+        let (head, body) = resp.into_parts();
+        let body = body.collect().await.expect("body").to_bytes();
+        (head.status.as_u16(), head.headers, body)
+    }
+
     /// Sends a request and drains the response; returns (status, body bytes).
     async fn call(
         &self,
@@ -197,9 +313,93 @@ impl Client {
     }
 }
 
+/// The text of the first `<name>` element of an XML document.
+fn xml_text(xml: &[u8], name: &str) -> Option<String> {
+    let mut reader = quick_xml::Reader::from_reader(xml);
+    let mut inside = false;
+    loop {
+        match reader.read_event().ok()? {
+            quick_xml::events::Event::Start(e) => inside = e.name().as_ref() == name.as_bytes(),
+            quick_xml::events::Event::Text(t) if inside => return Some(t.decode().ok()?.into_owned()),
+            quick_xml::events::Event::Eof => return None,
+            _ => {}
+        }
+    }
+}
+
+/// `put_1g_seconds`, `mpu_1g_seconds`, `mpu_vs_put` (throughput ratio) and
+/// `mpu_complete_share` (Complete's share of the upload's wall time).
+async fn multipart_vs_put(client: Client, bucket: &str, size: u64, part_size: u64) {
+    let data = block(CHUNK);
+    let mut conn = client.connect().await;
+    let start = Instant::now();
+    let path = format!("/{bucket}/bench/put-large");
+    let (status, _) =
+        client.call(&mut conn, client.request("PUT", &path, Repeat { block: data.clone(), remaining: size })).await;
+    assert_eq!(status, 200, "large PUT");
+    let put = start.elapsed().as_secs_f64();
+
+    let path = format!("/{bucket}/bench/mpu-large");
+    let start = Instant::now();
+    let empty = || Repeat { block: Bytes::new(), remaining: 0 };
+    let (status, _, body) =
+        client.call_full(&mut conn, client.request("POST", &format!("{path}?uploads"), empty())).await;
+    assert_eq!(status, 200, "CreateMultipartUpload");
+    let id = xml_text(&body, "UploadId").expect("an UploadId");
+    let mut completed = String::from("<CompleteMultipartUpload>");
+    let mut number = 0;
+    let mut sent = 0;
+    while sent < size {
+        number += 1;
+        let len = part_size.min(size - sent);
+        let query = format!("{path}?partNumber={number}&uploadId={id}");
+        let req = client.request("PUT", &query, Repeat { block: data.clone(), remaining: len });
+        let (status, headers, _) = client.call_full(&mut conn, req).await;
+        assert_eq!(status, 200, "UploadPart {number}");
+        let etag = headers.get("etag").and_then(|v| v.to_str().ok()).expect("an ETag").to_owned();
+        completed.push_str(&format!("<Part><PartNumber>{number}</PartNumber><ETag>{etag}</ETag></Part>"));
+        sent += len;
+    }
+    completed.push_str("</CompleteMultipartUpload>");
+    let complete_start = Instant::now();
+    let body = Bytes::from(completed);
+    let req =
+        client.request("POST", &format!("{path}?uploadId={id}"), Repeat { remaining: body.len() as u64, block: body });
+    let (status, _, reply) = client.call_full(&mut conn, req).await;
+    assert!(
+        status == 200 && xml_text(&reply, "ETag").is_some(),
+        "Complete: {status} {}",
+        String::from_utf8_lossy(&reply)
+    );
+    let complete = complete_start.elapsed().as_secs_f64();
+    let mpu = start.elapsed().as_secs_f64();
+    println!("put_1g_seconds={put:.2}");
+    println!("mpu_1g_seconds={mpu:.2}");
+    println!("mpu_vs_put={:.2}", put / mpu);
+    println!("mpu_complete_share={:.3}", complete / mpu);
+}
+
 #[tokio::main]
 async fn main() {
     match Cli::parse().command {
+        Command::Scrape { endpoint, join_token, status_token, nodes, rounds } => {
+            register_nodes(&endpoint, &join_token, nodes).await;
+            let authority = endpoint.trim_start_matches("http://").to_owned();
+            let (mut scrape, mut status, mut worst) = (Vec::new(), Vec::new(), 0.0f64);
+            for _ in 0..rounds {
+                let start = Instant::now();
+                http_get(&authority, "/_depot/metrics", None).await;
+                let took = start.elapsed().as_secs_f64();
+                worst = worst.max(took);
+                scrape.push(took);
+                let start = Instant::now();
+                http_get(&authority, "/_depot/api/status", Some(&status_token)).await;
+                status.push(start.elapsed().as_secs_f64());
+            }
+            println!("scrape_{nodes}_nodes_ms={:.2}", median_ms(scrape));
+            println!("scrape_{nodes}_nodes_worst_ms={:.2}", worst * 1000.0);
+            println!("status_api_{nodes}_nodes_ms={:.2}", median_ms(status));
+        }
         Command::TcpSink => {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
             println!("port={}", listener.local_addr().expect("addr").port());
@@ -211,6 +411,20 @@ async fn main() {
                     let _ = tcp.write_all(b"done").await;
                 });
             }
+        }
+        Command::Md5 { bytes } => {
+            use md5::Digest as _;
+            let data = block(CHUNK);
+            let mut md5 = md5::Md5::new();
+            let start = Instant::now();
+            let mut hashed = 0u64;
+            while hashed < bytes {
+                let n = (bytes - hashed).min(CHUNK as u64) as usize;
+                md5.update(&data[..n]);
+                hashed += n as u64;
+            }
+            std::hint::black_box(md5.finalize());
+            println!("md5_one_core_mb_s={:.0}", mb_per_s(bytes, start.elapsed().as_secs_f64()));
         }
         Command::TcpSend { to, bytes } => {
             let mut tcp = tokio::net::TcpStream::connect(&to).await.expect("connect");
@@ -227,20 +441,13 @@ async fn main() {
             tcp.read_exact(&mut ack).await.expect("ack");
             println!("tcp_loopback_mb_s={:.0}", mb_per_s(bytes, start.elapsed().as_secs_f64()));
         }
-        Command::S3 {
-            endpoint,
-            bucket,
-            access_key,
-            secret_key,
-            region,
-            large,
-            small_count,
-            small_size,
-            concurrency,
-            get_only,
-        } => {
-            let authority = endpoint.trim_start_matches("http://").to_owned();
-            let client = Arc::new(Client { endpoint, authority, signer: Signer { access_key, secret_key, region } });
+        Command::Mpu { target, size, part_size } => {
+            let bucket = target.bucket.clone();
+            multipart_vs_put(target.client(), &bucket, size, part_size).await;
+        }
+        Command::S3 { target, large, small_count, small_size, concurrency, get_only, layout } => {
+            let bucket = target.bucket.clone();
+            let client = Arc::new(target.client());
             if large > 0 {
                 let mut conn = client.connect().await;
                 let path = format!("/{bucket}/bench/large");
@@ -261,6 +468,12 @@ async fn main() {
             }
             if small_count > 0 {
                 let data = block(small_size);
+                let run = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+                let fresh = match layout.as_str() {
+                    "spread" => None,
+                    "fresh" => Some(run),
+                    other => panic!("--layout is spread or fresh, not {other:?}"),
+                };
                 for method in ["PUT", "GET"] {
                     let next = Arc::new(AtomicUsize::new(0));
                     let start = Instant::now();
@@ -275,7 +488,10 @@ async fn main() {
                                 if i >= small_count {
                                     break;
                                 }
-                                let path = format!("/{bucket}/bench/small/{:02}/{i:06}", i % 64);
+                                let path = match fresh {
+                                    None => format!("/{bucket}/bench/small/{:02}/{i:06}", i % 64),
+                                    Some(run) => format!("/{bucket}/bench/fresh-{run}/{:04}/sst/{i:06}", i / 16),
+                                };
                                 let body = if method == "PUT" {
                                     Repeat { block: data.clone(), remaining: data.len() as u64 }
                                 } else {
@@ -290,7 +506,8 @@ async fn main() {
                         worker.await.expect("worker");
                     }
                     let rate = small_count as f64 / start.elapsed().as_secs_f64();
-                    println!("small_{}_ops_s={rate:.0}", method.to_ascii_lowercase());
+                    let figure = if fresh.is_some() { "fresh_dir" } else { "small" };
+                    println!("{figure}_{}_ops_s={rate:.0}", method.to_ascii_lowercase());
                 }
             }
         }

@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# Smoke test of `depot serve` with BR's own S3 client library: the AWS SDK for Go v1, which
+# BR's storage layer (br/pkg/storage/s3.go) used through its 8.x releases. The program
+# (scripts/go-smoke/main.go) replays BR's calls: the permission checks (HeadBucket, ListObjects
+# V1 MaxKeys=1, GetObject of a missing key -> NoSuchKey, a Put+Delete access check),
+# WriteFile (PutObject + WaitUntilObjectExists; the ETag is the MD5), ReadFile, FileExists on
+# present and missing keys, ranged reads checking Content-Range, WalkDir (ListObjects V1,
+# Marker paging over 1,100 keys) and the s3manager multipart uploader. Its HTTP client is a
+# clone of http.DefaultTransport, as BR's is, so over TLS it negotiates HTTP/2.
+#
+# Two passes: plain HTTP, and HTTPS (`--tls on`, trusting the banner's bundle through
+# SSL_CERT_FILE, with a stale AWS_CA_BUNDLE cleared as the banner says). Each prints its
+# checks and `protocol=HTTP/1.1` or `protocol=HTTP/2.0`; the HTTPS pass must be HTTP/2.
+#
+# Go and the SDK come from Debian (`golang-go golang-github-aws-aws-sdk-go-dev`, installed
+# with apt-get when missing) and the program builds offline: go.mod `replace`s every module
+# with its source under /usr/share/gocode/src (modules Debian ships without a go.mod, or does
+# not ship at all, get a local stand-in that only declares the module).
+#
+# Usage:   scripts/smoke-go-client.sh       (DEPOT_BIN=path to skip building depot)
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+gocode=/usr/share/gocode/src
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/depot-smoke-go.XXXXXX")
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true; done
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+if ! command -v go >/dev/null || [[ ! -d $gocode/github.com/aws/aws-sdk-go ]]; then
+    echo "installing golang-go and golang-github-aws-aws-sdk-go-dev (apt-get)" >&2
+    if [[ $(id -u) -ne 0 ]]; then
+        echo "smoke-go-client: needs root to apt-get install golang-go golang-github-aws-aws-sdk-go-dev" >&2
+        exit 1
+    fi
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq golang-go golang-github-aws-aws-sdk-go-dev >/dev/null
+fi
+
+# The module: main.go plus a go.mod whose requirements all resolve to local directories.
+build=$tmp/build
+mkdir -p "$build"
+cp "$repo/scripts/go-smoke/main.go" "$build/"
+sdk_version=$(sed -n 's/.*SDKVersion = "\(.*\)"/\1/p' "$gocode/github.com/aws/aws-sdk-go/aws/version.go")
+{
+    echo "module depot.local/gosmoke"
+    echo
+    echo "go 1.19"
+    echo
+    echo "require github.com/aws/aws-sdk-go v$sdk_version"
+} >"$build/go.mod"
+# Every module the SDK's go.mod pulls into the graph (and theirs), replaced with Debian's copy,
+# or with a stand-in that only declares the module when Debian has none with a go.mod.
+replace_module() {
+    local module=$1 dir=$gocode/$1
+    if [[ ! -f $dir/go.mod ]]; then
+        local stub=$tmp/stub/$module
+        mkdir -p "$stub"
+        [[ -d $dir ]] && cp -r "$dir/." "$stub/"
+        echo "module $module" >"$stub/go.mod"
+        dir=$stub
+    fi
+    echo "replace $module => $dir" >>"$build/go.mod"
+}
+for module in github.com/aws/aws-sdk-go github.com/jmespath/go-jmespath github.com/pkg/errors \
+    golang.org/x/net golang.org/x/sys golang.org/x/term golang.org/x/text golang.org/x/tools \
+    golang.org/x/crypto golang.org/x/mod golang.org/x/sync golang.org/x/xerrors \
+    github.com/davecgh/go-spew github.com/pmezard/go-difflib github.com/stretchr/testify \
+    github.com/stretchr/objx gopkg.in/yaml.v3 gopkg.in/yaml.v2 gopkg.in/check.v1 \
+    github.com/jmespath/go-jmespath/internal/testify; do
+    replace_module "$module"
+done
+export GOFLAGS=-mod=mod GOPROXY=off GOSUMDB=off GOTOOLCHAIN=local GOPATH=$tmp/gopath GOCACHE=$tmp/gocache
+(cd "$build" && go build -o "$tmp/gosmoke" .)
+
+if [[ -z ${DEPOT_BIN:-} ]]; then
+    cargo build --quiet -p depot-server --bin depot --manifest-path "$repo/Cargo.toml"
+    DEPOT_BIN=${CARGO_TARGET_DIR:-$repo/target}/debug/depot
+fi
+
+field() { python3 -c "import json, sys; v = json.load(open(sys.argv[1]))[sys.argv[2]]; print(v or '')" "$1" "$2"; }
+
+failed=0
+for pass in http https; do
+    tls=off
+    [[ $pass == https ]] && tls=on
+    "$DEPOT_BIN" serve "$tmp/$pass" --listen 127.0.0.1:0 --json --tls "$tls" \
+        --log-file "$tmp/$pass.log" >"$tmp/$pass.json" 2>"$tmp/$pass.stderr" &
+    pids+=($!)
+    for _ in $(seq 100); do [[ -s $tmp/$pass.json ]] && break; sleep 0.05; done
+    banner=$tmp/$pass.json
+    echo "== $pass: $(field "$banner" endpoint)"
+    out=$tmp/$pass.out
+    if ! env -u AWS_CA_BUNDLE -u AWS_PROFILE \
+        DEPOT_ENDPOINT="$(field "$banner" endpoint)" DEPOT_BUCKET="$(field "$banner" bucket)" \
+        AWS_ACCESS_KEY_ID="$(field "$banner" access_key)" AWS_SECRET_ACCESS_KEY="$(field "$banner" secret_key)" \
+        AWS_REGION="$(field "$banner" region)" SSL_CERT_FILE="$(field "$banner" bundle_file)" \
+        "$tmp/gosmoke" | tee "$out"; then
+        failed=1
+    fi
+    if [[ $pass == https ]] && ! grep -q '^protocol=HTTP/2.0$' "$out"; then
+        echo "FAIL https: Go did not negotiate HTTP/2 (BR's client would)"
+        failed=1
+    fi
+done
+if [[ $failed -ne 0 ]]; then
+    echo "smoke-go-client: FAILED"
+    exit 1
+fi
+echo "smoke-go-client: all passed"
