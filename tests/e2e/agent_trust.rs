@@ -71,8 +71,23 @@ fn nothing_readable_crosses_the_wire_between_agents() {
     assert_eq!(out.code, Some(0), "{out:?}");
     assert!(file.is_in(&cluster.node_dir("me")));
 
+    let fetched = captured.lock().unwrap().len();
+    assert!(fetched > 300_000, "the fetch went through the relay ({fetched} bytes)");
+
+    // collect reads from the same peers the same way: a client-only certificate, mTLS.
+    let dest = dir.path().join("collected");
+    let mut collect = cluster.command("collect");
+    collect.args(["--meta", manifest.to_str().unwrap(), "--to", dest.to_str().unwrap(), "--json"]);
+    let out = depot_tests::agents::run(&mut collect, Duration::from_secs(60));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(std::fs::read(dest.join(&file.name)).unwrap(), file.data, "collected byte for byte");
+    // The fetch and the collect joined as runs and left at their end: only the holder stays.
+    let listed = cluster.nodes(&["--json"]).json();
+    let ids: Vec<&str> = listed.as_array().unwrap().iter().map(|n| n["node_id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["holder"], "{listed}");
+
     let wire = captured.lock().unwrap().clone();
-    assert!(wire.len() > 300_000, "the transfer went through the relay ({} bytes)", wire.len());
+    assert!(wire.len() > fetched + 300_000, "the collect went through the relay too ({} bytes)", wire.len());
     for window in [&file.data[..64], &file.data[150_000..150_064], &file.data[file.data.len() - 64..]] {
         assert!(!contains(&wire, window), "SST bytes in clear on the wire");
     }
@@ -231,6 +246,29 @@ async fn remove_a_node_and_rotate_the_join_token() {
     let out = cluster.fetch("me", manifest.to_str().unwrap(), &[]);
     assert_eq!(out.code, Some(0), "{out:?}");
     assert!(out.json()["per_peer"]["a"].as_u64().unwrap() > 0, "{}", out.stdout);
+
+    // `depot status` shows the nodes `depot nodes` lists (one source): b is gone from both,
+    // a is live with its certificate's expiry.
+    let status = std::process::Command::new(depot_tests::bin("depot"))
+        .args(["status", "--json"])
+        .arg(cluster.archive())
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let listed = cluster.nodes(&["--json"]).json();
+    let members: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["client_only"] == false)
+        .map(|n| n["node_id"].as_str().unwrap())
+        .collect();
+    let shown: Vec<&str> = status["nodes"].as_array().unwrap().iter().map(|n| n["node_id"].as_str().unwrap()).collect();
+    assert_eq!(shown, members, "{status}\n{listed}");
+    assert_eq!(shown, ["a"], "{status}");
+    assert_eq!(status["nodes"][0]["live"], true, "{status}");
+    assert!(status["nodes"][0]["certificate_expiry"].as_str().is_some_and(|t| t.starts_with("20")), "{status}");
 
     // Rotation: the old token no longer joins, the new one does, `a` is undisturbed.
     let rotated = cluster.nodes(&["rotate-join-token", "--json"]);
