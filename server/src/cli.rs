@@ -357,11 +357,9 @@ fn print_banner(banner: &Banner, json: bool, swept: usize) -> anyhow::Result<()>
     if let Some(ca) = &banner.ca_file {
         writeln!(out, "  CA certificate: {} (copy it to every node)", ca.display())?;
     }
-    writeln!(
-        out,
-        "  agents:      depot-agent serve --coordinator {} --join-token {} ...",
-        banner.registry, banner.join_token
-    )?;
+    // The join token goes in the environment: a flag would show in `ps` on every node.
+    writeln!(out, "  agents:      export DEPOT_JOIN_TOKEN={}", banner.join_token)?;
+    writeln!(out, "               depot-agent serve --coordinator {} --root DIR ...", banner.registry)?;
     writeln!(out, "  status:      {}", banner.status_url)?;
     writeln!(out, "  metrics:     {}  (Prometheus; no credential)", banner.metrics_url)?;
     if let Some(log) = &banner.log_file {
