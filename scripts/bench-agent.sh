@@ -39,18 +39,22 @@ if [[ -z "${BENCH_DIR:-}" ]]; then
 fi
 command -v python3 >/dev/null || { echo "bench-agent.sh needs python3 (raw TCP baseline, data generation)" >&2; exit 2; }
 
-echo "# building release binaries" >&2
-cargo build --release -q -p depot-server -p depot-agent -p depot-tests --bins --example readfile
-target="${CARGO_TARGET_DIR:-target}/release"
-DEPOT="$target/depot"
-AGENT="$target/depot-agent"
-READFILE="$target/examples/readfile"
-BENCH="$target/depot-bench"
 ONLY="${ONLY:-}"
 case "$ONLY" in
     ""|collect|readfile) ;;
     *) echo "ONLY=$ONLY: use ONLY=collect or ONLY=readfile (or nothing for every section)" >&2; exit 2 ;;
 esac
+echo "# building release binaries" >&2
+if [[ "$ONLY" == readfile ]]; then # depot-bench (and its aws-sdk-s3) is not needed
+    cargo build --release -q -p depot-server -p depot-agent --bins --example readfile
+else
+    cargo build --release -q -p depot-server -p depot-agent -p depot-tests --bins --example readfile
+fi
+target="${CARGO_TARGET_DIR:-target}/release"
+DEPOT="$target/depot"
+AGENT="$target/depot-agent"
+READFILE="$target/examples/readfile"
+BENCH="$target/depot-bench"
 
 work="$(mktemp -d "$BENCH_DIR/depot-bench-XXXXXX")"
 pids=()
