@@ -117,10 +117,9 @@ impl Registry {
     /// Every joined node with its liveness, certificate and last report, sorted by node id.
     pub fn nodes(&self) -> Vec<NodeView> {
         let horizon = self.interval * LIVE_INTERVALS;
+        let members = self.cluster.nodes();
         let heard = self.live.lock().expect("registry lock");
-        let mut nodes: Vec<NodeView> = self
-            .cluster
-            .nodes()
+        let mut nodes: Vec<NodeView> = members
             .into_iter()
             .map(|(node_id, n)| {
                 let (serial, certificate_not_after) = n.newest().cloned().unwrap_or_default();
@@ -387,5 +386,49 @@ mod tests {
         assert_eq!(registry.live().len(), 1);
         tokio::time::sleep(Duration::from_millis(80)).await;
         assert!(registry.live().is_empty());
+    }
+
+    fn csr(cn: &str) -> String {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::default();
+        params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        params.serialize_request(&key).unwrap().pem().unwrap()
+    }
+
+    /// The one node view (`depot nodes` and `depot status`): every joined node, its newest
+    /// certificate, whether it is live, its last report (cut to the limits).
+    #[tokio::test]
+    async fn nodes_join_membership_liveness_and_reports() {
+        let dir = tempfile::tempdir().unwrap();
+        let cluster = Arc::new(Cluster::open(dir.path(), Duration::from_secs(3600)).unwrap());
+        let registry = Registry::new(
+            SecretKey::from("join"),
+            SecretKey::from("admin"),
+            Arc::clone(&cluster),
+            Duration::from_millis(20),
+        );
+        cluster.join("a", "127.0.0.1:7000", &csr("a"), false, "sa", None).unwrap();
+        cluster.join("b", "127.0.0.1:7001", &csr("b"), false, "sb", None).unwrap();
+        cluster.join("a#run-1", "", &csr("a#run-1"), true, "sr", None).unwrap();
+        registry.see("a", "127.0.0.1:7000");
+        let report = NodeReport {
+            version: "0.1.0".into(),
+            jobs: (0..40).map(|_| depot_proto::registry::JobReport::default()).collect(),
+            holdings: vec![],
+        };
+        registry.keep_report("a", report);
+
+        let nodes = registry.nodes();
+        let ids: Vec<&str> = nodes.iter().map(|n| n.node_id.as_str()).collect();
+        assert_eq!(ids, ["a", "a#run-1", "b"]);
+        let (a, run, b) = (&nodes[0], &nodes[1], &nodes[2]);
+        assert!(a.live && a.last_seen.is_some() && !a.serial.is_empty() && a.certificate_not_after > 0);
+        assert_eq!(a.report.as_ref().unwrap().jobs.len(), MAX_JOBS, "a report is cut to the limits");
+        assert!(run.client_only && run.address.is_empty());
+        assert!(!b.live && b.last_seen.is_none() && b.report.is_none(), "joined, not heard this run");
+
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        let a = &registry.nodes()[0];
+        assert!(!a.live && a.last_seen.is_some() && a.report.is_some(), "silent: still listed, report kept");
     }
 }
