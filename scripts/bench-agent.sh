@@ -20,7 +20,10 @@
 #                   serve's own PUT rate in the same run (depot-bench: one 1 GiB PUT; 2,000
 #                   1 MiB PUTs at the same concurrency): collect_1gib_vs_put_ratio (target
 #                   >= 0.7); rss_collect_kib (<= 64 MiB).
-# ONLY=collect runs only the collect section (with the data it needs).
+# ONLY selects sections (space-separated): fetch1 (raw TCP, ReadFile and fetch of the 1 GiB
+# file), fetch2000, resume, collect; e.g. ONLY="fetch1 fetch2000" for the fetch figures.
+# BIN_DIR=DIR uses the binaries in DIR (depot, depot-agent, depot-bench, readfile) instead of
+# building: for an A/B against an older build in the same sitting.
 # Each timing is the best of $RUNS runs (default $ROUNDS, as scripts/bench.sh, else 3), which
 # calls this script at its end. Files live under $BENCH_DIR (default
 # /dev/shm when it has room, so the disk's fsync speed does not hide the transfer's; set
@@ -38,14 +41,16 @@ if [[ -z "${BENCH_DIR:-}" ]]; then
 fi
 command -v python3 >/dev/null || { echo "bench-agent.sh needs python3 (raw TCP baseline, data generation)" >&2; exit 2; }
 
-echo "# building release binaries" >&2
-cargo build --release -q -p depot-server -p depot-agent -p depot-tests --bins --example readfile
-target="${CARGO_TARGET_DIR:-target}/release"
-DEPOT="$target/depot"
-AGENT="$target/depot-agent"
-READFILE="$target/examples/readfile"
-BENCH="$target/depot-bench"
+if [[ -n "${BIN_DIR:-}" ]]; then
+    DEPOT="$BIN_DIR/depot" AGENT="$BIN_DIR/depot-agent" READFILE="$BIN_DIR/readfile" BENCH="$BIN_DIR/depot-bench"
+else
+    echo "# building release binaries" >&2
+    cargo build --release -q -p depot-server -p depot-agent -p depot-tests --bins --example readfile
+    target="${CARGO_TARGET_DIR:-target}/release"
+    DEPOT="$target/depot" AGENT="$target/depot-agent" READFILE="$target/examples/readfile" BENCH="$target/depot-bench"
+fi
 ONLY="${ONLY:-}"
+section() { [[ -z "$ONLY" || " $ONLY " == *" $1 "* ]]; }
 
 work="$(mktemp -d "$BENCH_DIR/depot-bench-XXXXXX")"
 pids=()
@@ -148,7 +153,7 @@ start_agent() { # start_agent ID ROOT -> pid in last_pid
 }
 start_agent big "$work/big"; big_pid=$last_pid
 
-if [[ -z "$ONLY" ]]; then
+if section fetch1; then
 echo "# 1 GiB: raw TCP vs ReadFile vs fetch ($RUNS runs each)" >&2
 raw_null=$(for _ in $(seq "$RUNS"); do raw_copy /dev/null; done | best)
 readfile=$(for _ in $(seq "$RUNS"); do "$READFILE" "$DEPOT_COORDINATOR" "$DEPOT_JOIN_TOKEN" big big.bin | awk '{print $2}'; done | best)
@@ -171,7 +176,7 @@ fi
 start_agent n1 "$work/n1"; n1_pid=$last_pid
 start_agent n2 "$work/n2"; n2_pid=$last_pid
 start_agent n3 "$work/n3"; n3_pid=$last_pid
-if [[ -z "$ONLY" ]]; then
+if section fetch2000; then
 echo "# 2,000 x 1 MiB over 3 peers ($RUNS runs)" >&2
 fetch_many() { # fetch_many ARGS... -> transfer seconds of a fresh fetch of the 2,000 files
     rm -rf "$work/fetch2000"; mkdir -p "$work/fetch2000"
@@ -191,7 +196,9 @@ awk -v s="$many" -v off="$many_off" 'BEGIN {
     printf "fetch_2000x1mib_no_checkpoint_seconds=%.3f\n", off
     printf "checkpoint_overhead_pct=%.1f\n", (s - off) / off * 100
 }'
+fi
 
+if section resume; then
 echo "# resuming a fully recorded 2,000-file job" >&2
 rm -rf "$work/fetch2000"; mkdir -p "$work/fetch2000"
 original=$(fetch_json "$work/fetch2000" me "$work/many.jsonl" --keep-checkpoint | tool json seconds)
@@ -205,6 +212,7 @@ awk -v o="$original" -v r="$resumed" -v c="$recheck" 'BEGIN {
 
 fi
 
+if section collect; then
 echo "# collect into depot serve over S3 vs depot serve's own PUT rate ($RUNS runs each)" >&2
 export AWS_ACCESS_KEY_ID="$(field access_key "$work/depot.json")"
 export AWS_SECRET_ACCESS_KEY="$(field secret_key "$work/depot.json")"
@@ -245,12 +253,13 @@ awk -v c1="$c1" -v p1="$p1" -v cm="$cm" -v pm="$pm" 'BEGIN {
     printf "put_2000x1mib_files_per_s=%.0f\ncollect_2000x1mib_vs_put_ratio=%.2f\n", pm, 2000 / cm / pm
 }'
 echo "rss_collect_kib=$(cat "$work/collect.peak")"
+fi
 
 serve_peak=0
 for pid in "$big_pid" "$n1_pid" "$n2_pid" "$n3_pid"; do
     now=$(hwm_kib "$pid"); (( now > serve_peak )) && serve_peak=$now
 done
 echo "rss_serving_agent_kib=$serve_peak"
-[[ -z "$ONLY" ]] && echo "rss_fetching_agent_kib=$(cat "$work/fetch.peak")"
+(( $(cat "$work/fetch.peak") > 0 )) && echo "rss_fetching_agent_kib=$(cat "$work/fetch.peak")"
 echo "bench_dir=$BENCH_DIR"
 echo "cpus=$(nproc)"

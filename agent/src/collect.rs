@@ -29,7 +29,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use depot_proto::agent::{FileExistsRequest, ReadFileRequest};
 use futures::StreamExt;
 use serde::Serialize;
@@ -558,7 +557,7 @@ impl CollectJob {
             }
             shared.rates.take(&peer.node_id, n).await;
             hasher.update(&chunk.data);
-            upload.write(Bytes::from(chunk.data)).await.map_err(Broke::Dest)?;
+            upload.write(chunk.data).await.map_err(Broke::Dest)?;
             *offset += n;
             self.progress.advance(n);
         }

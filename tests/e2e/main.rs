@@ -9,5 +9,6 @@ mod agent_security;
 mod observability;
 mod s3_contract;
 mod s3_faults;
+mod s3_listing;
 mod s3_multipart;
 mod serve_cli;
