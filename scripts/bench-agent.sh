@@ -64,6 +64,21 @@ mkdir -p "$work"/{archive,logs,big,fetch1,n1,n2,n3,fetch2000}
 field() { sed -n "s/.*\"$1\":\"\([^\"]*\)\".*/\1/p" "$2"; }
 wait_line() { for _ in $(seq 200); do [[ -s "$1" ]] && return 0; sleep 0.05; done; echo "no output in $1" >&2; exit 2; }
 hwm_kib() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
+# The larger of $2 and process $1's VmHWM, with shell builtins only: the poll runs beside the
+# process being timed and must not take its CPU (VmHWM is a high-water mark, so a sample
+# every 0.1 s misses at most the last tenth of a second).
+hwm_max() {
+    local key value _
+    {
+        while read -r key value _; do
+            if [[ "$key" == VmHWM: ]]; then
+                if (( value > $2 )); then echo "$value"; else echo "$2"; fi
+                return 0
+            fi
+        done <"/proc/$1/status"
+    } 2>/dev/null || true
+    echo "$2"
+}
 best() { sort -g | head -1; }
 
 cat >"$work/tool.py" <<'EOF'
@@ -125,10 +140,10 @@ raw_copy() { # raw_copy OUT -> seconds
 echo 0 >"$work/fetch.peak"
 fetch_json() { # fetch_json ROOT NODE MANIFEST [ARGS...] -> the JSON summary
     "$AGENT" fetch --root "$1" --node-id "$2" --meta "$3" --json --log-file "$work/logs/fetch.log" "${@:4}" >"$work/fetch.json" &
-    local pid=$! peak=0 now
+    local pid=$! peak=0
     while kill -0 "$pid" 2>/dev/null; do
-        now=$(hwm_kib "$pid" 2>/dev/null || echo 0); (( now > peak )) && peak=$now
-        sleep 0.02
+        peak=$(hwm_max "$pid" "$peak")
+        sleep 0.1
     done
     wait "$pid" || { echo "fetch failed: $(cat "$work/fetch.json")" >&2; exit 2; }
     (( peak > $(cat "$work/fetch.peak") )) && echo "$peak" >"$work/fetch.peak"
@@ -224,10 +239,10 @@ echo 0 >"$work/collect.peak"
 collect_seconds() { # collect_seconds MANIFEST PREFIX -> seconds of a fresh collect (archive copy removed after)
     "$AGENT" collect --meta "$1" --to "s3://$bucket/$2/?endpoint=$endpoint&force-path-style=true&region=$region" \
         --json --log-file "$work/logs/collect.log" >"$work/collect.json" &
-    local pid=$! peak=0 now
+    local pid=$! peak=0
     while kill -0 "$pid" 2>/dev/null; do
-        now=$(hwm_kib "$pid" 2>/dev/null || echo 0); (( now > peak )) && peak=$now
-        sleep 0.02
+        peak=$(hwm_max "$pid" "$peak")
+        sleep 0.1
     done
     wait "$pid" || { echo "collect failed: $(cat "$work/collect.json")" >&2; exit 2; }
     (( peak > $(cat "$work/collect.peak") )) && echo "$peak" >"$work/collect.peak"

@@ -29,6 +29,7 @@ use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+#[path = "depot-bench/list.rs"]
 mod list;
 
 #[derive(Parser)]
