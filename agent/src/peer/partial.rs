@@ -323,3 +323,56 @@ fn write_queue(mut tmp: TempFile, mut rx: mpsc::Receiver<Bytes>) -> (TempFile, i
     writeback.finish();
     (tmp, Ok(()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunks(data: &[u8]) -> impl Iterator<Item = Bytes> + '_ {
+        // Uneven chunks, more of them than the queues hold.
+        data.chunks(7919).map(Bytes::copy_from_slice)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn chunks_are_hashed_and_written_in_order_then_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Root::open(dir.path()).unwrap();
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i * 31 + i / 7) as u8).collect();
+        let mut partial = Partial::new();
+        for chunk in chunks(&data) {
+            partial.append(&root, "node1", chunk).await.unwrap();
+        }
+        assert_eq!(partial.len(), data.len() as u64);
+        let digest = partial.finish_digest().await.unwrap();
+        assert_eq!(digest, <[u8; 32]>::from(Sha256::digest(&data)));
+        partial.commit(&root, &dir.path().join("a/b.sst")).await.unwrap();
+        assert_eq!(std::fs::read(dir.path().join("a/b.sst")).unwrap(), data);
+        assert_eq!(std::fs::read_dir(root.tmp_dir()).unwrap().count(), 0, "no temp file left");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_kept_resumable_partial_continues_where_it_stopped() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Root::open(dir.path()).unwrap();
+        let path = root.tmp_dir().join("resume.part");
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let mut first = Partial::resumable_new(&path);
+        for chunk in chunks(&data[..60_000]) {
+            first.append(&root, "node1", chunk).await.unwrap();
+        }
+        first.keep().await;
+        let opened = tokio::task::spawn_blocking({
+            let path = path.clone();
+            move || Partial::resumable(&path)
+        });
+        let mut second = opened.await.unwrap().unwrap();
+        assert_eq!((second.len(), second.resumed_bytes()), (60_000, 60_000));
+        for chunk in chunks(&data[60_000..]) {
+            second.append(&root, "node2", chunk).await.unwrap();
+        }
+        assert_eq!(second.finish_digest().await.unwrap(), <[u8; 32]>::from(Sha256::digest(&data)));
+        second.commit(&root, &dir.path().join("f")).await.unwrap();
+        assert_eq!(std::fs::read(dir.path().join("f")).unwrap(), data);
+        assert!(!path.exists(), "the resumable file was renamed into place");
+    }
+}
