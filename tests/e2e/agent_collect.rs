@@ -381,7 +381,8 @@ fn a_full_archive_is_named_and_a_rerun_after_freeing_space_completes() {
 
 /// `depot status --json` on the cluster's archive.
 fn status_json(cluster: &Cluster) -> serde_json::Value {
-    let out = Command::new(depot_tests::bin("depot")).args(["status", "--json"]).arg(cluster.archive()).output().unwrap();
+    let out =
+        Command::new(depot_tests::bin("depot")).args(["status", "--json"]).arg(cluster.archive()).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap()
 }

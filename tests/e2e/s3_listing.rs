@@ -150,7 +150,12 @@ async fn list_all(s3: &aws_sdk_s3::Client, bucket: &str, prefix: &str, v2: bool)
 }
 
 /// Checks one listing against the ledger; returns how many keys it had to contain.
-fn check(ledger: &Ledger, never_deleted: &BTreeSet<String>, api: &str, listing: &(Instant, Instant, Vec<String>)) -> usize {
+fn check(
+    ledger: &Ledger,
+    never_deleted: &BTreeSet<String>,
+    api: &str,
+    listing: &(Instant, Instant, Vec<String>),
+) -> usize {
     let (from, to, keys) = listing;
     for pair in keys.windows(2) {
         assert!(pair[0] < pair[1], "{api}: {:?} then {:?}: not in S3 order, or listed twice", pair[0], pair[1]);
@@ -202,11 +207,7 @@ async fn listings_under_concurrent_puts_and_deletes_keep_s3_semantics() {
             while !stop.load(Ordering::Relaxed) {
                 let d = (round + 2 * w) % DIRS;
                 for i in 0..BURST {
-                    let key = if i % 4 == 3 {
-                        format!("p/d{d}/n{w}-{i}/x")
-                    } else {
-                        format!("p/d{d}/w{w}-{i:02}")
-                    };
+                    let key = if i % 4 == 3 { format!("p/d{d}/n{w}-{i}/x") } else { format!("p/d{d}/w{w}-{i:02}") };
                     // Alternate: the first pass over a directory writes, the next deletes.
                     if (round / DIRS) % 2 == 0 {
                         put(&s3, &bucket, &ledger, &key).await;

@@ -22,8 +22,9 @@ use crate::digest::Sha256Digest;
 
 /// Chunks queued for each of the hashing and writing threads: enough to keep them busy while
 /// the next chunk arrives, few enough that a slow disk or hash holds back the network (and
-/// memory) quickly.
-const QUEUE_CHUNKS: usize = 3;
+/// memory) quickly. The two queues hold the same chunks, so a file in flight holds about as
+/// much as one queue of 3 did (`fetch --concurrency` files at once stay within 64 MiB).
+const QUEUE_CHUNKS: usize = 2;
 
 /// The temp file and the hash of what it holds, owned by whoever is writing.
 #[derive(Debug)]
@@ -230,8 +231,8 @@ impl Partial {
                 State::Idle(sink) => self.state = State::Running(Pipeline::start(sink)),
                 State::Running(pipeline) => {
                     // The hashing thread ends only when its queue closes: that send cannot fail.
-                    let written = pipeline.write_tx.send(data.clone()).await.is_ok()
-                        && pipeline.hash_tx.send(data).await.is_ok();
+                    let written =
+                        pipeline.write_tx.send(data.clone()).await.is_ok() && pipeline.hash_tx.send(data).await.is_ok();
                     self.state = State::Running(pipeline);
                     if written {
                         self.len += n;
