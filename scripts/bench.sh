@@ -76,8 +76,12 @@ list_bench() {
         sleep 0.05
     done
     lf() { python3 -c "import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$list_work/banner.json" "$1"; }
+    # In the background, so a TERM or INT stops it (and cleans up) at once rather than after it.
     "$target/depot-bench" list --endpoint "$(lf endpoint)" --bucket "$(lf bucket)" --access-key "$(lf access_key)" \
-        --secret-key "$(lf secret_key)" --region "$(lf region)" --archive "$list_work/archive" --sizes "$LIST_SIZES"
+        --secret-key "$(lf secret_key)" --region "$(lf region)" --archive "$list_work/archive" --sizes "$LIST_SIZES" &
+    local bench_pid=$!
+    pids+=("$bench_pid")
+    wait "$bench_pid"
     echo "list_server_peak_rss_mib=$(awk '/VmHWM/ {printf "%.1f", $2 / 1024}' "/proc/$list_pid/status")"
     kill "$list_pid" 2>/dev/null || true
     wait "$list_pid" 2>/dev/null || true
