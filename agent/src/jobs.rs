@@ -315,10 +315,10 @@ impl Recorder for JobTracker {
         if c.transferring.load(Relaxed) {
             let _ = c.bytes_in_flight.fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(record.size)));
         }
-        if let Origin::Peer(node) = &record.origin {
-            if let Ok(mut map) = c.per_source.lock() {
-                *map.entry(node.clone()).or_default() += record.size;
-            }
+        if let Origin::Peer(node) = &record.origin
+            && let Ok(mut map) = c.per_source.lock()
+        {
+            *map.entry(node.clone()).or_default() += record.size;
         }
         self.recorder.installed(record);
     }

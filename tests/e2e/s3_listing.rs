@@ -209,7 +209,7 @@ async fn listings_under_concurrent_puts_and_deletes_keep_s3_semantics() {
                 for i in 0..BURST {
                     let key = if i % 4 == 3 { format!("p/d{d}/n{w}-{i}/x") } else { format!("p/d{d}/w{w}-{i:02}") };
                     // Alternate: the first pass over a directory writes, the next deletes.
-                    if (round / DIRS) % 2 == 0 {
+                    if (round / DIRS).is_multiple_of(2) {
                         put(&s3, &bucket, &ledger, &key).await;
                     } else {
                         delete(&s3, &bucket, &ledger, &key).await;
