@@ -12,8 +12,8 @@
 //!   (every key never deleted, in particular);
 //! - every key deleted before the listing began and not written again until it ended is not.
 //!
-//! Nothing waits on a timer: the writers run flat out and the listings run until each API has
-//! done its share while the writers kept changing the prefix.
+//! Nothing waits on a timer: the writers run flat out and the listings repeat until each API
+//! has run its share while the writers were changing the prefix.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,8 +29,10 @@ const DIRS: usize = 6;
 const BURST: usize = 12;
 /// Keys per page: small, so a listing spans many requests.
 const PAGE: i32 = 9;
-/// Full listings per API.
+/// Full listings per API that must overlap writes.
 const LISTINGS: usize = 6;
+/// A bound on listings, should the writers never overlap them.
+const MAX_LISTINGS: usize = 400;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Op {
@@ -220,13 +222,19 @@ async fn listings_under_concurrent_puts_and_deletes_keep_s3_semantics() {
         }));
     }
 
+    // List until each API has run LISTINGS times while a writer was changing the prefix, and
+    // written keys (not only the never-deleted ones) were required to be there: how many
+    // listings that takes depends on the machine's speed, not on a timer.
     let mut required = 0;
-    let mut overlapped = 0;
-    for n in 0..LISTINGS * 2 {
-        let (api, v2) = if n % 2 == 0 { ("V1", false) } else { ("V2", true) };
+    let mut overlapped = [0usize; 2];
+    let mut runs = 0usize;
+    while (overlapped.iter().any(|&o| o < LISTINGS) || required <= never_deleted.len() * runs) && runs < MAX_LISTINGS {
+        let v2 = runs % 2 == 1;
+        let api = if v2 { "V2" } else { "V1" };
         let listing = list_all(&s3, &bucket, "p/", v2).await;
         required += check(&ledger, &never_deleted, api, &listing);
-        overlapped += usize::from(ledger.started_within(listing.0, listing.1) > 0);
+        overlapped[usize::from(v2)] += usize::from(ledger.started_within(listing.0, listing.1) > 0);
+        runs += 1;
     }
     stop.store(true, Ordering::Relaxed);
     for writer in writers {
@@ -234,8 +242,11 @@ async fn listings_under_concurrent_puts_and_deletes_keep_s3_semantics() {
     }
     // The test proves something only if the prefix changed under the listings and they had
     // more than the never-deleted keys to find.
-    assert!(overlapped >= LISTINGS, "only {overlapped} listings ran while a writer was changing the prefix");
-    assert!(required > never_deleted.len() * LISTINGS, "too few settled written keys were checked ({required})");
+    assert!(
+        overlapped.iter().all(|&o| o >= LISTINGS),
+        "after {runs} listings only {overlapped:?} (V1, V2) ran while a writer was changing the prefix"
+    );
+    assert!(required > never_deleted.len() * runs, "too few settled written keys were checked ({required})");
 
     // Quiet now: one more listing of each kind holds exactly the keys the ledger says exist.
     for v2 in [false, true] {
