@@ -20,8 +20,11 @@
 #                   serve's own PUT rate in the same run (depot-bench: one 1 GiB PUT; 2,000
 #                   1 MiB PUTs at the same concurrency): collect_1gib_vs_put_ratio (target
 #                   >= 0.7); rss_collect_kib (<= 64 MiB).
-# ONLY=collect runs only the collect section (with the data it needs); ONLY=readfile only the
-# raw TCP vs ReadFile-over-mTLS comparison (readfile_vs_raw_ratio).
+# ONLY selects sections (space-separated): fetch1 (raw TCP, ReadFile and fetch of the 1 GiB
+# file), fetch2000, resume, collect, readfile (raw TCP vs ReadFile over mutual TLS only,
+# interleaved: readfile_vs_raw_ratio, target >= 0.7); e.g. ONLY="fetch1 fetch2000".
+# BIN_DIR=DIR uses the binaries in DIR (depot, depot-agent, depot-bench, readfile) instead of
+# building: for an A/B against an older build in the same sitting.
 # Each timing is the best of $RUNS runs (default $ROUNDS, as scripts/bench.sh, else 3), which
 # calls this script at its end. Files live under $BENCH_DIR (default
 # /dev/shm when it has room, so the disk's fsync speed does not hide the transfer's; set
@@ -40,21 +43,25 @@ fi
 command -v python3 >/dev/null || { echo "bench-agent.sh needs python3 (raw TCP baseline, data generation)" >&2; exit 2; }
 
 ONLY="${ONLY:-}"
-case "$ONLY" in
-    ""|collect|readfile) ;;
-    *) echo "ONLY=$ONLY: use ONLY=collect or ONLY=readfile (or nothing for every section)" >&2; exit 2 ;;
-esac
-echo "# building release binaries" >&2
-if [[ "$ONLY" == readfile ]]; then # depot-bench (and its aws-sdk-s3) is not needed
-    cargo build --release -q -p depot-server -p depot-agent --bins --example readfile
+for name in $ONLY; do
+    case "$name" in
+        fetch1|fetch2000|resume|collect|readfile) ;;
+        *) echo "ONLY=$ONLY: sections are fetch1 fetch2000 resume collect readfile (or nothing for all)" >&2; exit 2 ;;
+    esac
+done
+section() { [[ -z "$ONLY" || " $ONLY " == *" $1 "* ]]; }
+if [[ -n "${BIN_DIR:-}" ]]; then
+    DEPOT="$BIN_DIR/depot" AGENT="$BIN_DIR/depot-agent" READFILE="$BIN_DIR/readfile" BENCH="$BIN_DIR/depot-bench"
 else
-    cargo build --release -q -p depot-server -p depot-agent -p depot-tests --bins --example readfile
+    echo "# building release binaries" >&2
+    if [[ "$ONLY" == readfile ]]; then # depot-bench (and its aws-sdk-s3) is not needed
+        cargo build --release -q -p depot-server -p depot-agent --bins --example readfile
+    else
+        cargo build --release -q -p depot-server -p depot-agent -p depot-tests --bins --example readfile
+    fi
+    target="${CARGO_TARGET_DIR:-target}/release"
+    DEPOT="$target/depot" AGENT="$target/depot-agent" READFILE="$target/examples/readfile" BENCH="$target/depot-bench"
 fi
-target="${CARGO_TARGET_DIR:-target}/release"
-DEPOT="$target/depot"
-AGENT="$target/depot-agent"
-READFILE="$target/examples/readfile"
-BENCH="$target/depot-bench"
 
 work="$(mktemp -d "$BENCH_DIR/depot-bench-XXXXXX")"
 pids=()
@@ -68,6 +75,21 @@ mkdir -p "$work"/{archive,logs,big,fetch1,n1,n2,n3,fetch2000}
 field() { sed -n "s/.*\"$1\":\"\([^\"]*\)\".*/\1/p" "$2"; }
 wait_line() { for _ in $(seq 200); do [[ -s "$1" ]] && return 0; sleep 0.05; done; echo "no output in $1" >&2; exit 2; }
 hwm_kib() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
+# The larger of $2 and process $1's VmHWM, with shell builtins only: the poll runs beside the
+# process being timed and must not take its CPU (VmHWM is a high-water mark, so a sample
+# every 0.1 s misses at most the last tenth of a second).
+hwm_max() {
+    local key value _
+    {
+        while read -r key value _; do
+            if [[ "$key" == VmHWM: ]]; then
+                if (( value > $2 )); then echo "$value"; else echo "$2"; fi
+                return 0
+            fi
+        done <"/proc/$1/status"
+    } 2>/dev/null || true
+    echo "$2"
+}
 best() { sort -g | head -1; }
 
 cat >"$work/tool.py" <<'EOF'
@@ -129,10 +151,10 @@ raw_copy() { # raw_copy OUT -> seconds
 echo 0 >"$work/fetch.peak"
 fetch_json() { # fetch_json ROOT NODE MANIFEST [ARGS...] -> the JSON summary
     "$AGENT" fetch --root "$1" --node-id "$2" --meta "$3" --json --log-file "$work/logs/fetch.log" "${@:4}" >"$work/fetch.json" &
-    local pid=$! peak=0 now
+    local pid=$! peak=0
     while kill -0 "$pid" 2>/dev/null; do
-        now=$(hwm_kib "$pid" 2>/dev/null || echo 0); (( now > peak )) && peak=$now
-        sleep 0.02
+        peak=$(hwm_max "$pid" "$peak")
+        sleep 0.1
     done
     wait "$pid" || { echo "fetch failed: $(cat "$work/fetch.json")" >&2; exit 2; }
     (( peak > $(cat "$work/fetch.peak") )) && echo "$peak" >"$work/fetch.peak"
@@ -157,7 +179,7 @@ start_agent() { # start_agent ID ROOT -> pid in last_pid
 }
 start_agent big "$work/big"; big_pid=$last_pid
 
-if [[ "$ONLY" == readfile ]]; then
+if [[ -n "$ONLY" ]] && section readfile; then
 echo "# 1 GiB: raw TCP vs ReadFile over mutual TLS ($RUNS runs each, interleaved)" >&2
 : >"$work/raw.txt"; : >"$work/rf.txt"
 for _ in $(seq "$RUNS"); do
@@ -170,12 +192,9 @@ awk -v raw="$raw_null" -v rf="$readfile" -v g="$((1 << 30))" 'BEGIN {
     printf "readfile_1gib_seconds=%.3f\nreadfile_gib_per_s=%.2f\n", rf, g / rf / 2^30
     printf "readfile_vs_raw_ratio=%.2f\n", raw / rf
 }'
-echo "bench_dir=$BENCH_DIR"
-echo "cpus=$(nproc)"
-exit 0
 fi
 
-if [[ -z "$ONLY" ]]; then
+if section fetch1; then
 echo "# 1 GiB: raw TCP vs ReadFile vs fetch ($RUNS runs each)" >&2
 raw_null=$(for _ in $(seq "$RUNS"); do raw_copy /dev/null; done | best)
 readfile=$(for _ in $(seq "$RUNS"); do "$READFILE" "$DEPOT_COORDINATOR" big big.bin | awk '{print $2}'; done | best)
@@ -195,10 +214,13 @@ awk -v raw="$raw_null" -v rf="$readfile" -v rawf="$raw_file" -v f="$fetch1" -v g
 }'
 
 fi
-start_agent n1 "$work/n1"; n1_pid=$last_pid
-start_agent n2 "$work/n2"; n2_pid=$last_pid
-start_agent n3 "$work/n3"; n3_pid=$last_pid
-if [[ -z "$ONLY" ]]; then
+n1_pid="" n2_pid="" n3_pid=""
+if [[ "$ONLY" != readfile ]]; then
+    start_agent n1 "$work/n1"; n1_pid=$last_pid
+    start_agent n2 "$work/n2"; n2_pid=$last_pid
+    start_agent n3 "$work/n3"; n3_pid=$last_pid
+fi
+if section fetch2000; then
 echo "# 2,000 x 1 MiB over 3 peers ($RUNS runs)" >&2
 fetch_many() { # fetch_many ARGS... -> transfer seconds of a fresh fetch of the 2,000 files
     rm -rf "$work/fetch2000"; mkdir -p "$work/fetch2000"
@@ -218,7 +240,9 @@ awk -v s="$many" -v off="$many_off" 'BEGIN {
     printf "fetch_2000x1mib_no_checkpoint_seconds=%.3f\n", off
     printf "checkpoint_overhead_pct=%.1f\n", (s - off) / off * 100
 }'
+fi
 
+if section resume; then
 echo "# resuming a fully recorded 2,000-file job" >&2
 rm -rf "$work/fetch2000"; mkdir -p "$work/fetch2000"
 original=$(fetch_json "$work/fetch2000" me "$work/many.jsonl" --keep-checkpoint | tool json seconds)
@@ -232,6 +256,7 @@ awk -v o="$original" -v r="$resumed" -v c="$recheck" 'BEGIN {
 
 fi
 
+if section collect; then
 echo "# collect into depot serve over S3 vs depot serve's own PUT rate ($RUNS runs each)" >&2
 export AWS_ACCESS_KEY_ID="$(field access_key "$work/depot.json")"
 export AWS_SECRET_ACCESS_KEY="$(field secret_key "$work/depot.json")"
@@ -243,10 +268,10 @@ echo 0 >"$work/collect.peak"
 collect_seconds() { # collect_seconds MANIFEST PREFIX -> seconds of a fresh collect (archive copy removed after)
     "$AGENT" collect --meta "$1" --to "s3://$bucket/$2/?endpoint=$endpoint&force-path-style=true&region=$region" \
         --json --log-file "$work/logs/collect.log" >"$work/collect.json" &
-    local pid=$! peak=0 now
+    local pid=$! peak=0
     while kill -0 "$pid" 2>/dev/null; do
-        now=$(hwm_kib "$pid" 2>/dev/null || echo 0); (( now > peak )) && peak=$now
-        sleep 0.02
+        peak=$(hwm_max "$pid" "$peak")
+        sleep 0.1
     done
     wait "$pid" || { echo "collect failed: $(cat "$work/collect.json")" >&2; exit 2; }
     (( peak > $(cat "$work/collect.peak") )) && echo "$peak" >"$work/collect.peak"
@@ -272,12 +297,13 @@ awk -v c1="$c1" -v p1="$p1" -v cm="$cm" -v pm="$pm" 'BEGIN {
     printf "put_2000x1mib_files_per_s=%.0f\ncollect_2000x1mib_vs_put_ratio=%.2f\n", pm, 2000 / cm / pm
 }'
 echo "rss_collect_kib=$(cat "$work/collect.peak")"
+fi
 
 serve_peak=0
-for pid in "$big_pid" "$n1_pid" "$n2_pid" "$n3_pid"; do
+for pid in "$big_pid" $n1_pid $n2_pid $n3_pid; do
     now=$(hwm_kib "$pid"); (( now > serve_peak )) && serve_peak=$now
 done
 echo "rss_serving_agent_kib=$serve_peak"
-[[ -z "$ONLY" ]] && echo "rss_fetching_agent_kib=$(cat "$work/fetch.peak")"
+(( $(cat "$work/fetch.peak") > 0 )) && echo "rss_fetching_agent_kib=$(cat "$work/fetch.peak")"
 echo "bench_dir=$BENCH_DIR"
 echo "cpus=$(nproc)"

@@ -29,7 +29,16 @@
 #   scrape_100_nodes_ms   median time of one /_depot/metrics scrape with 100 agents
 #                         registered (target: < 50 ms); status_api_100_nodes_ms the same
 #                         for the status API (two jobs per node)
+# Listing (issue 8), on a server of its own over tmpfs (/dev/shm):
+#   list_*_N              directories of N empty files (LIST_SIZES, default
+#                         1000,100000,1000000), every key listed with V1 (Marker) and V2 by
+#                         aws-sdk-s3, 1,000 a page: list_keys_per_s_N, list_seconds_N (target
+#                         at 10^6: <= 30 s), list_page_ms_p50_N, list_p50_ratio_largest_vs_smallest
+#                         (target <= 2)
+#   list_server_peak_rss_mib   that server's peak RSS (VmHWM) (target <= 256 MiB)
 # Then scripts/bench-agent.sh, when present, adds the agent's figures.
+#
+#   ONLY=list LIST_SIZES=1000,100000 scripts/bench.sh   # only the listing, smaller
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,13 +48,52 @@ SIZE=$((1024 * 1024 * 1024))
 cargo build --release --quiet -p depot-server -p depot-tests --bins
 target=${CARGO_TARGET_DIR:-target}/release
 work=$(mktemp -d "${CARGO_TARGET_DIR:-target}/bench.XXXXXX")
+list_work=""
 pids=()
 cleanup() {
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
     rm -rf "$work"
+    # A million files left in /dev/shm would hold a GiB of memory (and once filled /tmp).
+    [[ -z "$list_work" ]] || rm -rf "$list_work"
 }
 trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+ONLY=${ONLY:-}
+LIST_SIZES=${LIST_SIZES:-1000,100000,1000000}
+
+# The listing figures, against a server of its own (its peak RSS is the listing's) over an
+# archive in tmpfs: creating 10^6 files on a disk would take longer than listing them.
+list_bench() {
+    local base=/dev/shm
+    [[ -d "$base" && -w "$base" ]] || base=$work
+    list_work=$(mktemp -d "$base/depot-list-XXXXXX")
+    "$target/depot" serve "$list_work/archive" --listen 127.0.0.1:0 --json --log-file "$list_work/depot.log" \
+        >"$list_work/banner.json" 2>"$list_work/depot.stderr" &
+    local list_pid=$!
+    pids+=("$list_pid")
+    for _ in $(seq 100); do
+        [[ -s "$list_work/banner.json" ]] && break
+        sleep 0.05
+    done
+    lf() { python3 -c "import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$list_work/banner.json" "$1"; }
+    # In the background, so a TERM or INT stops it (and cleans up) at once rather than after it.
+    "$target/depot-bench" list --endpoint "$(lf endpoint)" --bucket "$(lf bucket)" --access-key "$(lf access_key)" \
+        --secret-key "$(lf secret_key)" --region "$(lf region)" --archive "$list_work/archive" --sizes "$LIST_SIZES" &
+    local bench_pid=$!
+    pids+=("$bench_pid")
+    wait "$bench_pid"
+    echo "list_server_peak_rss_mib=$(awk '/VmHWM/ {printf "%.1f", $2 / 1024}' "/proc/$list_pid/status")"
+    kill "$list_pid" 2>/dev/null || true
+    wait "$list_pid" 2>/dev/null || true
+    rm -rf "$list_work"
+    list_work=""
+}
+if [[ "$ONLY" == list ]]; then
+    list_bench
+    exit 0
+fi
 
 best() { sort -g | tail -1; }
 ratio() { python3 -c "import sys; print(f'{float(sys.argv[1]) / float(sys.argv[2]):.2f}')" "$1" "$2"; }
@@ -133,6 +181,8 @@ tmpfs_archive=$(mktemp -d /dev/shm/depot-bench-tmpfs.XXXXXX)
 trap 'cleanup; rm -rf "$tmpfs_archive"' EXIT
 side_server tmpfs "$tmpfs_archive/archive"
 "$target/depot-bench" s3 "${side_args[@]}" "${small[@]}" | sed -n 's/^small_put_ops_s=/small_put_tmpfs_ops_s=/p'
+
+list_bench
 
 if [[ -x scripts/bench-agent.sh ]]; then
     scripts/bench-agent.sh

@@ -29,7 +29,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use depot_proto::agent::{FileExistsRequest, ReadFileRequest};
 use futures::StreamExt;
 use serde::Serialize;
@@ -38,9 +37,9 @@ use tonic::Code;
 
 use crate::checkpoint::{Checkpoint, Recorded};
 use crate::digest::Sha256Digest;
-use crate::fetch::{CheckpointReport, FailedFile, JobProgress, PeerShare, human_bytes};
+use crate::fetch::{CheckpointReport, FailedFile, FileRecord, JobProgress, PeerShare, Recorder, human_bytes};
 use crate::manifest::{FileEntry, Manifest};
-use crate::peer::{Load, Peer, PeerDirectory, RetryPolicy, Timeouts, is_transient};
+use crate::peer::{Load, Origin, Peer, PeerDirectory, RetryPolicy, Timeouts, is_transient};
 use crate::registry::status_message;
 use crate::storage::{Storage, StoreError};
 
@@ -67,6 +66,10 @@ pub struct CollectJob {
     pub timeouts: Timeouts,
     /// Progress in bytes.
     pub progress: Arc<dyn JobProgress>,
+    /// Told about every data file once it is in the destination (copied from the node in its
+    /// `origin`, or found there: `Origin::Local`), and about each one that is not (the job
+    /// file `depot status` reads).
+    pub recorder: Arc<dyn Recorder>,
     /// Records copied files; its earlier records are trusted.
     pub checkpoint: Option<Arc<Checkpoint>>,
 }
@@ -253,6 +256,19 @@ impl CollectJob {
             .buffer_unordered(self.concurrency.max(1));
         let mut outcomes = std::pin::pin!(outcomes);
         while let Some((entry, outcome)) = outcomes.next().await {
+            let there = |origin| FileRecord {
+                name: entry.name.clone(),
+                size: entry.size,
+                sha256: entry.sha256,
+                mtime: None,
+                origin,
+            };
+            match &outcome {
+                Outcome::Resumed | Outcome::Present => self.recorder.installed(&there(Origin::Local)),
+                Outcome::Copied { node } => self.recorder.installed(&there(Origin::Peer(node.clone()))),
+                Outcome::Missing(_) => self.recorder.failed(&entry.name, true),
+                Outcome::Failed(_) => self.recorder.failed(&entry.name, false),
+            }
             match outcome {
                 Outcome::Resumed => summary.files_resumed += 1,
                 Outcome::Present => summary.files_present += 1,
@@ -558,7 +574,7 @@ impl CollectJob {
             }
             shared.rates.take(&peer.node_id, n).await;
             hasher.update(&chunk.data);
-            upload.write(Bytes::from(chunk.data)).await.map_err(Broke::Dest)?;
+            upload.write(chunk.data).await.map_err(Broke::Dest)?;
             *offset += n;
             self.progress.advance(n);
         }

@@ -8,7 +8,8 @@ use anyhow::bail;
 use clap::Args;
 use depot_agent::checkpoint::{Checkpoint, Identity, Settings};
 use depot_agent::collect::{CollectJob, restore_command};
-use depot_agent::fetch::CheckpointReport;
+use depot_agent::fetch::{CheckpointReport, NoRecorder};
+use depot_agent::jobs::{JobTracker, JobWriter, backup_name, bucket_root, same_server};
 use depot_agent::manifest::ManifestSource;
 use depot_agent::peer::{PeerDirectory, RetryPolicy, Timeouts};
 use depot_agent::progress::Bar;
@@ -116,6 +117,29 @@ pub async fn collect(args: CollectArgs) -> anyhow::Result<u8> {
         Some(Arc::new(Checkpoint::open(settings, identity).await?))
     };
     let bar = Arc::new(Bar::new(!args.json));
+    // Progress goes to the bar and, when the destination is the coordinator's archive, to a
+    // job file there that `depot status` shows.
+    let tracker = Arc::new(JobTracker::new(bar, Arc::new(NoRecorder)));
+    let coordinator_url = args.coordinator.coordinator.as_deref().unwrap_or_default();
+    let job_file = match bucket_root(&args.to).filter(|_| same_server(&args.to, coordinator_url)) {
+        Some(root) => {
+            let bucket = Storage::open(&root, &options)?;
+            Some(JobWriter::in_bucket(&bucket, &args.to, &args.task, backup_name(&args.to), tracker.counters()))
+        }
+        None => None,
+    };
+    let job_file = job_file.as_ref();
+    let keep_writing = async {
+        match job_file {
+            Some(writer) => writer.keep_writing().await,
+            None => std::future::pending().await,
+        }
+    };
+    let publish = |state: &'static str| async move {
+        if let Some(writer) = job_file {
+            writer.publish(Some(state)).await;
+        }
+    };
     let job = CollectJob {
         dest,
         meta: (meta_store, meta_key),
@@ -124,7 +148,8 @@ pub async fn collect(args: CollectArgs) -> anyhow::Result<u8> {
         max_rate: args.max_rate,
         retry: RetryPolicy { rounds: args.retries, ..RetryPolicy::default() },
         timeouts: Timeouts { rpc: args.rpc_timeout, stall: args.stall_timeout },
-        progress: bar,
+        progress: tracker.clone(),
+        recorder: tracker.clone(),
         checkpoint: checkpoint.clone(),
     };
     let keep_up = async {
@@ -135,11 +160,14 @@ pub async fn collect(args: CollectArgs) -> anyhow::Result<u8> {
     };
     let result = tokio::select! {
         result = job.run(&manifest) => result,
+        () = keep_writing => unreachable!("keep_writing never returns"),
         lost = keep_up => {
+            publish("failed").await;
             return Err(anyhow::Error::from(lost.expect_err("keep_up returns only on error"))
                 .context("stopped: another collect took over the checkpoint"));
         }
         () = stop_signal() => {
+            publish("interrupted").await;
             let saved = match &checkpoint {
                 Some(checkpoint) => match checkpoint.suspend().await {
                     Ok(()) => format!("progress saved in {}; run again to resume", checkpoint.location()),
@@ -152,8 +180,12 @@ pub async fn collect(args: CollectArgs) -> anyhow::Result<u8> {
         }
     };
     let mut summary = match result {
-        Ok(summary) => summary,
+        Ok(summary) => {
+            publish(if summary.complete() { "done" } else { "incomplete" }).await;
+            summary
+        }
         Err(err) => {
+            publish("failed").await;
             if let Some(checkpoint) = &checkpoint
                 && let Err(save) = checkpoint.suspend().await
             {

@@ -6,6 +6,12 @@
 //! stop in any order; the file outlives a crashed fetch, whose stopped updates show as `stale`.
 //! [`JobTracker`] sits between the job and its progress bar and recorder, so the job itself
 //! does not change.
+//!
+//! A `collect` runs from any machine, usually one with no agent, and writes into the archive:
+//! when its destination is the coordinator's own archive ([`same_server`]), it keeps the same
+//! file at the root of the destination's bucket, in [`COLLECT_JOBS_DIR`]; the coordinator
+//! reads those files when it builds its status, and removes them an hour after they stop
+//! changing.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -21,6 +27,8 @@ use crate::peer::{Origin, Progress};
 
 /// Missing names kept per job (the report is bounded).
 pub const MAX_MISSING: usize = 20;
+/// Source nodes reported per job.
+pub const MAX_SOURCES: usize = 64;
 /// Jobs reported per heartbeat.
 pub const MAX_JOBS: usize = 16;
 /// A running job whose file has not changed for this long is reported as `stale`.
@@ -29,6 +37,48 @@ const STALE_AFTER: Duration = Duration::from_secs(10);
 const KEEP_ENDED: Duration = Duration::from_secs(3600);
 /// How often a running job rewrites its file.
 pub const WRITE_EVERY: Duration = Duration::from_secs(1);
+
+/// Where in a collect's destination bucket its job file goes.
+pub const COLLECT_JOBS_DIR: &str = ".depot-collect/jobs";
+
+/// Whether the storage URL `dest` (`s3://B/P?endpoint=...`) is served by the coordinator at
+/// `coordinator` (`http://host:port`): same host and port. `depot serve` answers S3 and the
+/// registry on one port, so then the coordinator can read what is written there.
+#[must_use]
+pub fn same_server(dest: &str, coordinator: &str) -> bool {
+    let Ok(dest) = url::Url::parse(dest) else { return false };
+    if dest.scheme() != "s3" {
+        return false;
+    }
+    let endpoint = dest.query_pairs().find(|(k, _)| k == "endpoint").map(|(_, v)| v.into_owned());
+    let (Some(Ok(endpoint)), Ok(coordinator)) = (endpoint.map(|e| url::Url::parse(&e)), url::Url::parse(coordinator))
+    else {
+        return false;
+    };
+    let host = |u: &url::Url| u.host_str().map(str::to_ascii_lowercase);
+    host(&endpoint).is_some()
+        && host(&endpoint) == host(&coordinator)
+        && endpoint.port_or_known_default() == coordinator.port_or_known_default()
+}
+
+/// The root of the bucket an `s3://BUCKET/PREFIX?...` URL names (same query), or `None` for
+/// another kind of URL.
+#[must_use]
+pub fn bucket_root(dest: &str) -> Option<String> {
+    let mut url = url::Url::parse(dest).ok().filter(|u| u.scheme() == "s3")?;
+    url.set_path("");
+    Some(url.to_string())
+}
+
+/// The name of this machine, for a collect's job (it may run on a machine with no agent).
+#[must_use]
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
 
 /// The directory of job files under a root.
 pub fn jobs_dir(root: &Path) -> PathBuf {
@@ -85,6 +135,50 @@ pub struct JobFile {
     pub files_failed: u64,
     /// Missing names (the first [`MAX_MISSING`]).
     pub missing: Vec<String>,
+    /// Bytes of finished files by the node they came from.
+    #[serde(default)]
+    pub sources: BTreeMap<String, u64>,
+    /// The machine a collect runs on (empty for a fetch: its node reports it).
+    #[serde(default)]
+    pub host: String,
+}
+
+impl JobFile {
+    /// Whether the job is still running (or was, when it stopped updating its file).
+    #[must_use]
+    pub fn running(&self) -> bool {
+        matches!(self.state.as_str(), "checking" | "fetching")
+    }
+
+    /// Whether the file was last written so long ago that it is no longer reported.
+    #[must_use]
+    pub fn expired(&self) -> bool {
+        now_ms() - self.updated_unix_ms >= KEEP_ENDED.as_millis() as i64
+    }
+
+    /// The job as reported to the coordinator: a running job whose file stopped changing is
+    /// `stale`; lists are cut to their bounds.
+    #[must_use]
+    pub fn into_report(self) -> JobReport {
+        let stale = self.running() && now_ms() - self.updated_unix_ms > STALE_AFTER.as_millis() as i64;
+        JobReport {
+            kind: self.kind,
+            task: self.task,
+            backup: self.backup,
+            state: if stale { "stale".into() } else { self.state },
+            files_done: self.files_done,
+            files_needed: self.files_needed,
+            bytes_done: self.bytes_done,
+            bytes_needed: self.bytes_needed,
+            bytes_per_second: self.bytes_per_second,
+            started_unix_ms: self.started_unix_ms,
+            updated_unix_ms: self.updated_unix_ms,
+            files_missing: self.files_missing,
+            files_failed: self.files_failed,
+            missing: self.missing.into_iter().take(MAX_MISSING).collect(),
+            source_bytes: self.sources.into_iter().take(MAX_SOURCES).collect(),
+        }
+    }
 }
 
 fn now_ms() -> i64 {
@@ -195,6 +289,9 @@ impl JobProgress for JobTracker {
     }
 
     fn start_transfer(&self, files: usize, bytes: u64) {
+        // A collect has no checking phase: its transfer covers every file.
+        let _ = self.counters.files_needed.compare_exchange(0, files as u64, Relaxed, Relaxed);
+        let _ = self.counters.bytes_needed.compare_exchange(0, bytes, Relaxed, Relaxed);
         self.counters.transferring.store(true, Relaxed);
         self.display.start_transfer(files, bytes);
     }
@@ -213,11 +310,15 @@ impl Recorder for JobTracker {
         let c = &self.counters;
         c.files_done.fetch_add(1, Relaxed);
         c.bytes_held.fetch_add(record.size, Relaxed);
-        if let Origin::Peer(node) = &record.origin {
+        // During the transfer every finished file's bytes were counted in flight as they came
+        // (a collect advances the bar for files already in the destination too).
+        if c.transferring.load(Relaxed) {
             let _ = c.bytes_in_flight.fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(record.size)));
-            if let Ok(mut map) = c.per_source.lock() {
-                *map.entry(node.clone()).or_default() += record.size;
-            }
+        }
+        if let Origin::Peer(node) = &record.origin
+            && let Ok(mut map) = c.per_source.lock()
+        {
+            *map.entry(node.clone()).or_default() += record.size;
         }
         self.recorder.installed(record);
     }
@@ -238,10 +339,19 @@ impl Recorder for JobTracker {
     }
 }
 
+/// Where a job file goes.
+#[derive(Debug)]
+enum Target {
+    /// A local file (fetch: `<root>/.depot/jobs/`).
+    Local(PathBuf),
+    /// A key in a storage (collect: its destination).
+    Store(crate::storage::Storage, String),
+}
+
 /// Writes a job's file while it runs.
 #[derive(Debug)]
 pub struct JobWriter {
-    path: PathBuf,
+    target: Target,
     counters: Arc<JobCounters>,
     file: Mutex<JobFile>,
     /// (time, bytes done) of the last rate sample.
@@ -262,17 +372,39 @@ impl JobWriter {
             ..JobFile::default()
         };
         Self {
-            path: jobs_dir(root).join(format!("{kind}-{task}.json")),
+            target: Target::Local(jobs_dir(root).join(format!("{kind}-{task}.json"))),
             counters,
             file: Mutex::new(file),
             last: Mutex::new((std::time::Instant::now(), 0)),
         }
     }
 
-    /// Writes the current figures, with `state` when given (a final state), else the phase.
-    pub fn write(&self, state: Option<&str>) {
+    /// A writer of a collect's job file in `bucket` (the root of its destination's bucket):
+    /// `<bucket>/`[`COLLECT_JOBS_DIR`]`/collect-<task>-<hash of the destination>.json`. Not
+    /// under the backup's prefix, which then holds exactly the backup.
+    #[must_use]
+    pub fn in_bucket(
+        bucket: &crate::storage::Storage,
+        dest: &str,
+        task: &str,
+        backup: String,
+        counters: Arc<JobCounters>,
+    ) -> Self {
+        use sha2::Digest as _;
+        let mut writer = Self::new(Path::new("/"), "collect", task, backup, counters);
+        let dest = dest.split('?').next().unwrap_or(dest);
+        let tag = hex::encode(&sha2::Sha256::digest(dest.as_bytes())[..4]);
+        writer.target = Target::Store(bucket.at(COLLECT_JOBS_DIR), format!("collect-{task}-{tag}.json"));
+        if let Ok(mut file) = writer.file.lock() {
+            file.host = host_name();
+        }
+        writer
+    }
+
+    /// The current figures as JSON, with `state` when given (a final state), else the phase.
+    fn render(&self, state: Option<&str>) -> Vec<u8> {
         let c = &self.counters;
-        let Ok(mut file) = self.file.lock() else { return };
+        let Ok(mut file) = self.file.lock() else { return Vec::new() };
         let bytes_done = c.bytes_done();
         if let Ok(mut last) = self.last.lock() {
             let elapsed = last.0.elapsed().as_secs_f64();
@@ -300,23 +432,43 @@ impl JobWriter {
         file.files_missing = c.files_missing.load(Relaxed);
         file.files_failed = c.files_failed.load(Relaxed);
         file.missing = c.missing.lock().map(|m| m.clone()).unwrap_or_default();
+        file.sources = c.per_source.lock().map(|m| m.clone()).unwrap_or_default();
         file.updated_unix_ms = now_ms();
-        let json = serde_json::to_vec(&*file).unwrap_or_default();
-        drop(file);
+        serde_json::to_vec(&*file).unwrap_or_default()
+    }
+
+    /// Writes the current figures to a local job file, with `state` when given (a final
+    /// state), else the phase. (A job file in a storage is written by [`JobWriter::publish`].)
+    pub fn write(&self, state: Option<&str>) {
+        let Target::Local(path) = &self.target else { return };
+        let json = self.render(state);
         // Rename over the old file, so a reader never sees half of one.
-        let tmp = self.path.with_extension("json.tmp");
-        let written = std::fs::create_dir_all(jobs_dir_of(&self.path))
+        let tmp = path.with_extension("json.tmp");
+        let written = std::fs::create_dir_all(jobs_dir_of(path))
             .and_then(|()| std::fs::write(&tmp, json))
-            .and_then(|()| std::fs::rename(&tmp, &self.path));
+            .and_then(|()| std::fs::rename(&tmp, path));
         if let Err(err) = written {
-            tracing::debug!(%err, path = %self.path.display(), "cannot write the job file");
+            tracing::debug!(%err, path = %path.display(), "cannot write the job file");
+        }
+    }
+
+    /// Writes the current figures wherever the job file lives (see [`JobWriter::write`]).
+    pub async fn publish(&self, state: Option<&str>) {
+        match &self.target {
+            Target::Local(_) => self.write(state),
+            Target::Store(store, key) => {
+                // One PUT replaces the object whole: a reader never sees half of one.
+                if let Err(err) = store.put(key, self.render(state)).await {
+                    tracing::debug!(%err, "cannot write the job file");
+                }
+            }
         }
     }
 
     /// Rewrites the file every [`WRITE_EVERY`] until dropped (run it in a `select!`).
     pub async fn keep_writing(&self) {
         loop {
-            self.write(None);
+            self.publish(None).await;
             tokio::time::sleep(WRITE_EVERY).await;
         }
     }
@@ -337,7 +489,7 @@ pub fn node_report(root: &Path) -> NodeReport {
         .filter_map(Result::ok)
         .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
         .filter_map(|e| serde_json::from_slice::<JobFile>(&std::fs::read(e.path()).ok()?).ok())
-        .filter(|f| now_ms() - f.updated_unix_ms < KEEP_ENDED.as_millis() as i64)
+        .filter(|f| !f.expired())
         .collect();
     files.sort_by_key(|f| std::cmp::Reverse(f.updated_unix_ms));
     files.truncate(MAX_JOBS);
@@ -352,29 +504,7 @@ pub fn node_report(root: &Path) -> NodeReport {
             });
         }
     }
-    let jobs = files
-        .into_iter()
-        .map(|f| {
-            let running = matches!(f.state.as_str(), "checking" | "fetching");
-            let stale = running && now_ms() - f.updated_unix_ms > STALE_AFTER.as_millis() as i64;
-            JobReport {
-                kind: f.kind,
-                task: f.task,
-                backup: f.backup,
-                state: if stale { "stale".into() } else { f.state },
-                files_done: f.files_done,
-                files_needed: f.files_needed,
-                bytes_done: f.bytes_done,
-                bytes_needed: f.bytes_needed,
-                bytes_per_second: f.bytes_per_second,
-                started_unix_ms: f.started_unix_ms,
-                updated_unix_ms: f.updated_unix_ms,
-                files_missing: f.files_missing,
-                files_failed: f.files_failed,
-                missing: f.missing.into_iter().take(MAX_MISSING).collect(),
-            }
-        })
-        .collect();
+    let jobs = files.into_iter().map(JobFile::into_report).collect();
     NodeReport { version: env!("CARGO_PKG_VERSION").to_owned(), jobs, holdings }
 }
 
@@ -389,6 +519,40 @@ mod tests {
         assert_eq!(backup_name("s3://b/backup-3"), "backup-3");
         assert_eq!(backup_name("/data/backup/backup-4/backupmeta"), "backup-4");
         assert_eq!(backup_name("/data/backup/backup-5"), "backup-5");
+    }
+
+    #[test]
+    fn a_collect_reports_only_into_the_coordinators_own_archive() {
+        let to = "s3://depot-abc/backup-1/?endpoint=http%3A%2F%2F127.0.0.1%3A9000&force-path-style=true";
+        assert!(same_server(to, "http://127.0.0.1:9000"));
+        assert!(same_server("s3://b/p?endpoint=http://LOCALHOST:80", "http://localhost"));
+        assert!(!same_server(to, "http://127.0.0.1:9001"), "another port");
+        assert!(!same_server("s3://b/p?endpoint=http://10.0.0.2:9000", "http://127.0.0.1:9000"));
+        assert!(!same_server("s3://b/p", "http://127.0.0.1:9000"), "AWS itself");
+        assert!(!same_server("/data/archive/backup-1", "http://127.0.0.1:9000"));
+        assert_eq!(
+            bucket_root("s3://depot-abc/backup-1/?endpoint=http://h:1&force-path-style=true").as_deref(),
+            Some("s3://depot-abc?endpoint=http://h:1&force-path-style=true")
+        );
+        assert_eq!(bucket_root("/data/x"), None);
+    }
+
+    #[test]
+    fn a_collect_counts_files_found_in_place_and_copied_once_each() {
+        let tracker = JobTracker::new(Arc::new(crate::progress::Bar::new(false)), Arc::new(crate::fetch::NoRecorder));
+        tracker.start_transfer(3, 30);
+        let record = |name: &str, origin| FileRecord { name: name.into(), size: 10, sha256: None, mtime: None, origin };
+        // Already in the destination: the bar advances, then the file is recorded.
+        tracker.advance(10);
+        tracker.installed(&record("a", Origin::Local));
+        // Copied in two chunks from node1.
+        tracker.advance(4);
+        tracker.advance(6);
+        tracker.installed(&record("b", Origin::Peer("node1".into())));
+        tracker.advance(3); // "c" in flight
+        let f = tracker.counters().figures();
+        assert_eq!((f.files, f.bytes), ((3, 2), (30, 23)));
+        assert_eq!(f.per_source, BTreeMap::from([("node1".to_owned(), 10)]));
     }
 
     #[test]

@@ -398,7 +398,7 @@ fn stream_file(
                     .fetch_add(u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
             }
         }
-        if tx.blocking_send(Ok(FileChunk { data })).is_err() {
+        if tx.blocking_send(Ok(FileChunk { data: data.into() })).is_err() {
             return;
         }
         stats.bytes_sent.fetch_add(filled as u64, Ordering::Relaxed);

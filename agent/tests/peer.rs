@@ -66,17 +66,17 @@ impl NodeAgent for FakeAgent {
             let body = &data[offset..];
             match behaviour {
                 Behaviour::BreakAfter(n) => {
-                    let _ = tx.send(Ok(FileChunk { data: body[..n].to_vec() })).await;
+                    let _ = tx.send(Ok(FileChunk { data: body[..n].to_vec().into() })).await;
                     let _ = tx.send(Err(Status::unavailable("the process died"))).await;
                 }
                 Behaviour::StallAfter(n) => {
-                    let _ = tx.send(Ok(FileChunk { data: body[..n].to_vec() })).await;
+                    let _ = tx.send(Ok(FileChunk { data: body[..n].to_vec().into() })).await;
                     tokio::time::sleep(Duration::from_secs(3600)).await;
                 }
                 Behaviour::TooMuch => {
                     let mut more = body.to_vec();
                     more.extend_from_slice(b"trailing garbage");
-                    let _ = tx.send(Ok(FileChunk { data: more })).await;
+                    let _ = tx.send(Ok(FileChunk { data: more.into() })).await;
                 }
             }
         });

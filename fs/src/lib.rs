@@ -13,6 +13,8 @@
 //!   `fsync`, rename into place, `fsync` of the directory; deleted on drop if never committed.
 //! - [`dirsync`]: directory fsyncs grouped across concurrent requests, the record of
 //!   directories already durable, and durable removal.
+//! - [`writeback`]: [`Writeback`], flushing a large file while it is written, so the final
+//!   fsync has only the tail left.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -20,8 +22,10 @@ pub mod dirsync;
 pub mod durable;
 pub mod name;
 pub mod root;
+pub mod writeback;
 
 pub use dirsync::{create_dir_all_durably, remove_dir_durably, remove_file_durably, sync_dir};
 pub use durable::{CommitError, TempFile};
 pub use name::{MAX_NAME_BYTES, MAX_SEGMENT_BYTES, NameRule, STATE_DIR, UnsafeName, validate};
 pub use root::{OpenRootError, Root};
+pub use writeback::Writeback;

@@ -11,7 +11,7 @@
 use std::io::{self, IoSlice, Write};
 
 use bytes::Bytes;
-use depot_fs::TempFile;
+use depot_fs::{TempFile, Writeback};
 use futures::StreamExt;
 use s3s::dto::StreamingBlob;
 
@@ -35,7 +35,7 @@ pub trait Sink: Send + 'static {
     /// # Errors
     /// The I/O error.
     fn write_batch(&mut self, batch: &[Bytes]) -> io::Result<()>;
-    /// The file written to (for the early writeback).
+    /// The file written to (for the early writeback, [`Writeback`]).
     fn file(&self) -> &std::fs::File;
 }
 
@@ -88,13 +88,13 @@ pub async fn receive<S: Sink>(
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Bytes>>(QUEUE);
     let writer = tokio::task::spawn_blocking(move || -> io::Result<S> {
         let mut file = file;
-        let mut early = EarlyWriteback::default();
+        let mut early = Writeback::new();
         let mut total = 0u64;
         while let Some(batch) = rx.blocking_recv() {
             file.write_batch(&batch)?;
             let bytes = batch.iter().map(|b| b.len() as u64).sum();
             total += bytes;
-            early.written(&file, bytes);
+            early.written(file.file(), bytes);
         }
         early.finish();
         if total >= TAIL_FLUSH_MIN {
@@ -152,58 +152,6 @@ pub async fn receive<S: Sink>(
 /// Bodies from this size on flush their tail as soon as the network is done; smaller ones
 /// would pay a second fsync for nothing.
 const TAIL_FLUSH_MIN: u64 = 1024 * 1024;
-
-/// Bytes written between two early writebacks.
-const WRITEBACK_EVERY: u64 = 32 * 1024 * 1024;
-
-/// Starts writing a large upload's data to disk while it is still arriving.
-///
-/// The commit fsyncs the file before the 200. Left alone, the kernel holds a 1 GiB upload in
-/// the page cache and writes it all during that fsync, after the network is done; flushing
-/// every [`WRITEBACK_EVERY`] bytes on a second thread (on a clone of the file descriptor, so
-/// the writer never waits for it) overlaps the disk with the network, and the final fsync only
-/// has the tail left. Small objects never start the thread.
-#[derive(Default)]
-struct EarlyWriteback {
-    since_last: u64,
-    /// Wakes the flusher; a full slot means a flush is already pending (one is enough).
-    wake: Option<std::sync::mpsc::SyncSender<()>>,
-    flusher: Option<std::thread::JoinHandle<()>>,
-}
-
-impl EarlyWriteback {
-    fn written(&mut self, file: &impl Sink, bytes: u64) {
-        self.since_last += bytes;
-        if self.since_last < WRITEBACK_EVERY {
-            return;
-        }
-        self.since_last = 0;
-        if self.wake.is_none() {
-            let Ok(clone) = file.file().try_clone() else { return };
-            let (wake, asleep) = std::sync::mpsc::sync_channel::<()>(1);
-            let spawned = std::thread::Builder::new().name("depot-writeback".into()).spawn(move || {
-                while asleep.recv().is_ok() {
-                    // Best effort: the commit's fsync is the one that must succeed.
-                    let _ = clone.sync_data();
-                }
-            });
-            let Ok(flusher) = spawned else { return };
-            self.wake = Some(wake);
-            self.flusher = Some(flusher);
-        }
-        if let Some(wake) = &self.wake {
-            let _ = wake.try_send(());
-        }
-    }
-
-    /// Stops the flusher, after its flush in progress.
-    fn finish(mut self) {
-        self.wake = None;
-        if let Some(flusher) = self.flusher.take() {
-            let _ = flusher.join();
-        }
-    }
-}
 
 /// Writes every chunk of `batch` with as few `writev` calls as the kernel allows.
 fn write_batch(file: &mut TempFile, batch: &[Bytes]) -> io::Result<()> {

@@ -378,3 +378,69 @@ fn a_full_archive_is_named_and_a_rerun_after_freeing_space_completes() {
         assert!(f.is_in(&archive.join("full")), "{}", f.name);
     }
 }
+
+/// `depot status --json` on the cluster's archive.
+fn status_json(cluster: &Cluster) -> serde_json::Value {
+    let out =
+        Command::new(depot_tests::bin("depot")).args(["status", "--json"]).arg(cluster.archive()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn collect_job(status: &serde_json::Value) -> Option<serde_json::Value> {
+    status["jobs"].as_array()?.iter().find(|j| j["kind"] == "collect").cloned()
+}
+
+/// Issue 10's leftover: a running collect shows in `depot status` as a fetch does (progress,
+/// bytes, the nodes it reads from), then as done; the backup's prefix holds only the backup.
+#[test]
+fn a_running_collect_is_reported_in_depot_status() {
+    let dir = test_dir();
+    let cluster = Cluster::start(dir.path(), "500ms");
+    let files: Vec<DataFile> = (0..6).map(|i| DataFile::new(&format!("1/{i}_write.sst"), 384 * 1024)).collect();
+    let meta = br_host_dir(&cluster, &files);
+    for (i, f) in files.iter().enumerate() {
+        f.write_to(&cluster.node_dir(if i % 2 == 0 { "a" } else { "b" }));
+    }
+    // Slow sources, so the job is seen running: about 3 s in all.
+    let _agents: Vec<_> = ["a", "b"].iter().map(|n| cluster.agent(n, &["--max-rate", "384KiB"])).collect();
+    let mut cmd = collect_command(&cluster, &meta, "backup-7/", &["--task", "nightly", "--concurrency", "2"]);
+    let started = Instant::now();
+    let collect = spawn_piped(&mut cmd);
+
+    let total = 6 * 384 * 1024;
+    let mut first = 0;
+    assert!(
+        eventually(Duration::from_secs(15), || collect_job(&status_json(&cluster)).is_some_and(|j| {
+            first = j["bytes_done"].as_u64().unwrap();
+            j["state"] == "fetching" && first > 0 && first < total
+        })),
+        "a running collect: {}",
+        status_json(&cluster)
+    );
+    let job = collect_job(&status_json(&cluster)).unwrap();
+    assert_eq!((job["task"].as_str(), job["backup"].as_str()), (Some("nightly"), Some("backup-7")));
+    assert_eq!((job["files_needed"].as_u64(), job["bytes_needed"].as_u64()), (Some(6), Some(total)));
+    assert!(!job["node_id"].as_str().unwrap().is_empty(), "the machine it runs on: {job}");
+    assert!(
+        eventually(Duration::from_secs(10), || collect_job(&status_json(&cluster))
+            .is_some_and(|j| j["bytes_done"].as_u64().unwrap() > first)),
+        "progress advances past {first}"
+    );
+
+    let out = finish(collect, Duration::from_secs(60), started);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    let job = collect_job(&status_json(&cluster)).expect("the ended collect is still reported");
+    assert_eq!(job["state"], "done", "{job}");
+    assert_eq!((job["files_done"].as_u64(), job["bytes_done"].as_u64()), (Some(6), Some(total)));
+    let sources = job["sources"].as_object().unwrap();
+    assert_eq!(sources.keys().collect::<Vec<_>>(), ["a", "b"], "{job}");
+    assert_eq!(sources.values().map(|b| b.as_u64().unwrap()).sum::<u64>(), total);
+    let text = Command::new(depot_tests::bin("depot")).arg("status").arg(cluster.archive()).output().unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("collect") && text.contains("nightly") && text.contains("from a "), "{text}");
+    assert!(!cluster.archive().join("backup-7/.depot-collect").exists(), "the backup's prefix holds only the backup");
+    for f in &files {
+        assert!(f.is_in(&cluster.archive().join("backup-7")), "{}", f.name);
+    }
+}

@@ -11,5 +11,6 @@ mod hostile_clients;
 mod observability;
 mod s3_contract;
 mod s3_faults;
+mod s3_listing;
 mod s3_multipart;
 mod serve_cli;

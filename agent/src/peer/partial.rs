@@ -1,24 +1,30 @@
 //! A file being received: a temp file in the root's `.depot/tmp/`, how many bytes it holds,
 //! and the running SHA-256 of those bytes.
 //!
-//! Hashing and writing run on a blocking thread fed through a short queue, so they overlap
-//! with receiving the next chunks instead of alternating with it (on a loopback transfer the
-//! hash is the slowest stage; alternating would add the network time on top of it).
+//! Receiving, hashing and writing overlap: the network task hands each chunk (a reference-
+//! counted `Bytes`, never copied) to a hashing thread and to a writing thread over short
+//! bounded queues, so a transfer runs at the pace of the slowest of the three instead of their
+//! sum, and a slow disk or hash holds back the network (and memory) within a few chunks. The
+//! writer flushes the file to disk every few tens of MiB while it arrives
+//! ([`depot_fs::Writeback`]), so the fsync before the rename only has the tail left.
 
 use std::collections::BTreeSet;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use depot_fs::{CommitError, Root, TempFile};
+use bytes::Bytes;
+use depot_fs::{CommitError, Root, TempFile, Writeback};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::digest::Sha256Digest;
 
-/// Chunks queued for the writer thread: enough to keep it busy while the next chunk arrives,
-/// few enough that a slow disk holds back the network (and memory) quickly.
-const QUEUE_CHUNKS: usize = 3;
+/// Chunks queued for each of the hashing and writing threads: enough to keep them busy while
+/// the next chunk arrives, few enough that a slow disk or hash holds back the network (and
+/// memory) quickly. The two queues hold the same chunks, so a file in flight holds about as
+/// much as one queue of 3 did (`fetch --concurrency` files at once stay within 64 MiB).
+const QUEUE_CHUNKS: usize = 2;
 
 /// The temp file and the hash of what it holds, owned by whoever is writing.
 #[derive(Debug)]
@@ -27,7 +33,42 @@ struct Sink {
     hasher: Sha256,
 }
 
-/// Where the sink is: here, or with the writer thread.
+/// The hashing and writing threads, each with its half of the sink and its queue.
+#[derive(Debug)]
+struct Pipeline {
+    hash_tx: mpsc::Sender<Bytes>,
+    hasher: JoinHandle<Sha256>,
+    write_tx: mpsc::Sender<Bytes>,
+    writer: JoinHandle<(TempFile, io::Result<()>)>,
+}
+
+impl Pipeline {
+    fn start(sink: Sink) -> Self {
+        let (hash_tx, mut hash_rx) = mpsc::channel::<Bytes>(QUEUE_CHUNKS);
+        let (write_tx, write_rx) = mpsc::channel(QUEUE_CHUNKS);
+        let mut hasher = sink.hasher;
+        let hasher = tokio::task::spawn_blocking(move || {
+            while let Some(data) = hash_rx.blocking_recv() {
+                hasher.update(&data);
+            }
+            hasher
+        });
+        let tmp = sink.tmp;
+        let writer = tokio::task::spawn_blocking(move || write_queue(tmp, write_rx));
+        Self { hash_tx, hasher, write_tx, writer }
+    }
+
+    /// Closes the queues and waits for both threads to finish what is queued.
+    async fn stop(self) -> io::Result<(Sink, io::Result<()>)> {
+        let Self { hash_tx, hasher, write_tx, writer } = self;
+        drop((hash_tx, write_tx));
+        let (tmp, written) = writer.await.map_err(io::Error::other)?;
+        let hasher = hasher.await.map_err(io::Error::other)?;
+        Ok((Sink { tmp, hasher }, written))
+    }
+}
+
+/// Where the sink is: here, or with the threads.
 #[derive(Debug, Default)]
 enum State {
     /// Nothing received yet: no temp file (files that are never fetched cost nothing).
@@ -35,8 +76,8 @@ enum State {
     Empty,
     /// Idle: the sink is here.
     Idle(Sink),
-    /// The writer thread has the sink and takes chunks from `tx`.
-    Writing { tx: mpsc::Sender<Vec<u8>>, writer: JoinHandle<(Sink, io::Result<()>)> },
+    /// The hashing and writing threads have the sink.
+    Running(Pipeline),
 }
 
 /// The received-so-far bytes of one file. Dropping it deletes the temp file (once the writer
@@ -169,7 +210,7 @@ impl Partial {
     ///
     /// # Errors
     /// A local I/O error (disk full, ...) from this or an earlier chunk.
-    pub(crate) async fn append(&mut self, root: &Root, node_id: &str, data: Vec<u8>) -> io::Result<()> {
+    pub(crate) async fn append(&mut self, root: &Root, node_id: &str, data: Bytes) -> io::Result<()> {
         if !self.contributors.contains(node_id) {
             self.contributors.insert(node_id.to_owned());
         }
@@ -187,19 +228,17 @@ impl Partial {
                     .map_err(io::Error::other)??;
                     self.state = State::Idle(Sink { tmp, hasher: Sha256::new() });
                 }
-                State::Idle(sink) => {
-                    let (tx, rx) = mpsc::channel(QUEUE_CHUNKS);
-                    let writer = tokio::task::spawn_blocking(move || write_queue(sink, rx));
-                    self.state = State::Writing { tx, writer };
-                }
-                State::Writing { tx, writer } => {
-                    if tx.send(data).await.is_ok() {
-                        self.state = State::Writing { tx, writer };
+                State::Idle(sink) => self.state = State::Running(Pipeline::start(sink)),
+                State::Running(pipeline) => {
+                    // The hashing thread ends only when its queue closes: that send cannot fail.
+                    let written =
+                        pipeline.write_tx.send(data.clone()).await.is_ok() && pipeline.hash_tx.send(data).await.is_ok();
+                    self.state = State::Running(pipeline);
+                    if written {
                         self.len += n;
                         return Ok(());
                     }
                     // The writer stopped on an error: collect it.
-                    self.state = State::Writing { tx, writer };
                     self.settle().await?;
                     return Err(io::Error::other("the writer stopped"));
                 }
@@ -207,12 +246,11 @@ impl Partial {
         }
     }
 
-    /// Waits for the writer thread to finish the queued chunks and takes the sink back.
+    /// Waits for the threads to finish the queued chunks and takes the sink back.
     async fn settle(&mut self) -> io::Result<()> {
         match std::mem::take(&mut self.state) {
-            State::Writing { tx, writer } => {
-                drop(tx);
-                let (sink, result) = writer.await.map_err(io::Error::other)?;
+            State::Running(pipeline) => {
+                let (sink, result) = pipeline.stop().await?;
                 self.state = State::Idle(sink);
                 result
             }
@@ -273,13 +311,69 @@ impl Partial {
     }
 }
 
-/// The writer thread: hashes and writes queued chunks until the queue closes or a write fails.
-fn write_queue(mut sink: Sink, mut rx: mpsc::Receiver<Vec<u8>>) -> (Sink, io::Result<()>) {
+/// The writing thread: writes queued chunks until the queue closes or a write fails, starting
+/// the disk on them along the way.
+fn write_queue(mut tmp: TempFile, mut rx: mpsc::Receiver<Bytes>) -> (TempFile, io::Result<()>) {
+    let mut writeback = Writeback::new();
     while let Some(data) = rx.blocking_recv() {
-        sink.hasher.update(&data);
-        if let Err(err) = sink.tmp.write_all(&data) {
-            return (sink, Err(err));
+        if let Err(err) = tmp.write_all(&data) {
+            return (tmp, Err(err));
         }
+        writeback.written(tmp.file(), data.len() as u64);
     }
-    (sink, Ok(()))
+    writeback.finish();
+    (tmp, Ok(()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunks(data: &[u8]) -> impl Iterator<Item = Bytes> + '_ {
+        // Uneven chunks, more of them than the queues hold.
+        data.chunks(7919).map(Bytes::copy_from_slice)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn chunks_are_hashed_and_written_in_order_then_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Root::open(dir.path()).unwrap();
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i * 31 + i / 7) as u8).collect();
+        let mut partial = Partial::new();
+        for chunk in chunks(&data) {
+            partial.append(&root, "node1", chunk).await.unwrap();
+        }
+        assert_eq!(partial.len(), data.len() as u64);
+        let digest = partial.finish_digest().await.unwrap();
+        assert_eq!(digest, <[u8; 32]>::from(Sha256::digest(&data)));
+        partial.commit(&root, &dir.path().join("a/b.sst")).await.unwrap();
+        assert_eq!(std::fs::read(dir.path().join("a/b.sst")).unwrap(), data);
+        assert_eq!(std::fs::read_dir(root.tmp_dir()).unwrap().count(), 0, "no temp file left");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_kept_resumable_partial_continues_where_it_stopped() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Root::open(dir.path()).unwrap();
+        let path = root.tmp_dir().join("resume.part");
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let mut first = Partial::resumable_new(&path);
+        for chunk in chunks(&data[..60_000]) {
+            first.append(&root, "node1", chunk).await.unwrap();
+        }
+        first.keep().await;
+        let opened = tokio::task::spawn_blocking({
+            let path = path.clone();
+            move || Partial::resumable(&path)
+        });
+        let mut second = opened.await.unwrap().unwrap();
+        assert_eq!((second.len(), second.resumed_bytes()), (60_000, 60_000));
+        for chunk in chunks(&data[60_000..]) {
+            second.append(&root, "node2", chunk).await.unwrap();
+        }
+        assert_eq!(second.finish_digest().await.unwrap(), <[u8; 32]>::from(Sha256::digest(&data)));
+        second.commit(&root, &dir.path().join("f")).await.unwrap();
+        assert_eq!(std::fs::read(dir.path().join("f")).unwrap(), data);
+        assert!(!path.exists(), "the resumable file was renamed into place");
+    }
 }

@@ -1,10 +1,15 @@
 //! Backups in the archive: every directory holding a `backupmeta` (BR) or `manifest.jsonl`,
 //! read with the agent's manifest reader and checked against the files beside it (by size;
 //! hashing a whole archive on every refresh would cost more than the page is worth).
+//!
+//! Collect jobs report through the archive they write to (a collect runs from any machine):
+//! their files are at the root of the bucket, `.depot-collect/jobs/collect-*.json` (see
+//! `depot_agent::jobs`), read at every status request.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use depot_agent::jobs::{COLLECT_JOBS_DIR, JobFile};
 use depot_agent::manifest::ManifestSource;
 use depot_agent::storage::StoreOptions;
 
@@ -52,6 +57,58 @@ impl Backups {
         *cache = Some((Instant::now(), list.clone()));
         list
     }
+
+    /// The collect jobs whose files are in the archive (at the root of a bucket: the archive,
+    /// or with `--multi-bucket` a top-level directory), read now, with the machine each runs
+    /// on. Files of jobs that ended (or stopped) long ago are removed: nothing else would.
+    pub async fn collect_jobs(&self) -> Vec<(String, JobFile)> {
+        let archive = self.archive.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut dirs = vec![archive.join(COLLECT_JOBS_DIR)];
+            if let Ok(top) = std::fs::read_dir(&archive) {
+                dirs.extend(
+                    top.filter_map(Result::ok)
+                        .filter(|e| e.file_name() != depot_fs::STATE_DIR && e.file_type().is_ok_and(|t| t.is_dir()))
+                        .map(|e| e.path().join(COLLECT_JOBS_DIR)),
+                );
+            }
+            read_job_files(&dirs)
+        })
+        .await
+        .unwrap_or_default()
+    }
+}
+
+/// The collect job files in `dirs`, removing expired ones (and their directories, once
+/// empty).
+fn read_job_files(dirs: &[PathBuf]) -> Vec<(String, JobFile)> {
+    let mut jobs = Vec::new();
+    for dir in dirs {
+        let Ok(entries) = std::fs::read_dir(dir) else { continue };
+        for entry in entries.filter_map(Result::ok) {
+            let path = entry.path();
+            if path.extension().is_none_or(|x| x != "json") {
+                continue;
+            }
+            let Some(job) = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice::<JobFile>(&b).ok()) else {
+                continue;
+            };
+            if job.expired() {
+                let _ = std::fs::remove_file(&path);
+                continue;
+            }
+            let host = if job.host.is_empty() { "collect".to_owned() } else { job.host.clone() };
+            jobs.push((host, job));
+        }
+        // `jobs/`, then `.depot-collect/`, once nothing else is left in them.
+        if std::fs::remove_dir(dir).is_ok()
+            && let Some(parent) = dir.parent()
+        {
+            let _ = std::fs::remove_dir(parent);
+        }
+    }
+    jobs.sort_by_key(|(_, j)| std::cmp::Reverse(j.updated_unix_ms));
+    jobs
 }
 
 /// (backup directory, manifest file name) pairs, sorted.

@@ -289,6 +289,10 @@ pub fn render(report: &StatusReport) -> String {
             human_bytes(j.bytes_needed),
             human_bytes(j.bytes_per_second as u64),
         );
+        if !j.sources.is_empty() {
+            let from: Vec<String> = j.sources.iter().map(|(node, b)| format!("{node} {}", human_bytes(*b))).collect();
+            let _ = writeln!(out, "    from {}", from.join(", "));
+        }
         if j.files_missing > 0 {
             let _ = writeln!(out, "    missing ({}): {}", j.files_missing, j.missing.join(", "));
         }

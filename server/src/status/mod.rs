@@ -141,6 +141,9 @@ impl StatusService {
         let nodes: Vec<_> = inner.registry.nodes().into_iter().filter(|n| !n.client_only).collect();
         let mut backups = inner.backups.list().await;
         let mut jobs = Vec::new();
+        for (host, job) in inner.backups.collect_jobs().await {
+            jobs.push(JobStatus::from((host.as_str(), &job.into_report())));
+        }
         for node in &nodes {
             let Some(report) = &node.report else { continue };
             jobs.extend(report.jobs.iter().map(|j| JobStatus::from((node.node_id.as_str(), j))));

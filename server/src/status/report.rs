@@ -89,10 +89,10 @@ pub struct Coverage {
     pub bytes_held: u64,
 }
 
-/// A job on a node.
+/// A job on a node (a fetch), or a collect writing into the archive.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JobStatus {
-    /// The node it runs on.
+    /// The node it runs on (for a collect: the machine, as it names itself).
     pub node_id: String,
     /// `fetch` or `collect`.
     pub kind: String,
@@ -122,6 +122,9 @@ pub struct JobStatus {
     pub files_failed: u64,
     /// Names of missing files (the first 20).
     pub missing: Vec<String>,
+    /// Bytes of finished files by the node they were read from.
+    #[serde(default)]
+    pub sources: std::collections::BTreeMap<String, u64>,
 }
 
 impl JobStatus {
@@ -154,6 +157,7 @@ impl From<(&str, &depot_proto::registry::JobReport)> for JobStatus {
             files_missing: job.files_missing,
             files_failed: job.files_failed,
             missing: job.missing.clone(),
+            sources: job.source_bytes.iter().map(|(k, v)| (k.clone(), *v)).collect(),
         }
     }
 }

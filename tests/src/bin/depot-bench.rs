@@ -7,6 +7,8 @@
 //! - `s3 ...`: one large PUT then GET, then many small PUTs then GETs at a concurrency.
 //! - `mpu ...`: one large PUT, then the same size as a multipart upload of fixed-size parts
 //!   sent one after another (as TiKV does), with Complete timed on its own.
+//! - `list ...`: directories of 1,000 to 1,000,000 empty files listed in full with V1 and V2
+//!   (see `list.rs`).
 //!
 //! The S3 requests are signed with `UNSIGNED-PAYLOAD` and sent with plain hyper, and the large
 //! GET is read the way the TCP baseline's sink reads (a reused 1 MiB buffer), so the client
@@ -26,6 +28,9 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[path = "depot-bench/list.rs"]
+mod list;
 
 #[derive(Parser)]
 struct Cli {
@@ -79,6 +84,18 @@ enum Command {
         size: u64,
         #[arg(long, default_value_t = 8 << 20)]
         part_size: u64,
+    },
+    /// Directories of N empty files made in the archive, each listed in full with
+    /// ListObjects (V1, Marker) and ListObjectsV2, 1,000 keys a page.
+    List {
+        #[command(flatten)]
+        target: Target,
+        /// The directory the server serves (the files are created in it directly).
+        #[arg(long)]
+        archive: std::path::PathBuf,
+        /// Directory sizes, comma-separated.
+        #[arg(long, value_delimiter = ',', default_values_t = [1_000, 100_000, 1_000_000])]
+        sizes: Vec<usize>,
     },
     /// Registers N agents (each heartbeating a report with two jobs) with a running `depot
     /// serve`, then times scrapes of /_depot/metrics and reads of the status API.
@@ -440,6 +457,11 @@ async fn main() {
             let mut ack = [0u8; 4];
             tcp.read_exact(&mut ack).await.expect("ack");
             println!("tcp_loopback_mb_s={:.0}", mb_per_s(bytes, start.elapsed().as_secs_f64()));
+        }
+        Command::List { target, archive, sizes } => {
+            let client =
+                depot_tests::s3_client(&target.endpoint, &target.access_key, &target.secret_key, &target.region, None);
+            list::run(client, &target.bucket, &archive, &sizes).await;
         }
         Command::Mpu { target, size, part_size } => {
             let bucket = target.bucket.clone();
