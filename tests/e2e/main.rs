@@ -6,6 +6,7 @@ mod agent_collect;
 mod agent_faults;
 mod agent_fetch;
 mod agent_security;
+mod agent_view;
 mod observability;
 mod s3_contract;
 mod s3_faults;
