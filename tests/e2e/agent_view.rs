@@ -14,8 +14,9 @@ use depot_tests::{s3_client, test_dir};
 /// The prefix every view serves the backup under (node roots have different names here).
 const PREFIX: &str = "backup";
 
-/// Starts agent `id` with an S3 view reading the manifest at `meta`, plus `extra`.
-fn view_agent(cluster: &Cluster, id: &str, meta: &Path, extra: &[&str]) -> Agent {
+/// Starts agent `id` with an S3 view reading the manifest at `meta` (default: its root's
+/// backupmeta, else the peers'), plus `extra`.
+fn view_agent(cluster: &Cluster, id: &str, meta: Option<&Path>, extra: &[&str]) -> Agent {
     let (bucket, key, secret) =
         (cluster.depot.field("bucket"), cluster.depot.field("access_key"), cluster.depot.field("secret_key"));
     let mut args = vec![
@@ -23,8 +24,6 @@ fn view_agent(cluster: &Cluster, id: &str, meta: &Path, extra: &[&str]) -> Agent
         "127.0.0.1:0",
         "--s3-prefix",
         PREFIX,
-        "--s3-meta",
-        meta.to_str().unwrap(),
         "--s3-bucket",
         &bucket,
         "--s3-access-key",
@@ -32,6 +31,9 @@ fn view_agent(cluster: &Cluster, id: &str, meta: &Path, extra: &[&str]) -> Agent
         "--s3-secret-key",
         &secret,
     ];
+    if let Some(meta) = meta {
+        args.extend(["--s3-meta", meta.to_str().unwrap()]);
+    }
     args.extend_from_slice(extra);
     cluster.agent(id, &args)
 }
@@ -106,8 +108,9 @@ async fn list_v2(s3: &aws_sdk_s3::Client, bucket: &str, prefix: &str, page: i32)
 /// aws-sdk-s3 reads every file byte-exact through the local view (ranged reads too), lists
 /// it with V1 markers and V2 tokens, gets 404 NoSuchKey for a missing key and 403 for a wrong
 /// secret. A file nobody holds is a 404 with a log line naming it. What BR writes is stored on
-/// the node and read back. After a restart with every other node gone, the files the view
-/// fetched before are served from its cache.
+/// the node and read back. The manifest comes from the node's own backupmeta, a given path,
+/// or the peers. After a restart with every other node gone, the files the view fetched
+/// before (and the manifest) are served from its cache.
 #[test]
 fn every_node_serves_the_whole_backup_and_keeps_what_it_fetched() {
     let dir = test_dir();
@@ -125,7 +128,13 @@ fn every_node_serves_the_whole_backup_and_keeps_what_it_fetched() {
     }
     // The node BR ran on also holds the backupmeta, as after `br backup --storage local://`.
     write_backupmeta_v2(&cluster.node_dir("a"), &listed);
-    let mut agents: Vec<Agent> = ids.iter().map(|id| view_agent(&cluster, id, &meta, &[])).collect();
+    // Three ways to the manifest: a reads its own backupmeta, b the archive's copy, c fetches
+    // it from its peers.
+    let mut agents: Vec<Agent> = vec![
+        view_agent(&cluster, "a", None, &[]),
+        view_agent(&cluster, "b", Some(&meta), &[]),
+        view_agent(&cluster, "c", None, &[]),
+    ];
     let bucket = cluster.depot.field("bucket");
     let url = agents[0].s3_url.clone().unwrap();
     assert!(url.starts_with(&format!("s3://{bucket}/{PREFIX}?endpoint=http://127.0.0.1:")), "{url}");
@@ -173,12 +182,19 @@ fn every_node_serves_the_whole_backup_and_keeps_what_it_fetched() {
             assert_eq!(err.raw_response().map(|r| r.status().as_u16()), Some(403));
         }
 
+        let log = agents[2].stderr();
+        assert!(log.contains("fetched the backup's metadata for the view"), "c read the manifest from a peer:\n{log}");
+        assert!(log.contains("the view serves this backup"), "{log}");
+
         // No live node holds it: 404, and the log names the file.
         let s3 = client_of(&cluster, &agents[2]);
         let err = s3.get_object().bucket(&bucket).key(key(&lost)).send().await.unwrap_err();
         assert_eq!(err.into_service_error().meta().code(), Some("NoSuchKey"));
         assert!(
-            eventually(Duration::from_secs(5), || agents[2].stderr().contains("lost_write.sst")),
+            eventually(Duration::from_secs(5), || {
+                let log = agents[2].stderr();
+                log.contains("no live node (and no archive) can provide") && log.contains("lost_write.sst")
+            }),
             "the log names the missing file:\n{}",
             agents[2].stderr()
         );
@@ -197,7 +213,7 @@ fn every_node_serves_the_whole_backup_and_keeps_what_it_fetched() {
     for agent in &mut agents[..2] {
         agent.kill9();
     }
-    let c = view_agent(&cluster, "c", &meta, &[]);
+    let c = view_agent(&cluster, "c", None, &[]);
     rt.block_on(async {
         let s3 = client_of(&cluster, &c);
         for f in &files {
@@ -235,7 +251,7 @@ fn a_view_survives_dying_and_lying_holders_and_keeps_its_cache_in_budget() {
     let mut dying = cluster.agent("a-dies", &["--max-rate", "8MiB"]);
     let _bad = cluster.agent("a-bad", &[]);
     let _b = cluster.agent("b", &[]);
-    let me = view_agent(&cluster, "me", &manifest, &["--cache-max", "5MiB"]);
+    let me = view_agent(&cluster, "me", Some(&manifest), &["--cache-max", "5MiB"]);
     let cache = cluster.node_dir("me").join(".depot/view/cache");
     let bucket = cluster.depot.field("bucket");
 

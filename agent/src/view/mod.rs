@@ -195,14 +195,7 @@ impl View {
         if slot.failed_at.is_some_and(|at| at.elapsed() < MANIFEST_RETRY) {
             return Arc::default();
         }
-        let source = match &self.config.meta {
-            Some(source) => Ok(source.clone()),
-            None => ManifestSource::parse(&self.config.root.dir().display().to_string(), &Default::default()),
-        };
-        let loaded = match source {
-            Ok(source) => source.load(self.config.crypter.as_ref()).await.map_err(|e| e.to_string()),
-            Err(err) => Err(err.to_string()),
-        };
+        let loaded = self.load_manifest().await;
         match loaded {
             Ok(manifest) => {
                 let now = SystemTime::now();
@@ -224,6 +217,57 @@ impl View {
                 Arc::default()
             }
         }
+    }
+
+    /// Reads the manifest: `--s3-meta`, else `ROOT/backupmeta`, else from the peers.
+    async fn load_manifest(&self) -> std::result::Result<crate::manifest::Manifest, String> {
+        let options = crate::storage::StoreOptions::default();
+        let source = match &self.config.meta {
+            Some(source) => source.clone(),
+            None if self.config.root.dir().join(crate::manifest::BACKUPMETA).is_file() => {
+                ManifestSource::parse(&self.config.root.dir().display().to_string(), &options)
+                    .map_err(|e| e.to_string())?
+            }
+            None => return self.load_manifest_from_peers().await,
+        };
+        source.load(self.config.crypter.as_ref()).await.map_err(|e| e.to_string())
+    }
+
+    /// The node that ran BR holds the `backupmeta` (and, for v2, its index files): they are
+    /// fetched into the cache and parsed there. The index files are checked against the
+    /// digests the backupmeta records; the backupmeta itself only by its holder's size.
+    async fn load_manifest_from_peers(&self) -> std::result::Result<crate::manifest::Manifest, String> {
+        let cache_dir = self.cache.root().dir().to_path_buf();
+        let store = crate::storage::Storage::open(&cache_dir.display().to_string(), &Default::default())
+            .map_err(|e| e.to_string())?;
+        let source = ManifestSource { store, key: None };
+        // Each round fetches the one file the parser missed; a v2 backupmeta names a handful.
+        for _ in 0..64 {
+            let missing = match source.load(self.config.crypter.as_ref()).await {
+                Ok(manifest) => return Ok(manifest),
+                Err(crate::manifest::ManifestError::NotFound { .. }) => crate::manifest::BACKUPMETA.to_owned(),
+                Err(crate::manifest::ManifestError::Read(crate::storage::StoreError::NotFound { location })) => {
+                    match std::path::Path::new(&location).strip_prefix(&cache_dir).ok().and_then(|p| p.to_str()) {
+                        Some(name) => name.to_owned(),
+                        None => return Err(format!("{location} is missing")),
+                    }
+                }
+                Err(err) => return Err(err.to_string()),
+            };
+            let entry = FileEntry { name: missing.clone(), size: u64::MAX, sha256: None };
+            match self.probe.fetch(&entry).await {
+                Ok(fetched) => {
+                    tracing::info!(
+                        name = missing,
+                        from = fetched.node_id,
+                        "fetched the backup's metadata for the view"
+                    );
+                    drop(self.cache.insert(&missing, fetched.size));
+                }
+                Err(err) => return Err(format!("no local backupmeta and none from the peers: {err}")),
+            }
+        }
+        Err("the backupmeta's index names too many files".into())
     }
 
     fn check_bucket(&self, bucket: &str) -> Result<()> {
