@@ -18,6 +18,8 @@
 #   ungrouped_*           the same two PUT figures against a second server with group commit
 #                         of directory fsyncs off (DEPOT_GROUP_COMMIT=off), same run
 #   group_commit_gain     small_put_ops_s / ungrouped_small_put_ops_s
+#   small_put_tmpfs_ops_s the same small PUTs against an archive on tmpfs (fsync is free):
+#                         the CPU-bound ceiling that grouping fsyncs can at best approach
 #   depot_peak_rss_mib    peak RSS (VmHWM) of `depot serve` over the whole run
 #   md5_one_core_mb_s     MD5 of 1 GiB on one core, the implementation the server uses
 #                         (a PUT computes the ETag's MD5 on its own thread)
@@ -102,20 +104,35 @@ echo "depot_peak_rss_mib=$(awk '/VmHWM/ {printf "%.1f", $2 / 1024}' "/proc/$depo
 # 1 GiB as a multipart upload of 8 MiB parts against the same PUT (mpu_vs_put, Complete's share).
 "$target/depot-bench" mpu "${s3_args[@]}"
 
-# The A/B for group commit: a second server, grouping off, the same PUTs.
-DEPOT_GROUP_COMMIT=off "$target/depot" serve "$work/archive-ungrouped" --listen 127.0.0.1:0 --json \
-    --log-file "$work/depot-ungrouped.log" >"$work/banner-ungrouped.json" 2>"$work/depot-ungrouped.stderr" &
-pids+=($!)
-for _ in $(seq 100); do
-    [[ -s "$work/banner-ungrouped.json" ]] && break
-    sleep 0.05
-done
-ab() { python3 -c "import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$work/banner-ungrouped.json" "$1"; }
-ab_args=(--endpoint "$(ab endpoint)" --bucket "$(ab bucket)" --access-key "$(ab access_key)" --secret-key "$(ab secret_key)")
+# The A/B for group commit: a second server, grouping off, the same PUTs. A third server on
+# tmpfs, where an fsync costs nothing, gives the ceiling any fsync grouping could approach
+# (small_put_tmpfs_ops_s): on a 2-core machine the client and server share the CPU.
+side_server() { # NAME ARCHIVE [ENV=VALUE...]: starts `depot serve`; its S3 arguments go to side_args
+    local name=$1 archive=$2
+    shift 2
+    env "$@" "$target/depot" serve "$archive" --listen 127.0.0.1:0 --json \
+        --log-file "$work/depot-$name.log" >"$work/banner-$name.json" 2>"$work/depot-$name.stderr" &
+    pids+=($!)
+    for _ in $(seq 100); do
+        [[ -s "$work/banner-$name.json" ]] && break
+        sleep 0.05
+    done
+    side_args=()
+    local f
+    for f in endpoint bucket access_key secret_key; do
+        side_args+=("--${f/_/-}" "$(python3 -c "import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$work/banner-$name.json" "$f")")
+    done
+}
+side_server ungrouped "$work/archive-ungrouped" DEPOT_GROUP_COMMIT=off
+ab_args=("${side_args[@]}")
 ungrouped=$("$target/depot-bench" s3 "${ab_args[@]}" "${small[@]}" | grep put)
 echo "ungrouped_$ungrouped"
 "$target/depot-bench" s3 "${ab_args[@]}" "${small[@]}" --layout fresh | grep put | sed 's/^/ungrouped_/'
 echo "group_commit_gain=$(ratio "$(sed -n 's/^small_put_ops_s=//p' <<<"$grouped")" "$(sed -n 's/^small_put_ops_s=//p' <<<"$ungrouped")")"
+tmpfs_archive=$(mktemp -d /dev/shm/depot-bench-tmpfs.XXXXXX)
+trap 'cleanup; rm -rf "$tmpfs_archive"' EXIT
+side_server tmpfs "$tmpfs_archive/archive"
+"$target/depot-bench" s3 "${side_args[@]}" "${small[@]}" | sed -n 's/^small_put_ops_s=/small_put_tmpfs_ops_s=/p'
 
 if [[ -x scripts/bench-agent.sh ]]; then
     scripts/bench-agent.sh

@@ -18,12 +18,16 @@
 //! upload.json          what CreateMultipartUpload was told (written by s3/multipart.rs)
 //! part-size            P, written once (hard link of a complete temp file, so never torn)
 //! assembly             the object being assembled; holes where parts have not arrived
-//! 00007.json           the record of part 7: size, ETag, checksums, where its bytes are
+//! parts.log            the parts' records, one JSON line each (size, ETag, checksums, where
+//!                      its bytes are); the last line of a number wins
 //! 00007-<random>.data  part 7's bytes, when they could not go in place
 //! ```
 //!
 //! A part is durable before its 200: its bytes are fsynced (the assembly's `fdatasync`, or
-//! the data file's commit), then its record is committed (fsync, rename, directory fsync).
+//! the data file's commit), then its record is appended to `parts.log` and that is
+//! `fdatasync`ed: one journal commit, where a file per record cost two (the file, then its
+//! directory entry) on every part of a sequential upload. A line is trusted only whole (ends
+//! in a newline and parses), so a crash mid-append loses only the part not yet answered.
 //! Bytes without a record are never read, so a crash or a failed body mid-part leaves nothing
 //! that counts. A record's region is never written again: a re-upload of a part that has a
 //! record goes to a data file, and only after the new record is committed is the old data
@@ -61,8 +65,9 @@ pub const MIN_PART: u64 = 5 * 1024 * 1024;
 const MAX_OBJECT: u64 = 5 * 1024 * 1024 * 1024 * 1024;
 const ASSEMBLY: &str = "assembly";
 const PART_SIZE: &str = "part-size";
+const PARTS_LOG: &str = "parts.log";
 
-/// What is known about one stored part (`NNNNN.json`).
+/// What is known about one stored part (a line of `parts.log`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PartRecord {
     /// The part number.
@@ -77,13 +82,29 @@ pub struct PartRecord {
     pub crc64nvme: String,
     /// Where its bytes are.
     pub at: Placement,
-    /// When the record was written (the record file's mtime).
-    #[serde(skip, default = "epoch")]
+    /// When the record was written.
+    #[serde(with = "unix_millis", default = "epoch")]
     pub modified: SystemTime,
 }
 
 fn epoch() -> SystemTime {
     SystemTime::UNIX_EPOCH
+}
+
+/// A time as milliseconds since the epoch (what ListParts reports has second precision).
+mod unix_millis {
+    use std::time::{Duration, SystemTime};
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(time: &SystemTime, out: S) -> Result<S::Ok, S::Error> {
+        let millis = time.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis();
+        out.serialize_u64(u64::try_from(millis).unwrap_or(u64::MAX))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(input: D) -> Result<SystemTime, D::Error> {
+        Ok(SystemTime::UNIX_EPOCH + Duration::from_millis(u64::deserialize(input)?))
+    }
 }
 
 /// Where a part's bytes are.
@@ -148,7 +169,10 @@ impl Uploads {
         let Some(len) = declared else { return Ok(None) };
         let Some(part_size) = part_size(dir, Some(len))? else { return Ok(None) };
         let offset = u64::try_from(number - 1).unwrap_or(u64::MAX).saturating_mul(part_size);
-        if len > part_size || offset.saturating_add(len) > MAX_OBJECT || record_path(dir, number).exists() {
+        if len > part_size
+            || offset.saturating_add(len) > MAX_OBJECT
+            || records(dir)?.iter().any(|p| p.number == number)
+        {
             return Ok(None);
         }
         {
@@ -197,7 +221,7 @@ impl Uploads {
             if !meta.is_dir() {
                 continue;
             }
-            let last = [dir.clone(), dir.join(ASSEMBLY)]
+            let last = [dir.clone(), dir.join(ASSEMBLY), dir.join(PARTS_LOG)]
                 .iter()
                 .filter_map(|p| p.metadata().and_then(|m| m.modified()).ok())
                 .max()
@@ -361,10 +385,6 @@ impl PartSink {
     }
 }
 
-fn record_path(dir: &Path, number: i32) -> PathBuf {
-    dir.join(format!("{number:05}.json"))
-}
-
 fn commit_error(err: CommitError) -> io::Error {
     match err {
         CommitError::Io { source, .. } => source,
@@ -387,15 +407,15 @@ pub fn store_part(dir: &Path, sink: PartSink, mut record: PartRecord) -> io::Res
             }
             region.file.sync_data()?;
             record.at = Placement::Assembly { offset: region.offset };
-            write_record(dir, &record)
+            append_record(dir, &record)
             // `region` (and its claim) is dropped only now, after the record exists.
         }
         PartSink::Separate(temp) => {
             let name = format!("{:05}-{:016x}.data", record.number, rand::rng().random::<u64>());
             temp.commit(&dir.join(&name)).map_err(commit_error)?;
-            let previous = read_record(&record_path(dir, record.number)).ok();
+            let previous = records(dir)?.into_iter().find(|p| p.number == record.number);
             record.at = Placement::File { name };
-            write_record(dir, &record)?;
+            append_record(dir, &record)?;
             if let Some(PartRecord { at: Placement::File { name }, .. }) = previous {
                 let _ = std::fs::remove_file(dir.join(name));
             }
@@ -404,41 +424,50 @@ pub fn store_part(dir: &Path, sink: PartSink, mut record: PartRecord) -> io::Res
     }
 }
 
-fn write_record(dir: &Path, record: &PartRecord) -> io::Result<()> {
-    let mut temp = TempFile::create_in(dir)?;
-    temp.write_all(&serde_json::to_vec(record).map_err(io::Error::other)?)?;
-    temp.commit(&record_path(dir, record.number)).map_err(commit_error)
+/// Appends `record` to the upload's `parts.log` and makes it durable. The log is created by
+/// the first part (then its directory entry is made durable too). One line goes out in one
+/// `write` on an `O_APPEND` descriptor, so concurrent parts' lines do not interleave; it
+/// starts with a newline too, so the rest of an append that failed half-way (a full disk)
+/// stays a line of its own, skipped, and never spoils this record.
+fn append_record(dir: &Path, record: &PartRecord) -> io::Result<()> {
+    let mut line = vec![b'\n'];
+    serde_json::to_writer(&mut line, record).map_err(io::Error::other)?;
+    line.push(b'\n');
+    let path = dir.join(PARTS_LOG);
+    let (mut log, created) = match OpenOptions::new().append(true).create_new(true).open(&path) {
+        Ok(log) => (log, true),
+        Err(err) if err.kind() == io::ErrorKind::AlreadyExists => (OpenOptions::new().append(true).open(&path)?, false),
+        Err(err) => return Err(err),
+    };
+    log.write_all(&line)?;
+    log.sync_data()?;
+    if created {
+        depot_fs::sync_dir(dir)?;
+    }
+    Ok(())
 }
 
-fn read_record(path: &Path) -> io::Result<PartRecord> {
-    let mut record: PartRecord =
-        serde_json::from_slice(&std::fs::read(path)?).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-    record.modified = path.metadata()?.modified()?;
-    Ok(record)
-}
-
-/// The stored parts of the upload in `dir`, by number.
+/// The stored parts of the upload in `dir`, by number (a re-uploaded part's last record).
 ///
 /// # Errors
-/// The I/O error reading the directory.
+/// The I/O error reading the log; [`io::ErrorKind::NotFound`] when the upload is gone.
 pub fn records(dir: &Path) -> io::Result<Vec<PartRecord>> {
-    let mut parts = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let name = entry.file_name();
-        let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".json")) else { continue };
-        if stem.len() != 5 || !stem.bytes().all(|b| b.is_ascii_digit()) {
-            continue;
-        }
-        match read_record(&entry.path()) {
-            Ok(record) => parts.push(record),
-            // Removed by a concurrent re-upload's clean-up or an abort: not a part now.
-            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
-            Err(err) => return Err(err),
+    let log = match std::fs::read(dir.join(PARTS_LOG)) {
+        Err(err) if err.kind() == io::ErrorKind::NotFound && dir.is_dir() => return Ok(Vec::new()),
+        result => result?,
+    };
+    let mut parts = std::collections::BTreeMap::new();
+    // Only whole lines count: a crash mid-append leaves a torn last line, never answered.
+    let whole = log.split_inclusive(|b| *b == b'\n').filter(|l| l.ends_with(b"\n") && l.len() > 1);
+    for line in whole {
+        match serde_json::from_slice::<PartRecord>(line) {
+            Ok(record) => {
+                parts.insert(record.number, record);
+            }
+            Err(err) => tracing::warn!(dir = %dir.display(), %err, "skipping an unreadable part record"),
         }
     }
-    parts.sort_by_key(|p| p.number);
-    Ok(parts)
+    Ok(parts.into_values().collect())
 }
 
 /// The upload's part size, fixing it to `declared` (when at least [`MIN_PART`]) if no part
@@ -619,6 +648,27 @@ mod tests {
             at,
             modified: SystemTime::UNIX_EPOCH,
         }
+    }
+
+    #[test]
+    fn the_log_keeps_each_parts_last_whole_record() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(records(dir.path()).unwrap().is_empty(), "no log yet: no parts");
+        append_record(dir.path(), &record(2, 7, Placement::Assembly { offset: 5 })).unwrap();
+        append_record(dir.path(), &record(1, 5, Placement::Assembly { offset: 0 })).unwrap();
+        // A re-upload of part 2 after an append that died half-way (a full disk).
+        let log = dir.path().join(PARTS_LOG);
+        let mut file = OpenOptions::new().append(true).open(&log).unwrap();
+        file.write_all(b"\n{\"number\":2,\"si").unwrap();
+        append_record(dir.path(), &record(2, 9, Placement::File { name: "b".into() })).unwrap();
+        // A crash in the middle of the next append: a torn last line, never answered.
+        file.write_all(b"\n{\"number\":3,\"size\":1").unwrap();
+        let parts = records(dir.path()).unwrap();
+        let seen: Vec<(i32, u64)> = parts.iter().map(|p| (p.number, p.size)).collect();
+        assert_eq!(seen, [(1, 5), (2, 9)]);
+        assert_eq!(parts[1].at, Placement::File { name: "b".into() });
+        let gone = dir.path().join("gone");
+        assert_eq!(records(&gone).unwrap_err().kind(), io::ErrorKind::NotFound, "a removed upload is not empty");
     }
 
     #[test]
