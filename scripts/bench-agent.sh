@@ -318,8 +318,8 @@ awk -v vl="$vl" -v sg="$sg" -v vr="$vr" -v f="${fetch1:-0}" -v vm="$vm" -v fm="$
     # Before a restore can start, on 3 nodes each holding a third: fetch-everything-everywhere
     # moves 2/3 of the backup to each node; collect moves it all once into the archive (and
     # each node then downloads what it restores from there); the view moves nothing.
-    if (fm > 0) printf "restore_start_fetch_everywhere_bytes=%d\nrestore_start_fetch_everywhere_seconds=%.3f\n", 2 * t, fm
-    if (cm > 0) printf "restore_start_collect_bytes=%d\nrestore_start_collect_seconds=%.3f\n", t, cm
+    if (fm > 0) printf "restore_start_fetch_everywhere_bytes=%.0f\nrestore_start_fetch_everywhere_seconds=%.3f\n", 2 * t, fm
+    if (cm > 0) printf "restore_start_collect_bytes=%.0f\nrestore_start_collect_seconds=%.3f\n", t, cm
     printf "restore_start_view_bytes=0\nrestore_start_view_seconds=0\n"
 }'
 echo "rss_view_agent_kib=$(hwm_kib "$vbig_pid")"
