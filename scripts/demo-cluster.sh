@@ -83,6 +83,9 @@ for n in 1 2 3; do
     cat "$work/logs/agent$n.json"
 done
 
+say "   the joined nodes: each holds a certificate from the archive's CA (agents speak mutual TLS)"
+run "$DEPOT_BIN" nodes --archive "$work/archive"
+
 meta="s3://$bucket/backup-1/manifest.jsonl?endpoint=$endpoint&force-path-style=true&region=$region&provider=minio"
 
 say "4. verify: which node holds which file (Stat only, no data moved)"

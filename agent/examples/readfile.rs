@@ -1,7 +1,8 @@
 //! Streams one file from a live peer with `ReadFile` and throws the bytes away: the transfer
 //! protocol alone, without hashing or writing, for `scripts/bench-agent.sh`.
 //!
-//! Usage: `readfile COORDINATOR_URL JOIN_TOKEN NODE_ID PATH` (prints `bytes seconds`).
+//! Usage: `DEPOT_JOIN_TOKEN=... readfile COORDINATOR_URL NODE_ID PATH` (prints `bytes seconds`).
+//! It joins as a client-only run, as `fetch` does, so the bytes cross mutual TLS.
 
 use std::time::Instant;
 
@@ -17,10 +18,11 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
-    let [_, url, token, node, path] = args.as_slice() else {
-        return Err("usage: readfile COORDINATOR_URL JOIN_TOKEN NODE_ID PATH".into());
+    let [_, url, node, path] = args.as_slice() else {
+        return Err("usage: DEPOT_JOIN_TOKEN=... readfile COORDINATOR_URL NODE_ID PATH".into());
     };
-    let coordinator = Coordinator::new(url, Secret::new(token.clone()), None)?;
+    let token = std::env::var("DEPOT_JOIN_TOKEN").map_err(|_| "set DEPOT_JOIN_TOKEN")?;
+    let coordinator = Coordinator::new(url, Secret::new(token), None)?;
     let peers = PeerDirectory::new(coordinator, None).peers(true).await?;
     let peer = peers.iter().find(|p| &p.node_id == node).ok_or_else(|| format!("no live node {node}"))?;
     let mut client = peer.client().ok_or("unusable peer address")?;

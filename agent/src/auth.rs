@@ -1,20 +1,18 @@
-//! Credentials: the join token an agent shows the coordinator, and the peer token agents show
-//! each other.
+//! Credentials: the join token and node secret an agent shows the coordinator ([`Secret`]), and
+//! the check a serving agent makes on every caller ([`RequirePeer`]).
 //!
-//! Both travel as `authorization: Bearer <token>` gRPC metadata. The coordinator hands out the
-//! peer token (in `RegisterResponse` and `ListPeersResponse`); a serving agent accepts calls
-//! carrying the token it last received and refuses everything else with `UNAUTHENTICATED`, so a
-//! node's backup files are not readable by anyone who can merely reach its port.
+//! Agents do not share a token any more: each holds its own certificate (see
+//! [`crate::identity`]), and a node's backup files are readable only by holders of an
+//! unrevoked certificate from the same coordinator.
 
 use std::fmt;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use tonic::metadata::MetadataValue;
 use tonic::service::Interceptor;
 use tonic::{Request, Status};
 
-/// The metadata key both credentials travel in.
-const AUTHORIZATION: &str = "authorization";
+use crate::identity::{Identity, PeerIdentity};
 
 /// A credential: redacted in `Debug`, compared in constant time, read only through
 /// [`Secret::expose`] (so a `grep expose` finds every place a token leaves memory).
@@ -69,77 +67,43 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     std::hint::black_box(diff) == 0
 }
 
-/// The peer token a serving agent currently accepts, shared between the registration loop
-/// (which learns it from the coordinator and replaces it after a coordinator restart) and the
-/// gRPC interceptor (which checks every call against it).
-#[derive(Debug, Clone, Default)]
-pub struct TokenSlot(Arc<RwLock<Option<Secret>>>);
+/// Server-side interceptor: every call must come over mutual TLS with a certificate from the
+/// cluster's CA (the connection loop puts the caller's [`PeerIdentity`] into the request), and
+/// that certificate must not be revoked. Revocation is checked per call, so a removed node is
+/// refused on connections it opened before its removal too.
+#[derive(Debug, Clone)]
+pub struct RequirePeer(pub Arc<Identity>);
 
-impl TokenSlot {
-    /// A slot already holding `token` (tests and embedders without a coordinator).
-    #[must_use]
-    pub fn fixed(token: Secret) -> Self {
-        Self(Arc::new(RwLock::new(Some(token))))
-    }
-
-    /// Replaces the accepted token.
-    pub fn set(&self, token: Secret) {
-        *self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(token);
-    }
-
-    /// The accepted token, if the agent has one yet.
-    #[must_use]
-    pub fn get(&self) -> Option<Secret> {
-        self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
-    }
-
-    /// Checks the `authorization` metadata of an incoming call.
+impl RequirePeer {
+    /// Checks one call's caller.
     ///
     /// # Errors
-    /// `UNAUTHENTICATED` for a missing, malformed or wrong credential; `UNAVAILABLE` while the
-    /// agent has not yet registered (it does not know the token yet; a caller may retry).
-    pub fn check(&self, metadata: &tonic::metadata::MetadataMap) -> Result<(), Status> {
-        let Some(value) = metadata.get(AUTHORIZATION) else {
+    /// `UNAUTHENTICATED` without a caller certificate; `PERMISSION_DENIED` for a revoked one.
+    pub fn check(&self, caller: Option<&PeerIdentity>) -> Result<(), Status> {
+        let Some(caller) = caller else {
             return Err(Status::unauthenticated(
-                "missing credential: calls to a depot agent must carry `authorization: Bearer <peer token>` \
-                 (the token comes from the coordinator's ListPeers)",
+                "no client certificate: depot agents accept only callers holding a certificate from their coordinator (join with the join token)",
             ));
         };
-        let Some(token) = value.as_bytes().strip_prefix(b"Bearer ") else {
-            return Err(Status::unauthenticated("malformed credential: expected `authorization: Bearer <peer token>`"));
-        };
-        let Some(expected) = self.get() else {
-            return Err(Status::unavailable(
-                "this agent has not registered with its coordinator yet, so it cannot check credentials; retry shortly",
-            ));
-        };
-        if expected.matches(token) {
-            Ok(())
-        } else {
-            Err(Status::unauthenticated("wrong peer credential: it is not the token this agent's coordinator issued"))
+        if self.0.is_revoked(&caller.serial) {
+            tracing::warn!(
+                node = caller.node_id,
+                serial = caller.serial,
+                "refused a call: the caller's certificate is revoked"
+            );
+            return Err(Status::permission_denied(format!(
+                "node {}'s certificate is revoked (the node was removed with `depot nodes remove {}`); it must re-join with the join token",
+                caller.node_id,
+                caller.node_id.split('#').next().unwrap_or_default()
+            )));
         }
+        Ok(())
     }
 }
 
-/// Server-side interceptor: refuses calls whose credential [`TokenSlot::check`] rejects.
-#[derive(Debug, Clone)]
-pub struct RequireToken(pub TokenSlot);
-
-impl Interceptor for RequireToken {
+impl Interceptor for RequirePeer {
     fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
-        self.0.check(request.metadata())?;
-        Ok(request)
-    }
-}
-
-/// Client-side interceptor: puts `authorization: Bearer <token>` on every call.
-#[derive(Debug, Clone)]
-pub struct Bearer(pub Secret);
-
-impl Interceptor for Bearer {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        let value = self.0.bearer()?;
-        request.metadata_mut().insert(AUTHORIZATION, value);
+        self.check(request.extensions().get::<PeerIdentity>())?;
         Ok(request)
     }
 }
@@ -147,43 +111,6 @@ impl Interceptor for Bearer {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn metadata(value: Option<&str>) -> tonic::metadata::MetadataMap {
-        let mut map = tonic::metadata::MetadataMap::new();
-        if let Some(value) = value {
-            map.insert(AUTHORIZATION, value.parse().unwrap());
-        }
-        map
-    }
-
-    #[test]
-    fn accepts_only_the_issued_token() {
-        let slot = TokenSlot::fixed(Secret::new("s3cret-token"));
-        assert!(slot.check(&metadata(Some("Bearer s3cret-token"))).is_ok());
-        for (value, needle) in [
-            (None, "missing credential"),
-            (Some("s3cret-token"), "malformed"),
-            (Some("Basic s3cret-token"), "malformed"),
-            (Some("Bearer s3cret-tokeN"), "wrong peer credential"),
-            (Some("Bearer s3cret-token-and-more"), "wrong peer credential"),
-            (Some("Bearer "), "wrong peer credential"),
-        ] {
-            let err = slot.check(&metadata(value)).unwrap_err();
-            assert_eq!(err.code(), tonic::Code::Unauthenticated, "{value:?}");
-            assert!(err.message().contains(needle), "{value:?}: {}", err.message());
-        }
-    }
-
-    #[test]
-    fn an_unregistered_agent_asks_to_retry() {
-        let slot = TokenSlot::default();
-        let err = slot.check(&metadata(Some("Bearer x"))).unwrap_err();
-        assert_eq!(err.code(), tonic::Code::Unavailable);
-        slot.set(Secret::new("x"));
-        assert!(slot.check(&metadata(Some("Bearer x"))).is_ok());
-        slot.set(Secret::new("y"));
-        assert!(slot.check(&metadata(Some("Bearer x"))).is_err());
-    }
 
     #[test]
     fn secrets_do_not_print() {

@@ -15,7 +15,7 @@ use depot_agent::progress::Bar;
 use depot_agent::storage::{Storage, StoreOptions};
 
 use super::{
-    CoordinatorArgs, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_MISSING, ManifestArgs, init_logging, parse_duration,
+    CoordinatorArgs, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_MISSING, Leave, ManifestArgs, init_logging, parse_duration,
     parse_size, print_json, stop_signal,
 };
 
@@ -85,6 +85,8 @@ pub async fn collect(args: CollectArgs) -> anyhow::Result<u8> {
     let Some(coordinator) = args.coordinator.connect(ca.as_ref())? else {
         bail!("collect needs --coordinator (or DEPOT_COORDINATOR) to find the nodes holding the files");
     };
+    // Joins (a client-only certificate) when the peers are first needed; leaves at the end.
+    let _leave = Leave(coordinator.clone());
     let options = StoreOptions { ca: ca.clone() };
     let dest = Storage::open(&args.to, &options)?;
     let key = args.manifest.crypter()?;

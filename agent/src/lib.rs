@@ -11,10 +11,12 @@
 //! # Layout
 //! - [`service`]: the `NodeAgent` gRPC service over a root directory (safe names, streaming
 //!   reads from an offset, cached digests) and [`service::serve`].
-//! - [`auth`]: the join token and peer token ([`auth::Secret`]), the server-side check
-//!   ([`auth::TokenSlot`]) and the client-side `authorization` header.
-//! - [`registry`]: the coordinator's registry from the agent's side: register, heartbeat
-//!   (re-registering after a coordinator restart), list peers.
+//! - [`identity`]: this node's key and certificate (renewed in place), agent-to-agent mutual
+//!   TLS, who a caller is ([`identity::PeerIdentity`]).
+//! - [`auth`]: the join token and node secret ([`auth::Secret`]) and the per-call check of a
+//!   caller's certificate ([`auth::RequirePeer`]).
+//! - [`registry`]: the coordinator's registry from the agent's side: join (CSR in, certificate
+//!   out), heartbeat, renewal, list peers, deregister.
 //! - [`peer`]: [`peer::PeerReader`], the peer-fallback reader (local if present, else from the
 //!   least busy live holder, verified, resumable from an offset, with bounded retries).
 //! - [`manifest`]: BR `backupmeta` v1/v2 (kvproto field numbers, encrypted ones with a key) and
@@ -43,6 +45,7 @@ pub mod checkpoint;
 pub mod collect;
 pub mod digest;
 pub mod fetch;
+pub mod identity;
 pub mod jobs;
 pub mod manifest;
 pub mod metrics;

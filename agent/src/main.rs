@@ -76,12 +76,32 @@ struct CoordinatorArgs {
     /// The join token `depot serve` printed.
     #[arg(long, env = "DEPOT_JOIN_TOKEN", hide_env_values = true, value_name = "TOKEN")]
     join_token: Option<String>,
-    /// PEM CA to trust for https:// coordinators and archives (default: $SSL_CERT_FILE).
+    /// File holding the join token (instead of --join-token, which `ps` shows).
+    #[arg(long, value_name = "FILE", conflicts_with = "join_token")]
+    join_token_file: Option<PathBuf>,
+    /// PEM CA to trust for https:// coordinators and archives (default: $SSL_CERT_FILE; `depot
+    /// serve` writes ARCHIVE/.depot/tls/bundle.pem for it).
     #[arg(long, value_name = "PEM")]
     ca_file: Option<PathBuf>,
+    /// Accept a plain http:// coordinator that is not on this machine (the join token and the
+    /// node secret then cross the network in clear; warned about at every start).
+    #[arg(long)]
+    insecure_coordinator: bool,
 }
 
 impl CoordinatorArgs {
+    /// Resolves `--join-token-file` and warns about `--join-token` on the command line.
+    fn resolve_secrets(&mut self) -> anyhow::Result<()> {
+        self.join_token = depot_net::secret_flag(
+            "join-token",
+            "DEPOT_JOIN_TOKEN",
+            self.join_token.take(),
+            self.join_token_file.as_deref(),
+        )
+        .map_err(anyhow::Error::msg)?;
+        Ok(())
+    }
+
     fn ca(&self) -> anyhow::Result<Option<ExtraCa>> {
         Ok(ExtraCa::load(self.ca_file.as_deref())?)
     }
@@ -94,7 +114,7 @@ impl CoordinatorArgs {
         let Some(token) = &self.join_token else {
             bail!("--coordinator needs --join-token (or DEPOT_JOIN_TOKEN): the join_token `depot serve` printed");
         };
-        Ok(Some(Coordinator::new(url, Secret::new(token.clone()), ca)?))
+        Ok(Some(Coordinator::with_insecure(url, Secret::new(token.clone()), ca, self.insecure_coordinator)?))
     }
 }
 
@@ -127,6 +147,8 @@ struct ServeArgs {
     /// ReadFile chunk size in bytes.
     #[arg(long, default_value_t = depot_agent::service::DEFAULT_CHUNK_SIZE, hide = true)]
     chunk_size: usize,
+    #[command(flatten)]
+    limits: depot_net::LimitArgs,
     /// Serve Prometheus metrics (/metrics) and health checks (/_depot/healthz, /_depot/readyz)
     /// over HTTP on this address (e.g. 127.0.0.1:9101; no credential, no file names).
     #[arg(long, value_name = "ADDR")]
@@ -228,7 +250,13 @@ impl ManifestArgs {
     /// The key of an encrypted backup, if one was given.
     fn crypter(&self) -> anyhow::Result<Option<CrypterKey>> {
         Ok(match (&self.crypter_key, &self.crypter_key_file) {
-            (Some(hex), _) => Some(CrypterKey::from_hex(hex)?),
+            (Some(hex), _) => {
+                // Warns that the key is visible on the command line when it came from there.
+                let hex = depot_net::secret_flag("crypter-key", "DEPOT_CRYPTER_KEY", Some(hex.clone()), None)
+                    .map_err(anyhow::Error::msg)?
+                    .unwrap_or_default();
+                Some(CrypterKey::from_hex(&hex)?)
+            }
             (None, Some(path)) => {
                 let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
                 Some(CrypterKey::from_hex(&text).with_context(|| format!("in {}", path.display()))?)
@@ -457,6 +485,23 @@ async fn stop_signal() {
     }
 }
 
+/// Ends a fetch/verify run's membership (its client-only certificate) when dropped, if it
+/// joined at all: the coordinator forgets it at once instead of at the certificate's expiry.
+struct Leave(Coordinator);
+
+impl Drop for Leave {
+    fn drop(&mut self) {
+        if self.0.identity().is_some() {
+            // Best effort, bounded to a second (multi-threaded runtime: blocking here is allowed).
+            tokio::task::block_in_place(|| {
+                tokio::runtime::Handle::current().block_on(async {
+                    let _ = tokio::time::timeout(Duration::from_secs(1), self.0.deregister()).await;
+                });
+            });
+        }
+    }
+}
+
 /// Aborts a background task when dropped (the fetch's metrics endpoint ends with the fetch).
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
@@ -470,7 +515,8 @@ fn print_json(value: &impl serde::Serialize) {
     println!("{}", serde_json::to_string(value).unwrap_or_else(|err| format!("{{\"error\":\"{err}\"}}")));
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<u8> {
+async fn serve(mut args: ServeArgs) -> anyhow::Result<u8> {
+    args.coordinator.resolve_secrets()?;
     init_logging(args.log_file.as_deref(), "info")?;
     let ca = args.coordinator.ca()?;
     let Some(coordinator) = args.coordinator.coordinator.clone() else {
@@ -488,11 +534,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<u8> {
         coordinator,
         join_token: Secret::new(join_token),
         ca,
+        insecure_coordinator: args.coordinator.insecure_coordinator,
         chunk_size: args.chunk_size,
         max_rate: args.max_rate,
+        limits: args.limits.limits(),
         metrics: args.metrics,
         s3,
     };
+    match depot_net::raise_open_file_limit() {
+        Ok((before, after)) => tracing::info!(?before, ?after, "open-file limit (soft) raised to the hard limit"),
+        Err(err) => tracing::warn!(%err, "cannot raise the open-file limit"),
+    }
     let json = args.json;
     let report = node::serve(
         options,
@@ -549,7 +601,8 @@ fn read_list(path: &Path) -> anyhow::Result<Vec<String>> {
     Ok(text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_owned).collect())
 }
 
-async fn fetch(args: FetchArgs) -> anyhow::Result<u8> {
+async fn fetch(mut args: FetchArgs) -> anyhow::Result<u8> {
+    args.coordinator.resolve_secrets()?;
     let root = depot_fs::Root::open(&args.root)?;
     let log_file = args.log_file.clone().unwrap_or_else(|| root.state_dir().join("logs").join("fetch.log"));
     init_logging(Some(&log_file), "warn")?;
@@ -563,7 +616,9 @@ async fn fetch(args: FetchArgs) -> anyhow::Result<u8> {
     let only = args.files_from.as_deref().map(read_list).transpose()?;
     let node_id = args.node_id.clone().unwrap_or_else(|| node::default_node_id(root.dir()));
     let bar: Arc<Bar> = Arc::new(Bar::new(!args.json));
-    let reader = args.coordinator.connect(ca.as_ref())?.map(|coordinator| {
+    let coordinator = args.coordinator.connect(ca.as_ref())?;
+    let _leave = coordinator.clone().map(Leave);
+    let reader = coordinator.map(|coordinator| {
         PeerReader::new(root.clone(), PeerDirectory::new(coordinator, Some(node_id.clone())))
             .with_retry(RetryPolicy { rounds: args.retries, ..RetryPolicy::default() })
             .with_timeouts(Timeouts { rpc: args.rpc_timeout, stall: args.stall_timeout })
@@ -680,13 +735,15 @@ async fn fetch(args: FetchArgs) -> anyhow::Result<u8> {
     })
 }
 
-async fn verify(args: VerifyArgs) -> anyhow::Result<u8> {
+async fn verify(mut args: VerifyArgs) -> anyhow::Result<u8> {
+    args.coordinator.resolve_secrets()?;
     init_logging(args.log_file.as_deref(), "warn")?;
     let ca = args.coordinator.ca()?;
     let Some(coordinator) = args.coordinator.connect(ca.as_ref())? else {
         bail!("verify needs --coordinator (or DEPOT_COORDINATOR) to find the live nodes");
     };
     let manifest = args.manifest.load(ca.as_ref()).await?;
+    let _leave = Leave(coordinator.clone());
     let directory = PeerDirectory::new(coordinator, None);
     let mut report =
         depot_agent::verify::verify(&manifest, &directory, usize::from(args.concurrency), args.rpc_timeout).await?;

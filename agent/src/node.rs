@@ -1,9 +1,10 @@
 //! Running a node agent (`serve`): bind, register with the coordinator, serve the root, keep
 //! heartbeating, stop cleanly.
 //!
-//! The agent registers *before* it reports itself ready: until it holds the peer token from the
-//! coordinator it cannot tell a peer from a stranger, so a ready agent is one that peers can
-//! already use. Its node id is written to `<root>/.depot/node-id`, which is how `fetch` on the
+//! The agent joins *before* it reports itself ready: until it holds a certificate from the
+//! coordinator it can neither serve TLS nor tell a peer from a stranger, so a ready agent is one
+//! that peers can already use. On a clean stop it deregisters, leaving the peer list at once.
+//! Removed from the cluster (`depot nodes remove`), it stops with an error saying so. Its node id is written to `<root>/.depot/node-id`, which is how `fetch` on the
 //! same root knows which node it runs on (and does not count itself as a peer).
 
 use std::net::{IpAddr, SocketAddr};
@@ -15,8 +16,9 @@ use std::time::{Duration, Instant};
 use depot_fs::{OpenRootError, Root};
 use serde::Serialize;
 
-use crate::auth::{Secret, TokenSlot};
-use crate::registry::{Coordinator, RegistryError, heartbeat_loop};
+use crate::auth::Secret;
+use crate::identity::{self, IdentityError};
+use crate::registry::{Coordinator, RegistryError, heartbeat_loop, renewal_loop};
 use crate::service::{self, NodeAgentService, ServeStats};
 use crate::trust::ExtraCa;
 
@@ -46,10 +48,14 @@ pub struct ServeOptions {
     pub join_token: Secret,
     /// Extra CA for an HTTPS coordinator.
     pub ca: Option<ExtraCa>,
+    /// Accept a plaintext coordinator that is not on loopback (warned about).
+    pub insecure_coordinator: bool,
     /// `ReadFile` chunk size.
     pub chunk_size: usize,
     /// Cap on the bytes per second served to peers, all streams together.
     pub max_rate: Option<u64>,
+    /// Connection caps and timeouts against hostile clients.
+    pub limits: depot_net::Limits,
     /// Where to serve metrics and health checks over HTTP (`--metrics`).
     pub metrics: Option<String>,
     /// The S3 view of the backup (`--s3-listen`).
@@ -154,15 +160,18 @@ pub enum NodeError {
     /// The advertised address cannot be worked out.
     #[error("{0}")]
     Advertise(String),
-    /// Registration failed.
+    /// Registration failed, or the node was removed from the cluster.
     #[error(transparent)]
     Registry(#[from] RegistryError),
     /// The S3 view cannot start.
     #[error("the S3 view cannot start: {0}")]
     View(String),
-    /// The server failed.
+    /// The node key cannot be made or read.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// The connection loop failed.
     #[error("the agent's server failed: {0}")]
-    Server(#[from] tonic::transport::Error),
+    Io(#[from] std::io::Error),
 }
 
 /// The machine's host name (Linux), for default node ids.
@@ -207,6 +216,13 @@ fn advertised(bound: SocketAddr, advertise: Option<&str>) -> Result<String, Node
     }
 }
 
+/// Why the serving loop ended.
+enum Stopped {
+    Server(Result<std::io::Result<()>, tokio::task::JoinError>),
+    Heartbeats(Result<Result<(), RegistryError>, tokio::task::JoinError>),
+    Asked,
+}
+
 /// Runs the agent until `shutdown` resolves. `on_ready` is called once it is registered and
 /// serving.
 ///
@@ -243,11 +259,16 @@ pub async fn serve(
         None => None,
     };
     let report_root = root.dir().to_path_buf();
-    let coordinator = Coordinator::new(&options.coordinator, options.join_token.clone(), options.ca.as_ref())?
-        .with_reporter(Arc::new(move || crate::jobs::node_report(&report_root)));
-    let registration = coordinator.register_patiently(&node_id, &address, REGISTER_PATIENCE).await?;
-    let tokens = TokenSlot::default();
-    tokens.set(registration.peer_token.clone());
+    let coordinator = Coordinator::with_insecure(
+        &options.coordinator,
+        options.join_token.clone(),
+        options.ca.as_ref(),
+        options.insecure_coordinator,
+    )?
+    .with_reporter(Arc::new(move || crate::jobs::node_report(&report_root)));
+    let key = identity::node_key(&root.state_dir())?;
+    let joined = coordinator.join(&node_id, &address, key, false, REGISTER_PATIENCE).await?;
+    let identity = joined.identity.clone();
     let recorded = std::fs::create_dir_all(root.state_dir())
         .and_then(|()| std::fs::write(root.state_dir().join(NODE_ID_FILE), format!("{node_id}\n")));
     if let Err(err) = recorded {
@@ -270,11 +291,12 @@ pub async fn serve(
         tokio::spawn(crate::metrics::serve(listener, crate::metrics::Source::Serve(Arc::clone(&stats)), ready))
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let limits = options.limits;
     let server = {
         let mut stop_rx = stop_rx.clone();
-        let tokens = tokens.clone();
+        let identity = identity.clone();
         tokio::spawn(async move {
-            service::serve(listener, service, tokens, async move {
+            service::serve(listener, service, identity, limits, async move {
                 let _ = stop_rx.wait_for(|stop| *stop).await;
             })
             .await
@@ -294,31 +316,59 @@ pub async fn serve(
     };
     let heartbeats = {
         let mut stop_rx = stop_rx.clone();
-        tokio::spawn(heartbeat_loop(coordinator, node_id.clone(), address.clone(), tokens, registration, async move {
-            let _ = stop_rx.wait_for(|stop| *stop).await;
-        }))
+        tokio::spawn(heartbeat_loop(
+            coordinator.clone(),
+            node_id.clone(),
+            address.clone(),
+            joined.heartbeat_interval,
+            async move {
+                let _ = stop_rx.wait_for(|stop| *stop).await;
+            },
+        ))
     };
+    let renewals = tokio::spawn(renewal_loop(coordinator.clone(), identity.clone()));
     let ready = Ready {
-        endpoint: format!("http://{address}"),
+        endpoint: format!("https://{address}"),
         node_id: node_id.clone(),
         address: address.clone(),
         root: root.dir().display().to_string(),
         metrics: metrics_url,
         s3: view.as_ref().map(|v| v.ready.clone()),
     };
-    tracing::info!(node_id, address, root = %root.dir().display(), "serving");
+    tracing::info!(node_id, address, root = %root.dir().display(), "serving (mutual TLS)");
     on_ready(&ready);
 
     tokio::pin!(server);
+    tokio::pin!(heartbeats);
     let outcome = tokio::select! {
-        result = &mut server => Some(result),
-        () = shutdown => None,
+        result = &mut server => Stopped::Server(result),
+        result = &mut heartbeats => Stopped::Heartbeats(result),
+        () = shutdown => Stopped::Asked,
     };
     let result = match outcome {
-        Some(result) => result,
-        None => {
+        Stopped::Server(result) => result,
+        Stopped::Heartbeats(result) => {
+            server.abort();
+            renewals.abort();
+            let err = match result {
+                Ok(Err(err)) => err,
+                Ok(Ok(())) => return Err(NodeError::Advertise("the heartbeat loop ended".into())),
+                Err(join) => return Err(NodeError::Advertise(format!("the heartbeat task failed: {join}"))),
+            };
+            tracing::error!(%err, "stopping: the coordinator no longer accepts this node");
+            return Err(err.into());
+        }
+        Stopped::Asked => {
             tracing::info!("stopping: no new requests; in-flight transfers get {DRAIN_LIMIT:?}");
             let _ = stop_tx.send(true);
+            // Leave the peer list now, not after three missed heartbeats.
+            match tokio::time::timeout(Duration::from_secs(2), coordinator.deregister()).await {
+                Ok(Ok(())) => tracing::info!("deregistered"),
+                Ok(Err(err)) => {
+                    tracing::warn!(%err, "could not deregister; peers drop this node after three heartbeats")
+                }
+                Err(_) => tracing::warn!("deregistering timed out; peers drop this node after three heartbeats"),
+            }
             match tokio::time::timeout(DRAIN_LIMIT, &mut server).await {
                 Ok(result) => result,
                 Err(_) => {
@@ -331,6 +381,7 @@ pub async fn serve(
     };
     let _ = stop_tx.send(true);
     let _ = heartbeats.await;
+    renewals.abort();
     let s3_report = match view {
         Some(view) => {
             let _ = view.task.await;

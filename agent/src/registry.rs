@@ -1,21 +1,26 @@
-//! The coordinator's registry, from the agent's side: register, heartbeat, list live peers.
+//! The coordinator's registry, from the agent's side: join, heartbeat, renew, list peers, leave.
 //!
-//! A serving agent [`Coordinator::register`]s (node id + advertised address) with the join token
-//! and receives the peer token its own service must accept, then keeps itself listed with
-//! [`heartbeat_loop`]. When the coordinator answers a heartbeat with `known = false` (it
-//! restarted and forgot us) or comes back after being unreachable, the loop registers again and
-//! takes whatever new peer token it is given. `fetch` and `verify` only call
-//! [`Coordinator::list_peers`].
+//! A serving agent [`Coordinator::join`]s (node id, advertised address, CSR) with the join token
+//! — the one time it sends it — and gets its certificate ([`Identity`]) and a node secret that
+//! authenticates every later call. [`heartbeat_loop`] keeps it listed and brings the revoked
+//! serials; [`renewal_loop`] renews the certificate at two thirds of its lifetime. A
+//! coordinator restarted on the same archive remembers joined nodes, so neither needs the join
+//! token again. `fetch` and `verify` join as client-only runs the first time they need peers
+//! ([`Coordinator::client_identity`]).
 
-use std::time::Duration;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
 
 use depot_proto::registry::registry_client::RegistryClient;
-use depot_proto::registry::{HeartbeatRequest, ListPeersRequest, NodeReport, RegisterRequest};
+use depot_proto::registry::{
+    DeregisterNodeRequest, HeartbeatRequest, ListPeersRequest, NodeReport, RegisterRequest, RenewNodeCertificateRequest,
+};
+use rcgen::KeyPair;
 use tonic::Code;
-use tonic::codegen::InterceptedService;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
-use crate::auth::{Bearer, Secret, TokenSlot};
+use crate::auth::Secret;
+use crate::identity::{Identity, IdentityError};
 use crate::trust::ExtraCa;
 
 /// Deadline of one registry call: the coordinator answers from memory.
@@ -63,6 +68,19 @@ pub enum RegistryError {
         /// What went wrong.
         message: String,
     },
+    /// The coordinator no longer knows this node (it was removed, or this is another archive).
+    #[error("the coordinator at {url} refused node {node}: {message}")]
+    NotJoined {
+        /// The coordinator.
+        url: String,
+        /// This node.
+        node: String,
+        /// The coordinator's explanation (names the fix).
+        message: String,
+    },
+    /// The key or the certificate could not be made or used.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
     /// The coordinator refused the request for another reason.
     #[error("the coordinator at {url} refused the request: {code:?}: {message}")]
     Refused {
@@ -82,11 +100,25 @@ impl RegistryError {
         matches!(self, Self::Unreachable { .. })
     }
 
+    /// Whether the coordinator refused this node's credential (removed, or another archive).
+    #[must_use]
+    pub fn is_not_joined(&self) -> bool {
+        matches!(self, Self::NotJoined { .. })
+    }
+
+    /// A refusal of a node-secret call (after the join).
+    fn from_node_status(url: &str, node: &str, status: &tonic::Status) -> Self {
+        if status.code() == Code::Unauthenticated {
+            return Self::NotJoined { url: url.to_owned(), node: node.to_owned(), message: status_message(status) };
+        }
+        Self::from_status(url, status)
+    }
+
     fn from_status(url: &str, status: &tonic::Status) -> Self {
         let url = url.to_owned();
         let message = status_message(status);
         match status.code() {
-            Code::Unauthenticated | Code::PermissionDenied => Self::JoinTokenRefused { url, message },
+            Code::Unauthenticated => Self::JoinTokenRefused { url, message },
             Code::Unimplemented | Code::NotFound => Self::NotARegistry { url, message },
             Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted | Code::Aborted | Code::Cancelled => {
                 Self::Unreachable { url, message }
@@ -137,27 +169,32 @@ pub struct PeerInfo {
 pub struct PeerList {
     /// The live agents.
     pub peers: Vec<PeerInfo>,
-    /// The credential to call them with.
-    pub peer_token: Secret,
+    /// Serials (hex) of revoked certificates.
+    pub revoked: Vec<String>,
 }
 
-/// `Register`'s answer.
+/// A joined node.
 #[derive(Debug, Clone)]
-pub struct Registration {
-    /// The credential peers will present to us (and we to them).
-    pub peer_token: Secret,
+pub struct Joined {
+    /// Its certificate and the CA.
+    pub identity: Arc<Identity>,
     /// How often to heartbeat.
     pub heartbeat_interval: Duration,
 }
 
 /// Builds the report sent with each heartbeat (jobs, holdings; see `crate::jobs`).
-pub type Reporter = std::sync::Arc<dyn Fn() -> NodeReport + Send + Sync>;
+pub type Reporter = Arc<dyn Fn() -> NodeReport + Send + Sync>;
 
-/// A client of the coordinator's registry. Cheap to clone (one shared HTTP/2 connection).
+/// A client of the coordinator's registry. Cheap to clone (one shared HTTP/2 connection; the
+/// node credential and identity are shared by the clones).
 #[derive(Clone)]
 pub struct Coordinator {
     url: String,
-    client: RegistryClient<InterceptedService<Channel, Bearer>>,
+    client: RegistryClient<Channel>,
+    join_token: Secret,
+    /// This node's id and node secret, once joined.
+    session: Arc<RwLock<Option<(String, Secret)>>>,
+    identity: Arc<tokio::sync::OnceCell<Arc<Identity>>>,
     /// What heartbeats carry besides the node's identity.
     reporter: Option<Reporter>,
 }
@@ -168,14 +205,36 @@ impl std::fmt::Debug for Coordinator {
     }
 }
 
+/// Whether `host` (from a URL) is a loopback name or address.
+fn is_loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 impl Coordinator {
-    /// A client of the registry at `url` (`http://` or `https://`), presenting `join_token`.
-    /// Connects lazily: an unreachable coordinator shows up at the first call. Must be called
-    /// within a Tokio runtime (the connection is driven by a task).
+    /// A client of the registry at `url`, presenting `join_token` when joining. `https://` is
+    /// verified against `ca` (else the system roots); plain `http://` is accepted only for a
+    /// loopback coordinator (see [`Coordinator::with_insecure`]). Connects lazily: an
+    /// unreachable coordinator shows up at the first call. Must be called within a Tokio
+    /// runtime (the connection is driven by a task).
     ///
     /// # Errors
-    /// [`RegistryError::BadUrl`] for a URL tonic cannot use.
+    /// [`RegistryError::BadUrl`] for a URL tonic cannot use, or plaintext to a remote host.
     pub fn new(url: &str, join_token: Secret, ca: Option<&ExtraCa>) -> Result<Self, RegistryError> {
+        Self::with_insecure(url, join_token, ca, false)
+    }
+
+    /// As [`Coordinator::new`]; `insecure` also accepts `http://` to a host that is not
+    /// loopback (`--insecure-coordinator`), with a warning.
+    ///
+    /// # Errors
+    /// [`RegistryError::BadUrl`].
+    pub fn with_insecure(
+        url: &str,
+        join_token: Secret,
+        ca: Option<&ExtraCa>,
+        insecure: bool,
+    ) -> Result<Self, RegistryError> {
         let bad = |reason: String| RegistryError::BadUrl { url: url.to_owned(), reason };
         let full = if url.contains("://") { url.to_owned() } else { format!("http://{url}") };
         let mut endpoint = Endpoint::from_shared(full.clone())
@@ -190,11 +249,32 @@ impl Coordinator {
                 None => tls.with_native_roots(),
             };
             endpoint = endpoint.tls_config(tls).map_err(|err| bad(err.to_string()))?;
-        } else if !full.starts_with("http://") {
+        } else if full.starts_with("http://") {
+            let host = endpoint.uri().host().unwrap_or_default().to_owned();
+            if !is_loopback(&host) {
+                if !insecure {
+                    return Err(bad(format!(
+                        "plain http:// is accepted only for a coordinator on this machine (loopback), and {host} is not: \
+                         use the https:// registry URL `depot serve --advertise` prints, with its CA (--ca-file or \
+                         SSL_CERT_FILE=ARCHIVE/.depot/tls/bundle.pem), or accept the risk with --insecure-coordinator"
+                    )));
+                }
+                tracing::warn!(
+                    url = full,
+                    "--insecure-coordinator: the join token and this node's secret cross the network in clear, and the coordinator is not authenticated"
+                );
+            }
+        } else {
             return Err(bad("the scheme must be http:// or https://".into()));
         }
-        let client = RegistryClient::with_interceptor(endpoint.connect_lazy(), Bearer(join_token));
-        Ok(Self { url: full, client, reporter: None })
+        Ok(Self {
+            url: full,
+            client: RegistryClient::new(endpoint.connect_lazy()),
+            join_token,
+            session: Arc::new(RwLock::new(None)),
+            identity: Arc::new(tokio::sync::OnceCell::new()),
+            reporter: None,
+        })
     }
 
     /// Sends what `reporter` builds with every heartbeat.
@@ -210,140 +290,253 @@ impl Coordinator {
         &self.url
     }
 
-    /// Announces this agent.
+    /// This node's identity, once joined.
+    #[must_use]
+    pub fn identity(&self) -> Option<Arc<Identity>> {
+        self.identity.get().cloned()
+    }
+
+    fn with_join_token<T>(&self, message: T) -> Result<tonic::Request<T>, RegistryError> {
+        let mut request = tonic::Request::new(message);
+        let value = self.join_token.bearer().map_err(|s| RegistryError::BadUrl {
+            url: self.url.clone(),
+            reason: format!("the join token: {}", s.message()),
+        })?;
+        request.metadata_mut().insert("authorization", value);
+        Ok(request)
+    }
+
+    /// A request carrying the node credential; the node id too.
+    fn with_session<T>(&self, message: T) -> Result<(tonic::Request<T>, String), RegistryError> {
+        let session = self.session.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let Some((node, secret)) = session else {
+            return Err(RegistryError::NotJoined {
+                url: self.url.clone(),
+                node: String::new(),
+                message: "this process has not joined the cluster yet".into(),
+            });
+        };
+        let mut request = tonic::Request::new(message);
+        let bad = |_| RegistryError::NotJoined {
+            url: self.url.clone(),
+            node: node.clone(),
+            message: "the node id or secret cannot be sent in a header".into(),
+        };
+        request.metadata_mut().insert("authorization", secret.bearer().map_err(|_| ()).map_err(bad)?);
+        request.metadata_mut().insert("depot-node", node.parse().map_err(|_| ()).map_err(bad)?);
+        Ok((request, node))
+    }
+
+    /// Joins the cluster as `node_id` at `address` with `key` (its CSR goes to the coordinator),
+    /// retrying transient failures with backoff for up to `patience`. `client_only` for a
+    /// fetch/verify run.
     ///
     /// # Errors
     /// [`RegistryError`]; `JoinTokenRefused` for a wrong join token.
-    pub async fn register(&self, node_id: &str, address: &str) -> Result<Registration, RegistryError> {
-        let response = self
-            .client
-            .clone()
-            .register(RegisterRequest { node_id: node_id.to_owned(), address: address.to_owned() })
-            .await
-            .map_err(|status| RegistryError::from_status(&self.url, &status))?
-            .into_inner();
+    pub async fn join(
+        &self,
+        node_id: &str,
+        address: &str,
+        key: KeyPair,
+        client_only: bool,
+        patience: Duration,
+    ) -> Result<Joined, RegistryError> {
+        let csr = Identity::csr(node_id, &key)?;
+        let message =
+            RegisterRequest { node_id: node_id.to_owned(), address: address.to_owned(), csr_pem: csr, client_only };
+        let started = tokio::time::Instant::now();
+        let mut delay = Duration::from_millis(100);
+        let response = loop {
+            let result = self
+                .client
+                .clone()
+                .register(self.with_join_token(message.clone())?)
+                .await
+                .map_err(|status| RegistryError::from_status(&self.url, &status));
+            match result {
+                Ok(response) => break response.into_inner(),
+                Err(err) if err.is_retryable() && started.elapsed() + delay < patience => {
+                    tracing::warn!(%err, "joining failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+                Err(err) => return Err(err),
+            }
+        };
+        let identity = Arc::new(Identity::new(node_id, key, &response.certificate_pem, &response.ca_pem)?);
+        identity.set_revoked(response.revoked_serials);
+        let skew = identity.clock_skew();
+        if skew > Duration::from_secs(30) {
+            tracing::warn!(
+                node_id,
+                skew_secs = skew.as_secs(),
+                "this machine's clock differs from the coordinator's by more than 30 s: certificates may look expired or not yet valid to peers; fix the clock (NTP)"
+            );
+        }
+        *self.session.write().unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some((node_id.to_owned(), Secret::new(response.node_secret)));
+        let _ = self.identity.set(identity.clone());
         let interval_ms = if response.heartbeat_interval_ms == 0 { 5_000 } else { response.heartbeat_interval_ms };
-        Ok(Registration {
-            peer_token: Secret::new(response.peer_token),
-            heartbeat_interval: Duration::from_millis(interval_ms),
-        })
+        Ok(Joined { identity, heartbeat_interval: Duration::from_millis(interval_ms) })
     }
 
-    /// Keeps this agent listed; `Ok(false)` means the coordinator does not know it (register).
+    /// The identity of this process for calling peers: the serving agent's, or — for a
+    /// fetch/verify run — a client-only certificate obtained the first time it is needed
+    /// (as `SELF#run-XXXXXXXX`, an in-memory key, renewed in the background).
     ///
     /// # Errors
-    /// [`RegistryError`].
-    pub async fn heartbeat(&self, node_id: &str, address: &str) -> Result<bool, RegistryError> {
+    /// [`RegistryError`] from the join.
+    pub async fn client_identity(&self, self_id: Option<&str>) -> Result<Arc<Identity>, RegistryError> {
+        let identity = self
+            .identity
+            .get_or_try_init(|| async {
+                let base = self_id.map_or_else(crate::node::host_name, str::to_owned);
+                let base: String = base
+                    .chars()
+                    .map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '-' })
+                    .collect();
+                let run = format!("{base}#run-{:08x}", rand::random::<u32>());
+                let key = KeyPair::generate().map_err(IdentityError::from)?;
+                let joined = self.join(&run, "", key, true, Duration::from_secs(10)).await?;
+                tokio::spawn(renewal_loop(self.clone(), joined.identity.clone()));
+                Ok::<_, RegistryError>(joined.identity)
+            })
+            .await?;
+        Ok(identity.clone())
+    }
+
+    /// Keeps this node listed; brings the revoked serials into its identity.
+    ///
+    /// # Errors
+    /// [`RegistryError`]; `NotJoined` when the node was removed.
+    pub async fn heartbeat(&self, node_id: &str, address: &str) -> Result<(), RegistryError> {
+        let (request, node) = self.with_session(HeartbeatRequest {
+            node_id: node_id.to_owned(),
+            address: address.to_owned(),
+            node_report: self.reporter.as_ref().map(|report| report()),
+        })?;
         let response = self
             .client
             .clone()
-            .heartbeat(HeartbeatRequest {
-                node_id: node_id.to_owned(),
-                address: address.to_owned(),
-                node_report: self.reporter.as_ref().map(|report| report()),
-            })
+            .heartbeat(request)
             .await
-            .map_err(|status| RegistryError::from_status(&self.url, &status))?;
-        Ok(response.into_inner().known)
+            .map_err(|status| RegistryError::from_node_status(&self.url, &node, &status))?
+            .into_inner();
+        if let Some(identity) = self.identity() {
+            identity.set_revoked(response.revoked_serials);
+        }
+        Ok(())
     }
 
-    /// The live agents and the credential to call them with.
+    /// The live agents (and the revoked serials, which also go into this node's identity).
     ///
     /// # Errors
     /// [`RegistryError`].
     pub async fn list_peers(&self) -> Result<PeerList, RegistryError> {
+        let (request, node) = self.with_session(ListPeersRequest {})?;
         let response = self
             .client
             .clone()
-            .list_peers(ListPeersRequest {})
+            .list_peers(request)
             .await
-            .map_err(|status| RegistryError::from_status(&self.url, &status))?
+            .map_err(|status| RegistryError::from_node_status(&self.url, &node, &status))?
             .into_inner();
         let peers = response
             .peers
             .into_iter()
             .map(|p| PeerInfo { node_id: p.node_id, address: p.address, last_seen_ms: p.last_seen_ms })
             .collect();
-        Ok(PeerList { peers, peer_token: Secret::new(response.peer_token) })
+        if let Some(identity) = self.identity() {
+            identity.set_revoked(response.revoked_serials.iter().cloned());
+        }
+        Ok(PeerList { peers, revoked: response.revoked_serials })
     }
 
-    /// Registers, retrying transient failures with backoff for up to `patience`.
+    /// Renews this node's certificate (same key) and installs it.
     ///
     /// # Errors
-    /// The first non-retryable [`RegistryError`], or the last one once `patience` is spent.
-    pub async fn register_patiently(
-        &self,
-        node_id: &str,
-        address: &str,
-        patience: Duration,
-    ) -> Result<Registration, RegistryError> {
-        let started = tokio::time::Instant::now();
-        let mut delay = Duration::from_millis(100);
-        loop {
-            match self.register(node_id, address).await {
-                Ok(registration) => return Ok(registration),
-                Err(err) if err.is_retryable() && started.elapsed() + delay < patience => {
-                    tracing::warn!(%err, "registration failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(2));
-                }
-                Err(err) => return Err(err),
+    /// [`RegistryError`].
+    pub async fn renew(&self, identity: &Identity) -> Result<(), RegistryError> {
+        let csr = identity.renewal_csr()?;
+        let (request, node) =
+            self.with_session(RenewNodeCertificateRequest { node_id: identity.node_id().to_owned(), csr_pem: csr })?;
+        let response = self
+            .client
+            .clone()
+            .renew_node_certificate(request)
+            .await
+            .map_err(|status| RegistryError::from_node_status(&self.url, &node, &status))?
+            .into_inner();
+        identity.install(&response.certificate_pem)?;
+        Ok(())
+    }
+
+    /// Leaves the peer list at once (a clean stop).
+    ///
+    /// # Errors
+    /// [`RegistryError`].
+    pub async fn deregister(&self) -> Result<(), RegistryError> {
+        let (request, node) = self.with_session(DeregisterNodeRequest::default())?;
+        let mut request = request;
+        request.get_mut().node_id.clone_from(&node);
+        self.client
+            .clone()
+            .deregister_node(request)
+            .await
+            .map_err(|status| RegistryError::from_node_status(&self.url, &node, &status))?;
+        Ok(())
+    }
+}
+
+/// Renews `identity` at two thirds of each certificate's lifetime, forever (the task ends with
+/// the runtime). A failed renewal is retried every few seconds, with a warning.
+pub async fn renewal_loop(coordinator: Coordinator, identity: Arc<Identity>) {
+    loop {
+        let wait = identity.renew_at().duration_since(SystemTime::now()).unwrap_or_default();
+        tokio::time::sleep(wait).await;
+        match coordinator.renew(&identity).await {
+            Ok(()) => tracing::info!(node_id = identity.node_id(), "certificate renewed"),
+            Err(err) => {
+                let left = identity.not_after().duration_since(SystemTime::now()).unwrap_or_default();
+                tracing::warn!(%err, expires_in = ?left, "certificate renewal failed; retrying");
+                tokio::time::sleep((left / 10).clamp(Duration::from_millis(200), Duration::from_secs(30))).await;
             }
         }
     }
 }
 
-/// Keeps `node_id` registered until `shutdown` resolves: heartbeats every interval, registers
-/// again when the coordinator has forgotten us or comes back after an outage, and stores each
-/// new peer token in `tokens`. `registration` is the answer to the first `Register`.
+/// Keeps `node_id` listed until `shutdown` resolves: heartbeats every `interval` (bringing in
+/// the revoked serials). A coordinator that is down is waited for; one that no longer knows
+/// this node (removed with `depot nodes remove`) ends the loop with that error.
+///
+/// # Errors
+/// [`RegistryError::NotJoined`].
 pub async fn heartbeat_loop(
     coordinator: Coordinator,
     node_id: String,
     address: String,
-    tokens: TokenSlot,
-    registration: Registration,
+    interval: Duration,
     shutdown: impl Future<Output = ()>,
-) {
-    let mut interval = registration.heartbeat_interval;
-    // After an outage the coordinator may be a new process: register instead of heartbeating.
-    let mut must_register = false;
+) -> Result<(), RegistryError> {
     let mut unreachable_since: Option<tokio::time::Instant> = None;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            () = &mut shutdown => return,
+            () = &mut shutdown => return Ok(()),
             () = tokio::time::sleep(interval) => {}
         }
-        let result = if must_register {
-            coordinator.register(&node_id, &address).await.map(Some)
-        } else {
-            match coordinator.heartbeat(&node_id, &address).await {
-                Ok(true) => Ok(None),
-                Ok(false) => {
-                    tracing::info!("the coordinator does not know this agent (it restarted?); registering again");
-                    coordinator.register(&node_id, &address).await.map(Some)
-                }
-                Err(err) => Err(err),
-            }
-        };
-        match result {
-            Ok(registered) => {
-                if let Some(registration) = registered {
-                    tokens.set(registration.peer_token);
-                    interval = registration.heartbeat_interval;
-                    tracing::info!(node_id, address, "registered with the coordinator");
-                }
+        match coordinator.heartbeat(&node_id, &address).await {
+            Ok(()) => {
                 if let Some(since) = unreachable_since.take() {
                     tracing::info!(after = ?since.elapsed(), "the coordinator is reachable again");
                 }
-                must_register = false;
             }
+            Err(err) if err.is_not_joined() => return Err(err),
             Err(err) => {
                 if unreachable_since.is_none() {
                     tracing::warn!(%err, "heartbeat failed; will keep trying");
                     unreachable_since = Some(tokio::time::Instant::now());
                 }
-                must_register = true;
             }
         }
     }

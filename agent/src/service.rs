@@ -15,16 +15,21 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use depot_fs::{NameRule, Root, UnsafeName};
+use depot_net::{Limits, Tracked, Tracker};
 use depot_proto::agent::node_agent_server::{NodeAgent, NodeAgentServer};
 use depot_proto::agent::{
     FileChunk, FileExistsRequest, FileExistsResponse, ReadFileRequest, StatRequest, StatResponse,
 };
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
 use tokio::sync::{Semaphore, mpsc};
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
+use tower::Service as _;
 
-use crate::auth::{RequireToken, TokenSlot};
+use crate::auth::RequirePeer;
 use crate::digest::DigestCache;
+use crate::identity::{Identity, PeerIdentity};
 
 /// Default size of one `ReadFile` chunk. Measured on loopback (see `scripts/bench-agent.sh`):
 /// 1 MiB chunks keep per-message overhead (framing, syscalls, task wake-ups) well under the cost
@@ -117,7 +122,7 @@ pub struct ServeStats {
     pub rate_waits: AtomicU64,
     /// See `rate_waits`.
     pub rate_wait_nanos: AtomicU64,
-    /// Bytes sent per calling node (as it names itself; at most [`MAX_PEER_LABELS`] names).
+    /// Bytes sent per calling node (as its certificate names it; at most [`MAX_PEER_LABELS`] names).
     pub per_peer: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
@@ -126,9 +131,6 @@ pub const METHODS: [&str; 3] = ["FileExists", "ReadFile", "Stat"];
 
 /// Most distinct peer names kept in [`ServeStats::per_peer`]; later ones count as `other`.
 pub const MAX_PEER_LABELS: usize = 64;
-
-/// Metadata in which a fetching node names itself (for per-peer metrics; not a credential).
-pub const NODE_ID_METADATA: &str = "depot-node-id";
 
 impl ServeStats {
     fn call<T, E>(&self, method: usize, result: &Result<T, E>) {
@@ -141,19 +143,6 @@ impl ServeStats {
             *map.entry(key.to_owned()).or_default() += bytes;
         }
     }
-}
-
-/// The caller's node name from its metadata, if it is a plausible one (else `unknown`).
-fn caller<T>(request: &Request<T>) -> String {
-    request
-        .metadata()
-        .get(NODE_ID_METADATA)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| {
-            !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
-        })
-        .unwrap_or("unknown")
-        .to_owned()
 }
 
 /// A cap on the bytes per second all `ReadFile` streams of an agent send together, so a
@@ -260,7 +249,7 @@ impl NodeAgentService {
 
 #[tonic::async_trait]
 impl NodeAgent for NodeAgentService {
-    #[tracing::instrument(skip_all, fields(path = %request.get_ref().path))]
+    #[tracing::instrument(skip_all, fields(caller = caller(&request), path = %request.get_ref().path))]
     async fn file_exists(&self, request: Request<FileExistsRequest>) -> Result<Response<FileExistsResponse>, Status> {
         let result = self.file_exists_inner(request).await;
         self.stats.call(0, &result);
@@ -269,14 +258,14 @@ impl NodeAgent for NodeAgentService {
 
     type ReadFileStream = ReceiverStream<Result<FileChunk, Status>>;
 
-    #[tracing::instrument(skip_all, fields(path = %request.get_ref().path, offset = request.get_ref().offset))]
+    #[tracing::instrument(skip_all, fields(caller = caller(&request), path = %request.get_ref().path, offset = request.get_ref().offset))]
     async fn read_file(&self, request: Request<ReadFileRequest>) -> Result<Response<Self::ReadFileStream>, Status> {
         let result = self.read_file_inner(request).await;
         self.stats.call(1, &result);
         result
     }
 
-    #[tracing::instrument(skip_all, fields(path = %request.get_ref().path))]
+    #[tracing::instrument(skip_all, fields(caller = caller(&request), path = %request.get_ref().path))]
     async fn stat(&self, request: Request<StatRequest>) -> Result<Response<StatResponse>, Status> {
         let result = self.stat_inner(request).await;
         self.stats.call(2, &result);
@@ -299,8 +288,9 @@ impl NodeAgentService {
         &self,
         request: Request<ReadFileRequest>,
     ) -> Result<Response<ReceiverStream<Result<FileChunk, Status>>>, Status> {
-        let peer = caller(&request);
+        let peer = metrics_peer(caller(&request)).to_owned();
         let ReadFileRequest { path: name, offset } = request.into_inner();
+        tracing::info!("ReadFile");
         let path = self.resolve(&name)?;
         let opened = {
             let name = name.clone();
@@ -416,27 +406,100 @@ fn stream_file(
     }
 }
 
-/// Serves `service` on `listener`, every call checked against `tokens`, until `shutdown`
-/// completes; then stops accepting and waits for in-flight calls.
+/// The node id of a call's caller (from its certificate), for the log.
+fn caller<T>(request: &Request<T>) -> &str {
+    request.extensions().get::<PeerIdentity>().map_or("?", |p| p.node_id.as_str())
+}
+
+/// The per-peer metrics label of a caller: its node, without the `#run-…` of a fetch run, so
+/// runs of one node add up under one label.
+fn metrics_peer(node_id: &str) -> &str {
+    node_id.split_once('#').map_or(node_id, |(node, _)| node)
+}
+
+/// Serves `service` (the real one, or a test double) on `listener` over mutual TLS with
+/// `identity`, every call checked by [`RequirePeer`], until `shutdown` completes; then stops
+/// accepting and waits for in-flight calls. Hostile clients are held off by `limits` (see
+/// `depot_net`: caps shedding the longest-idle connection, a header timeout that also bounds the
+/// TLS handshake, an idle timeout).
 ///
 /// # Errors
-/// The transport error that stopped the server.
-pub async fn serve(
+/// None so far; the signature leaves room for fatal accept errors.
+pub async fn serve<S: NodeAgent>(
     listener: tokio::net::TcpListener,
-    service: NodeAgentService,
-    tokens: TokenSlot,
+    service: S,
+    identity: Arc<Identity>,
+    limits: Limits,
     shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), tonic::transport::Error> {
-    let svc = NodeAgentServer::with_interceptor(service, RequireToken(tokens));
-    tonic::transport::Server::builder()
-        .tcp_nodelay(true)
+) -> io::Result<()> {
+    let tracker = Tracker::new(limits);
+    let routes = tonic::service::Routes::new(NodeAgentServer::with_interceptor(service, RequirePeer(identity.clone())));
+    let acceptor = tokio_rustls::TlsAcceptor::from(identity.server_config());
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(MAX_FRAME)
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .add_service(svc)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .timer(TokioTimer::new());
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(err) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(%err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let Some(conn) = tracker.admit(peer.ip()) else {
+            continue; // every connection is busy: this one is dropped
+        };
+        let _ = stream.set_nodelay(true);
+        let stream = Tracked::new(stream, &conn);
+        let (acceptor, routes, builder, watcher) =
+            (acceptor.clone(), routes.clone(), builder.clone(), graceful.watcher());
+        tokio::spawn(async move {
+            let activity = conn.activity();
+            let serve = async {
+                let tls = match acceptor.accept(stream).await {
+                    Ok(tls) => tls,
+                    Err(err) => {
+                        tracing::info!(%peer, %err, "TLS handshake refused");
+                        return;
+                    }
+                };
+                let who = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| PeerIdentity::of(c));
+                let service = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+                    let in_flight = activity.request();
+                    if let Some(who) = &who {
+                        req.extensions_mut().insert(who.clone());
+                    }
+                    let mut routes = routes.clone();
+                    async move {
+                        let response = routes.call(req).await;
+                        drop(in_flight);
+                        response
+                    }
+                });
+                if let Err(err) = watcher.watch(builder.serve_connection(TokioIo::new(tls), service)).await {
+                    tracing::debug!(%peer, %err, "connection ended with an error");
+                }
+            };
+            tokio::select! {
+                () = serve => {}
+                why = conn.closed() => tracing::debug!(%peer, ?why, "connection closed by the agent"),
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }
 
 /// Binds `addr` and serves on it in a background task: for tests and embedders. Returns the
@@ -444,15 +507,15 @@ pub async fn serve(
 ///
 /// # Errors
 /// The I/O error binding.
-pub async fn spawn(
+pub async fn spawn<S: NodeAgent>(
     addr: SocketAddr,
-    service: NodeAgentService,
-    tokens: TokenSlot,
+    service: S,
+    identity: Arc<Identity>,
 ) -> io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     let handle = tokio::spawn(async move {
-        if let Err(err) = serve(listener, service, tokens, std::future::pending()).await {
+        if let Err(err) = serve(listener, service, identity, Limits::default(), std::future::pending()).await {
             tracing::error!(%err, "agent server stopped");
         }
     });

@@ -8,12 +8,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
-use depot_agent::auth::{RequireToken, Secret, TokenSlot};
+use depot_agent::auth::Secret;
 use depot_agent::manifest::FileEntry;
 use depot_agent::peer::{FetchError, Origin, PeerDirectory, PeerReader, RetryPolicy, Timeouts};
 use depot_agent::registry::Coordinator;
 use depot_agent::service::NodeAgentService;
-use depot_proto::agent::node_agent_server::{NodeAgent, NodeAgentServer};
+use depot_proto::agent::node_agent_server::NodeAgent;
 use depot_proto::agent::{
     FileChunk, FileExistsRequest, FileExistsResponse, ReadFileRequest, StatRequest, StatResponse,
 };
@@ -88,18 +88,33 @@ impl NodeAgent for FakeAgent {
     }
 }
 
-async fn start_fake(registry: &MemoryRegistry, node_id: &str, data: Vec<u8>, behaviour: Behaviour) -> Arc<AtomicU64> {
+/// A service of some other version: every call is UNIMPLEMENTED.
+#[derive(Clone)]
+struct Unimplemented;
+
+#[tonic::async_trait]
+impl NodeAgent for Unimplemented {
+    async fn file_exists(&self, _: Request<FileExistsRequest>) -> Result<Response<FileExistsResponse>, Status> {
+        Err(Status::unimplemented("no"))
+    }
+
+    type ReadFileStream = tokio_stream::wrappers::ReceiverStream<Result<FileChunk, Status>>;
+
+    async fn read_file(&self, _: Request<ReadFileRequest>) -> Result<Response<Self::ReadFileStream>, Status> {
+        Err(Status::unimplemented("no"))
+    }
+
+    async fn stat(&self, _: Request<StatRequest>) -> Result<Response<StatResponse>, Status> {
+        Err(Status::unimplemented("no"))
+    }
+}
+
+async fn start_fake(registry: &TestRegistry, node_id: &str, data: Vec<u8>, behaviour: Behaviour) -> Arc<AtomicU64> {
     let reads = Arc::new(AtomicU64::new(0));
     let fake = FakeAgent { data: Arc::new(data), behaviour, reads: reads.clone() };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let svc = NodeAgentServer::with_interceptor(fake, RequireToken(TokenSlot::fixed(Secret::new(PEER))));
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(svc)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
-    registry.insert(node_id, &addr.to_string());
+    let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let identity = registry.join(node_id, &addr.to_string()).await;
+    depot_agent::service::spawn(addr, fake, identity).await.unwrap();
     reads
 }
 
@@ -165,11 +180,9 @@ async fn a_peer_dying_mid_transfer_is_resumed_from_another_holder() {
     let root = depot_fs::Root::open(good.path()).unwrap();
     let service = NodeAgentService::new(root);
     let stats = service.stats();
-    let (addr, _) =
-        depot_agent::service::spawn("127.0.0.1:0".parse().unwrap(), service, TokenSlot::fixed(Secret::new(PEER)))
-            .await
-            .unwrap();
-    registry.insert("z-good", &addr.to_string());
+    let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let identity = registry.join("z-good", &addr.to_string()).await;
+    depot_agent::service::spawn(addr, service, identity).await.unwrap();
 
     let reader = reader(&url, me.path(), "me");
     let got = reader.fetch(&entry).await.unwrap();
@@ -205,8 +218,10 @@ async fn nobody_has_it_is_final_and_quick() {
     // A different file by the same name (another size) does not count.
     put(a.path(), "n.sst", 5);
     start_agent(&registry, "a", a.path()).await;
-    // Not a NodeAgent at all: the registry's own port answers UNIMPLEMENTED.
-    registry.insert("not-an-agent", url.trim_start_matches("http://"));
+    // A node whose service does not implement NodeAgent (UNIMPLEMENTED) does not have it.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let identity = registry.join("not-an-agent", &addr.to_string()).await;
+    depot_agent::service::spawn(addr, Unimplemented, identity).await.unwrap();
     // A retry would wait three seconds first: finishing sooner proves there was none.
     let patient = reader(&url, me.path(), "me").with_retry(RetryPolicy {
         rounds: 4,
@@ -236,7 +251,7 @@ async fn an_unreachable_holder_is_retried_until_it_comes_up() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    registry.insert("late", &format!("127.0.0.1:{port}"));
+    let identity = registry.insert("late", &format!("127.0.0.1:{port}")).await;
     let root = depot_fs::Root::open(late.path()).unwrap();
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -244,7 +259,8 @@ async fn an_unreachable_holder_is_retried_until_it_comes_up() {
         depot_agent::service::serve(
             listener,
             NodeAgentService::new(root),
-            TokenSlot::fixed(Secret::new(PEER)),
+            identity,
+            depot_net::Limits::default(),
             std::future::pending(),
         )
         .await
@@ -254,7 +270,7 @@ async fn an_unreachable_holder_is_retried_until_it_comes_up() {
     assert_eq!(got.node_id, "late");
 
     // A holder that never comes back: given up after the retry budget, marked retryable.
-    registry.insert("gone", "127.0.0.1:1");
+    registry.insert("gone", "127.0.0.1:1").await;
     let started = Instant::now();
     let err = reader(&url, me.path(), "me").fetch(&entry_named_only_on_gone()).await.unwrap_err();
     assert!(matches!(err, FetchError::Unavailable { rounds: 4, .. }), "{err}");
@@ -276,6 +292,7 @@ async fn a_wrong_join_token_is_reported_as_such() {
     let err = reader.fetch(&entry("f.sst", 1)).await.unwrap_err();
     assert!(!err.is_retryable());
     assert!(err.to_string().contains("refused the join token"), "{err}");
-    let err = coordinator.register("n", "127.0.0.1:1").await.unwrap_err();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let err = coordinator.join("n", "127.0.0.1:1", key, false, Duration::from_secs(1)).await.unwrap_err();
     assert!(err.to_string().contains("--join-token"), "{err}");
 }

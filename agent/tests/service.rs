@@ -2,37 +2,27 @@
 
 mod common;
 
-use common::{PEER, put};
-use depot_agent::auth::{Bearer, Secret, TokenSlot};
+use common::{client_of, put, start_registry};
+use depot_agent::peer::PeerClient;
 use depot_agent::service::{self, NodeAgentService};
-use depot_proto::agent::node_agent_client::NodeAgentClient;
 use depot_proto::agent::{FileExistsRequest, ReadFileRequest, StatRequest};
 use sha2::{Digest, Sha256};
 use tonic::Code;
-use tonic::transport::Channel;
 
-async fn agent(dir: &std::path::Path, chunk: usize) -> String {
+/// An agent serving `dir` (node "a"), and a client calling it as node "me".
+async fn agent(dir: &std::path::Path, chunk: usize) -> PeerClient {
+    let (registry, _) = start_registry().await;
     let root = depot_fs::Root::open(dir).unwrap();
-    let (addr, _) = service::spawn(
-        "127.0.0.1:0".parse().unwrap(),
-        NodeAgentService::new(root).with_chunk_size(chunk),
-        TokenSlot::fixed(Secret::new(PEER)),
-    )
-    .await
-    .unwrap();
-    format!("http://{addr}")
+    let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let identity = registry.join("a", &addr.to_string()).await;
+    service::spawn(addr, NodeAgentService::new(root).with_chunk_size(chunk), identity).await.unwrap();
+    let me = registry.join("me", "127.0.0.1:1").await;
+    // The registry's state must outlive the test's calls.
+    std::mem::forget(registry);
+    client_of(me, "a", addr).await
 }
 
-async fn client(url: &str, token: &str) -> NodeAgentClient<tonic::codegen::InterceptedService<Channel, Bearer>> {
-    let channel = Channel::from_shared(url.to_owned()).unwrap().connect().await.unwrap();
-    NodeAgentClient::with_interceptor(channel, Bearer(Secret::new(token)))
-}
-
-async fn read_all(
-    client: &mut NodeAgentClient<tonic::codegen::InterceptedService<Channel, Bearer>>,
-    path: &str,
-    offset: u64,
-) -> Result<(Vec<u8>, usize), tonic::Status> {
+async fn read_all(client: &mut PeerClient, path: &str, offset: u64) -> Result<(Vec<u8>, usize), tonic::Status> {
     let mut stream = client.read_file(ReadFileRequest { path: path.into(), offset }).await?.into_inner();
     let mut out = Vec::new();
     let mut chunks = 0;
@@ -48,8 +38,7 @@ async fn streams_files_from_any_offset_in_chunks() {
     let dir = tempfile::tempdir().unwrap();
     let entry = put(dir.path(), "a/b/1.sst", 300_000);
     put(dir.path(), "empty.sst", 0);
-    let url = agent(dir.path(), 64 * 1024).await;
-    let mut c = client(&url, PEER).await;
+    let mut c = agent(dir.path(), 64 * 1024).await;
     let data = std::fs::read(dir.path().join("a/b/1.sst")).unwrap();
 
     let (whole, chunks) = read_all(&mut c, "a/b/1.sst", 0).await.unwrap();
@@ -75,8 +64,7 @@ async fn streams_files_from_any_offset_in_chunks() {
 async fn missing_files_and_directories() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("sub")).unwrap();
-    let url = agent(dir.path(), 1 << 20).await;
-    let mut c = client(&url, PEER).await;
+    let mut c = agent(dir.path(), 1 << 20).await;
     let exists = c.file_exists(FileExistsRequest { path: "nope.sst".into() }).await.unwrap().into_inner();
     assert!(!exists.exists);
     let err = read_all(&mut c, "nope.sst", 0).await.unwrap_err();
@@ -95,8 +83,7 @@ async fn unsafe_paths_are_refused_and_nothing_outside_is_read() {
     let dir = tempfile::tempdir().unwrap();
     std::os::unix::fs::symlink(outside.path(), dir.path().join("escape")).unwrap();
     std::os::unix::fs::symlink(outside.path().join("secret"), dir.path().join("file-link")).unwrap();
-    let url = agent(dir.path(), 1 << 20).await;
-    let mut c = client(&url, PEER).await;
+    let mut c = agent(dir.path(), 1 << 20).await;
     // Depot's own state directory exists under every root.
     let tmp = depot_fs::Root::open(dir.path()).unwrap();
     std::fs::create_dir_all(tmp.state_dir()).unwrap();
@@ -122,21 +109,31 @@ async fn unsafe_paths_are_refused_and_nothing_outside_is_read() {
     }
 }
 
+/// Plaintext callers get nothing; a caller whose certificate the coordinator revoked is
+/// refused per call (even on a connection opened before), naming the node and the fix.
 #[tokio::test]
-async fn calls_without_the_peer_token_are_unauthenticated() {
+async fn plaintext_and_revoked_callers_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     put(dir.path(), "x.sst", 10);
-    let url = agent(dir.path(), 1 << 20).await;
+    let (registry, _) = start_registry().await;
+    let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let agent_identity = registry.join("a", &addr.to_string()).await;
+    let root = depot_fs::Root::open(dir.path()).unwrap();
+    service::spawn(addr, NodeAgentService::new(root), agent_identity.clone()).await.unwrap();
 
-    let mut wrong = client(&url, "not-the-token").await;
-    let err = wrong.file_exists(FileExistsRequest { path: "x.sst".into() }).await.unwrap_err();
-    assert_eq!(err.code(), Code::Unauthenticated);
-    assert!(err.message().contains("wrong peer credential"), "{}", err.message());
-    assert_eq!(read_all(&mut wrong, "x.sst", 0).await.unwrap_err().code(), Code::Unauthenticated);
+    let plain = tonic::transport::Channel::from_shared(format!("http://{addr}")).unwrap().connect().await;
+    if let Ok(channel) = plain {
+        let mut c = depot_proto::agent::node_agent_client::NodeAgentClient::new(channel);
+        assert!(c.file_exists(FileExistsRequest { path: "x.sst".into() }).await.is_err());
+    }
 
-    let channel = Channel::from_shared(url.clone()).unwrap().connect().await.unwrap();
-    let mut none = NodeAgentClient::new(channel);
-    let err = none.stat(StatRequest { path: "x.sst".into() }).await.unwrap_err();
-    assert_eq!(err.code(), Code::Unauthenticated);
-    assert!(err.message().contains("missing credential"), "{}", err.message());
+    let me = registry.join("me", "127.0.0.1:1").await;
+    let mut c = client_of(me.clone(), "a", addr).await;
+    assert!(c.file_exists(FileExistsRequest { path: "x.sst".into() }).await.unwrap().into_inner().exists);
+    let serial = depot_agent::identity::PeerIdentity::of(&me.certified_der()).unwrap().serial;
+    agent_identity.set_revoked([serial]);
+    let err = c.file_exists(FileExistsRequest { path: "x.sst".into() }).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(err.message().contains("node me") && err.message().contains("depot nodes remove me"), "{}", err.message());
+    assert_eq!(read_all(&mut c, "x.sst", 0).await.unwrap_err().code(), Code::PermissionDenied);
 }

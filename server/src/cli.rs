@@ -29,6 +29,8 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Print the s3:// storage URL that br:///DIR translates to.
     Url(UrlArgs),
+    /// The nodes joined to a running server: list, remove (revoke), rotate the join token.
+    Nodes(crate::nodes_cli::NodesArgs),
     /// Show the cluster: nodes, backups in the archive, coverage, running jobs.
     Status(StatusArgs),
 }
@@ -75,6 +77,9 @@ struct ServeArgs {
     /// The agents' join token [default: generated].
     #[arg(long, env = "DEPOT_JOIN_TOKEN", hide_env_values = true)]
     join_token: Option<String>,
+    /// File holding the agents' join token (instead of --join-token, which `ps` shows).
+    #[arg(long, value_name = "FILE", conflicts_with = "join_token")]
+    join_token_file: Option<PathBuf>,
     /// HTTPS: auto = on when --advertise is not a loopback address.
     #[arg(long, value_enum, default_value_t = TlsMode::Auto)]
     tls: TlsMode,
@@ -102,6 +107,11 @@ struct ServeArgs {
     /// How long Ctrl-C waits for requests in flight.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     shutdown_timeout: Duration,
+    /// Lifetime of the certificates issued to nodes at join (they renew at two thirds of it).
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    cert_lifetime: Duration,
+    #[command(flatten)]
+    limits: depot_net::LimitArgs,
     /// Remove multipart uploads untouched for this long (e.g. 7d, 12h, 3600), freeing their space.
     #[arg(long, default_value = "7d", value_parser = parse_duration)]
     multipart_expiry: Duration,
@@ -126,6 +136,9 @@ struct CredentialArgs {
     /// The secret key [default: generated].
     #[arg(long, env = "DEPOT_SECRET_KEY", hide_env_values = true)]
     secret_key: Option<String>,
+    /// File holding the secret key (instead of --secret-key, which `ps` shows).
+    #[arg(long, value_name = "FILE", conflicts_with = "secret_key")]
+    secret_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -154,6 +167,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(*args),
         Command::Url(args) => url(args),
+        Command::Nodes(args) => crate::nodes_cli::run(args),
         Command::Status(args) => status(args),
     }
 }
@@ -217,22 +231,41 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         credentials: Given {
             bucket: args.credentials.bucket,
             access_key: args.credentials.access_key,
-            secret_key: args.credentials.secret_key,
-            join_token: args.join_token,
+            secret_key: depot_net::secret_flag(
+                "secret-key",
+                "DEPOT_SECRET_KEY",
+                args.credentials.secret_key,
+                args.credentials.secret_key_file.as_deref(),
+            )
+            .map_err(anyhow::Error::msg)?,
+            join_token: depot_net::secret_flag(
+                "join-token",
+                "DEPOT_JOIN_TOKEN",
+                args.join_token,
+                args.join_token_file.as_deref(),
+            )
+            .map_err(anyhow::Error::msg)?,
         },
         tls: args.tls,
         tls_files: args.tls_cert.zip(args.tls_key),
         multi_bucket: args.multi_bucket,
         heartbeat_interval: args.heartbeat_interval,
+        cert_lifetime: args.cert_lifetime,
+        limits: args.limits.limits(),
         drain_timeout: args.shutdown_timeout,
         multipart_expiry: args.multipart_expiry,
     };
+    let raised = depot_net::raise_open_file_limit();
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let mut server = Server::bind(config).await?;
         let log_file = args.log_file.unwrap_or_else(|| server.banner().archive.join(".depot/depot.log"));
         init_logging(&log_file, &args.log_level)?;
         server.set_log_file(log_file);
+        match raised {
+            Ok((before, after)) => tracing::info!(?before, ?after, "open-file limit (soft) raised to the hard limit"),
+            Err(err) => tracing::warn!(%err, "cannot raise the open-file limit"),
+        }
         if server.swept() > 0 {
             tracing::info!(files = server.swept(), "removed temp files left by an interrupted run");
         }
@@ -324,11 +357,9 @@ fn print_banner(banner: &Banner, json: bool, swept: usize) -> anyhow::Result<()>
     if let Some(ca) = &banner.ca_file {
         writeln!(out, "  CA certificate: {} (copy it to every node)", ca.display())?;
     }
-    writeln!(
-        out,
-        "  agents:      depot-agent serve --coordinator {} --join-token {} ...",
-        banner.registry, banner.join_token
-    )?;
+    // The join token goes in the environment: a flag would show in `ps` on every node.
+    writeln!(out, "  agents:      export DEPOT_JOIN_TOKEN={}", banner.join_token)?;
+    writeln!(out, "               depot-agent serve --coordinator {} --root DIR ...", banner.registry)?;
     writeln!(out, "  status:      {}", banner.status_url)?;
     writeln!(out, "  metrics:     {}  (Prometheus; no credential)", banner.metrics_url)?;
     if let Some(log) = &banner.log_file {

@@ -91,6 +91,12 @@ impl Credentials {
     }
 }
 
+/// A fresh random token of `len` alphanumerics from the OS CSPRNG (join tokens, node secrets,
+/// the admin token).
+pub fn random_token(len: usize) -> String {
+    Alphanumeric.sample_string(&mut os_rng(), len)
+}
+
 /// The operating system's CSPRNG; a failure to read it is not recoverable.
 fn os_rng() -> impl rand::RngCore {
     OsRng.unwrap_err()

@@ -4,7 +4,9 @@
 //! - [`cli`]: the command line (flags, banner, summary, logging, signals); only it prints.
 //! - [`serve`]: `depot serve` end to end: lock, sweep, credentials, TLS, bind, run.
 //! - [`server`]: the connection loop: TLS, HTTP/1+2, S3 vs gRPC dispatch, graceful drain.
-//! - [`registry`]: the gRPC registry of live agents.
+//! - [`registry`]: the gRPC registry of agents: join, heartbeat, peers, renewal, removal.
+//! - [`cluster`]: node certificates from the archive's CA, joined nodes, revoked serials.
+//! - [`nodes_cli`]: `depot nodes` (list, remove, rotate-join-token) against a running server.
 //! - [`tls`]: the generated CA and server certificate, or the operator's own.
 //! - [`storage_url`]: the `s3://` URL nodes use; `br://` parsing.
 //! - [`credentials`]: the generated (or given) bucket, access key, secret key, join token.
@@ -17,8 +19,10 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod cluster;
 pub mod credentials;
 pub mod metrics;
+pub mod nodes_cli;
 pub mod registry;
 pub mod serve;
 pub mod server;

@@ -201,7 +201,14 @@ mod tests {
     fn counts_show_up_in_the_exposition() {
         let stats = Arc::new(Stats::default());
         stats.object_written(100);
-        let agents = Agents::new(s3s::auth::SecretKey::from("join-token-aaaaaaaa"), Duration::from_secs(5));
+        let dir = tempfile::tempdir().unwrap();
+        let cluster = Arc::new(crate::cluster::Cluster::open(dir.path(), Duration::from_secs(60)).unwrap());
+        let agents = Agents::new(
+            s3s::auth::SecretKey::from("join-token-aaaaaaaa"),
+            s3s::auth::SecretKey::from("admin"),
+            cluster,
+            Duration::from_secs(5),
+        );
         let metrics = Metrics::new(stats, agents, PathBuf::from("/nonexistent"));
         metrics.request("PutObject", http::StatusCode::OK, Duration::from_millis(3), 100);
         metrics.request("PutObject", http::StatusCode::FORBIDDEN, Duration::from_millis(1), 0);

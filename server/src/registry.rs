@@ -1,58 +1,79 @@
-//! The coordinator's registry of live agents, served over gRPC on the S3 port.
+//! The coordinator's registry of agents, served over gRPC on the S3 port.
 //!
-//! Agents prove themselves with the join token (`authorization: Bearer <token>`), register
-//! their NodeAgent address, and heartbeat. ListPeers returns those heard from within three
-//! heartbeat intervals, with the peer token agents present to each other. The peer token is
-//! derived from the join token, so a coordinator restarted with the same `--join-token`
-//! hands out the same one and running agents and fetches are not disturbed.
+//! Register is the join: the join token plus a CSR buys a certificate from the archive's CA
+//! ([`crate::cluster`]) and a node secret. Every later call of that node (Heartbeat, ListPeers,
+//! RenewNodeCertificate, DeregisterNode) carries the node secret instead, so the join token is
+//! sent once per agent start and can be rotated (RotateJoinToken) without disturbing joined
+//! nodes. ListPeers returns the agents heard from within three heartbeat intervals; heartbeat
+//! answers and ListPeers carry the revoked serials. The admin calls (`depot nodes`) carry the
+//! admin token from `DIR/.depot/cluster/admin-token`.
+//!
+//! [`Registry::nodes`] is the one view of the cluster: the joined nodes (from the cluster
+//! state) with their liveness and last heartbeat report. `depot nodes` (ListNodes) and
+//! `depot status` / the status page both show it.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use depot_proto::registry::registry_server::{Registry as RegistryApi, RegistryServer};
 use depot_proto::registry::{
-    HeartbeatRequest, HeartbeatResponse, ListPeersRequest, ListPeersResponse, NodeReport, Peer, RegisterRequest,
-    RegisterResponse,
+    DeregisterNodeRequest, DeregisterNodeResponse, HeartbeatRequest, HeartbeatResponse, ListNodesRequest,
+    ListNodesResponse, ListPeersRequest, ListPeersResponse, NodeRecord, NodeReport, Peer, RegisterRequest,
+    RegisterResponse, RemoveNodeRequest, RemoveNodeResponse, RenewNodeCertificateRequest, RenewNodeCertificateResponse,
+    RotateJoinTokenRequest, RotateJoinTokenResponse,
 };
 use s3s::auth::SecretKey;
-use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
+
+use crate::cluster::{Cluster, ClusterError};
+use crate::credentials::random_token;
 
 /// An agent is live while heard from within this many heartbeat intervals.
 const LIVE_INTERVALS: u32 = 3;
-/// Longest accepted node id.
-const MAX_NODE_ID: usize = 128;
+/// The metadata key naming the calling node.
+pub const NODE_HEADER: &str = "depot-node";
 
 /// The registry; shared by every connection.
 #[derive(Debug)]
 pub struct Registry {
-    join_token: SecretKey,
-    /// What agents present to each other; see the module docs.
-    peer_token: String,
+    join_token: RwLock<SecretKey>,
+    admin_token: SecretKey,
+    cluster: Arc<Cluster>,
     /// How often agents are told to heartbeat.
     interval: Duration,
-    agents: Mutex<HashMap<String, Agent>>,
+    /// node id -> what this run heard from it.
+    live: Mutex<HashMap<String, Heard>>,
 }
 
+/// What the registry heard from a node in this run.
 #[derive(Debug)]
-struct Agent {
+struct Heard {
     address: String,
     last_seen: Instant,
     /// What it last reported with a heartbeat (for `depot status`).
     report: Option<NodeReport>,
 }
 
-/// A live agent as `depot status` shows it.
+/// A joined node as `depot nodes` and `depot status` show it.
 #[derive(Debug, Clone)]
 pub struct NodeView {
-    /// Its node id.
+    /// Its node id (a fetch/verify run's is `NODE#run-…`).
     pub node_id: String,
-    /// Its NodeAgent address.
+    /// Its NodeAgent address (empty for a run).
     pub address: String,
-    /// Time since it was last heard from.
-    pub last_seen: Duration,
+    /// Heard from within three heartbeat intervals (runs: joined and not yet left).
+    pub live: bool,
+    /// Time since it was last heard from; `None` when not heard from in this run.
+    pub last_seen: Option<Duration>,
+    /// Serial (hex) of its newest certificate.
+    pub serial: String,
+    /// When that certificate expires (Unix seconds).
+    pub certificate_not_after: i64,
+    /// A fetch/verify run (client-only certificate, never a peer).
+    pub client_only: bool,
     /// Its last heartbeat's report (none before the first heartbeat, or from older agents).
     pub report: Option<NodeReport>,
 }
@@ -65,44 +86,56 @@ const MAX_MISSING: usize = 20;
 
 impl Registry {
     /// A registry accepting `join_token`, asking agents to heartbeat every `interval`.
-    pub fn new(join_token: SecretKey, interval: Duration) -> Arc<Self> {
-        let peer_token = peer_token_for(&join_token);
-        Arc::new(Self { join_token, peer_token, interval, agents: Mutex::new(HashMap::new()) })
+    pub fn new(join_token: SecretKey, admin_token: SecretKey, cluster: Arc<Cluster>, interval: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            join_token: RwLock::new(join_token),
+            admin_token,
+            cluster,
+            interval,
+            live: Mutex::new(HashMap::new()),
+        })
     }
 
-    /// The gRPC routes of the registry, behind the join-token check.
+    /// The gRPC routes of the registry.
     pub fn routes(self: &Arc<Self>) -> tonic::service::Routes {
-        let check = Arc::clone(self);
-        let service = RegistryServer::with_interceptor(Service(Arc::clone(self)), move |req: Request<()>| {
-            check.authenticate(&req)?;
-            Ok(req)
-        });
-        tonic::service::Routes::new(service)
+        tonic::service::Routes::new(RegistryServer::new(Service(Arc::clone(self))))
     }
 
     /// The live agents: (node id, address, time since last heard).
     pub fn live(&self) -> Vec<(String, String, Duration)> {
         let horizon = self.interval * LIVE_INTERVALS;
-        let mut agents = self.agents.lock().expect("registry lock");
-        agents.retain(|_, a| a.last_seen.elapsed() <= horizon);
-        let mut live: Vec<_> =
-            agents.iter().map(|(id, a)| (id.clone(), a.address.clone(), a.last_seen.elapsed())).collect();
-        live.sort();
-        live
+        let live = self.live.lock().expect("registry lock");
+        let mut out: Vec<_> = live
+            .iter()
+            .filter(|(_, h)| h.last_seen.elapsed() <= horizon)
+            .map(|(id, h)| (id.clone(), h.address.clone(), h.last_seen.elapsed()))
+            .collect();
+        out.sort();
+        out
     }
 
-    /// The live agents with their last reports, sorted by node id.
+    /// Every joined node with its liveness, certificate and last report, sorted by node id.
     pub fn nodes(&self) -> Vec<NodeView> {
         let horizon = self.interval * LIVE_INTERVALS;
-        let mut agents = self.agents.lock().expect("registry lock");
-        agents.retain(|_, a| a.last_seen.elapsed() <= horizon);
-        let mut nodes: Vec<_> = agents
-            .iter()
-            .map(|(id, a)| NodeView {
-                node_id: id.clone(),
-                address: a.address.clone(),
-                last_seen: a.last_seen.elapsed(),
-                report: a.report.clone(),
+        let members = self.cluster.nodes();
+        let heard = self.live.lock().expect("registry lock");
+        let mut nodes: Vec<NodeView> = members
+            .into_iter()
+            .map(|(node_id, n)| {
+                let (serial, certificate_not_after) = n.newest().cloned().unwrap_or_default();
+                let h = heard.get(&node_id);
+                let last_seen = h.map(|h| h.last_seen.elapsed());
+                NodeView {
+                    // A run is never heartbeating; it is live from join until it leaves.
+                    live: n.client_only || last_seen.is_some_and(|age| age <= horizon),
+                    last_seen,
+                    report: h.and_then(|h| h.report.clone()),
+                    node_id,
+                    address: n.address,
+                    serial,
+                    certificate_not_after,
+                    client_only: n.client_only,
+                }
             })
             .collect();
         nodes.sort_by(|a, b| a.node_id.cmp(&b.node_id));
@@ -114,33 +147,53 @@ impl Registry {
         self.interval
     }
 
-    fn authenticate<T>(&self, req: &Request<T>) -> Result<(), Status> {
-        let presented = req
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if bool::from(presented.as_bytes().ct_eq(self.join_token.expose().as_bytes())) {
+    /// The current join token.
+    pub fn join_token(&self) -> SecretKey {
+        self.join_token.read().expect("join token lock").clone()
+    }
+
+    fn check_join_token(&self, metadata: &MetadataMap) -> Result<(), Status> {
+        let presented = bearer(metadata);
+        let current = self.join_token();
+        if bool::from(presented.as_bytes().ct_eq(current.expose().as_bytes())) {
             Ok(())
         } else {
             Err(Status::unauthenticated(
-                "missing or wrong join token: pass the join_token that `depot serve` printed (--join-token)",
+                "missing or wrong join token: pass the join_token that `depot serve` printed (--join-token-file, or DEPOT_JOIN_TOKEN); if it was rotated, use the new one",
             ))
         }
     }
 
-    fn see(&self, node_id: &str, address: &str) -> Result<(), Status> {
-        if node_id.is_empty() || node_id.len() > MAX_NODE_ID {
-            return Err(Status::invalid_argument(format!("node id must be 1 to {MAX_NODE_ID} characters")));
+    fn check_admin(&self, metadata: &MetadataMap) -> Result<(), Status> {
+        if bool::from(bearer(metadata).as_bytes().ct_eq(self.admin_token.expose().as_bytes())) {
+            Ok(())
+        } else {
+            Err(Status::unauthenticated(
+                "wrong admin token: run `depot nodes` on the coordinator's machine, as the user that runs `depot serve` (it reads ARCHIVE/.depot/cluster/admin-token)",
+            ))
         }
-        if address.rsplit_once(':').is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err()) {
-            return Err(Status::invalid_argument(format!("address {address:?} is not HOST:PORT")));
+    }
+
+    /// The node a call comes from, checked against its node secret.
+    fn check_node(&self, metadata: &MetadataMap) -> Result<String, Status> {
+        let node = metadata.get(NODE_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+        if node.is_empty() {
+            return Err(Status::unauthenticated(
+                "missing node credential (`depot-node` and the node secret): join with Register first",
+            ));
         }
-        let mut agents = self.agents.lock().expect("registry lock");
-        let report = agents.remove(node_id).and_then(|a| a.report);
-        agents.insert(node_id.to_owned(), Agent { address: address.to_owned(), last_seen: Instant::now(), report });
-        Ok(())
+        if self.cluster.check_secret(&node, bearer(metadata)) {
+            Ok(node)
+        } else {
+            Err(Status::unauthenticated(ClusterError::NotJoined(node).to_string()))
+        }
+    }
+
+    /// Records that `node_id` was heard from at `address` (keeping its last report).
+    fn see(&self, node_id: &str, address: &str) {
+        let mut live = self.live.lock().expect("registry lock");
+        let report = live.remove(node_id).and_then(|h| h.report);
+        live.insert(node_id.to_owned(), Heard { address: address.to_owned(), last_seen: Instant::now(), report });
     }
 
     /// Keeps `report` (cut to the limits) as `node_id`'s latest.
@@ -151,18 +204,33 @@ impl Registry {
         for job in &mut report.jobs {
             job.missing.truncate(MAX_MISSING);
         }
-        if let Some(agent) = self.agents.lock().expect("registry lock").get_mut(node_id) {
-            agent.report = Some(report);
+        if let Some(heard) = self.live.lock().expect("registry lock").get_mut(node_id) {
+            heard.report = Some(report);
         }
+    }
+
+    fn live_address(&self, node_id: &str) -> Option<String> {
+        let horizon = self.interval * LIVE_INTERVALS;
+        let live = self.live.lock().expect("registry lock");
+        live.get(node_id).filter(|h| h.last_seen.elapsed() <= horizon).map(|h| h.address.clone())
     }
 }
 
-/// The peer token belonging to a join token.
-fn peer_token_for(join_token: &SecretKey) -> String {
-    let mut hash = Sha256::new();
-    hash.update(b"depot peer token v1\0");
-    hash.update(join_token.expose().as_bytes());
-    hex::encode(hash.finalize())
+fn bearer(metadata: &MetadataMap) -> &str {
+    metadata.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("")
+}
+
+fn status(err: ClusterError) -> Status {
+    match err {
+        ClusterError::NotJoined(_) => Status::unauthenticated(err.to_string()),
+        ClusterError::Taken { .. } => Status::already_exists(err.to_string()),
+        ClusterError::Sign(_) | ClusterError::Save { .. } => Status::internal(err.to_string()),
+        _ => Status::invalid_argument(err.to_string()),
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// The gRPC service; a newtype so the shared state can stay an `Arc<Registry>`.
@@ -171,42 +239,132 @@ struct Service(Arc<Registry>);
 #[tonic::async_trait]
 impl RegistryApi for Service {
     async fn register(&self, req: Request<RegisterRequest>) -> Result<Response<RegisterResponse>, Status> {
+        self.0.check_join_token(req.metadata())?;
         let req = req.into_inner();
-        self.0.see(&req.node_id, &req.address)?;
-        tracing::info!(node_id = %req.node_id, address = %req.address, "agent registered");
+        let secret = random_token(40);
+        let live = if req.client_only { None } else { self.0.live_address(&req.node_id) };
+        let issued = self
+            .0
+            .cluster
+            .join(&req.node_id, &req.address, &req.csr_pem, req.client_only, &secret, live.as_deref())
+            .map_err(|err| {
+                tracing::warn!(node_id = %req.node_id, %err, "join refused");
+                status(err)
+            })?;
+        if !req.client_only {
+            self.0.see(&req.node_id, &req.address);
+        }
+        tracing::info!(node_id = %req.node_id, address = %req.address, client_only = req.client_only, serial = %issued.serial, "node joined");
         Ok(Response::new(RegisterResponse {
-            peer_token: self.0.peer_token.clone(),
-            heartbeat_interval_ms: u64::try_from(self.0.interval.as_millis()).unwrap_or(u64::MAX),
+            peer_token: String::new(),
+            heartbeat_interval_ms: millis(self.0.interval),
+            certificate_pem: issued.pem,
+            ca_pem: self.0.cluster.ca_pem().to_owned(),
+            node_secret: secret,
+            revoked_serials: self.0.cluster.revoked(),
         }))
     }
 
     async fn heartbeat(&self, req: Request<HeartbeatRequest>) -> Result<Response<HeartbeatResponse>, Status> {
+        let node = self.0.check_node(req.metadata())?;
         let req = req.into_inner();
-        let known = {
-            let agents = self.0.agents.lock().expect("registry lock");
-            agents.get(&req.node_id).is_some_and(|a| a.address == req.address)
-        };
-        if known {
-            self.0.see(&req.node_id, &req.address)?;
+        if req.node_id != node {
+            return Err(Status::permission_denied(format!("node {node} cannot heartbeat for node {}", req.node_id)));
+        }
+        if self.0.cluster.address(&node).is_some_and(|a| a == req.address) {
+            self.0.see(&node, &req.address);
             if let Some(report) = req.node_report {
-                self.0.keep_report(&req.node_id, report);
+                self.0.keep_report(&node, report);
             }
         }
-        Ok(Response::new(HeartbeatResponse { known }))
+        Ok(Response::new(HeartbeatResponse { known: true, revoked_serials: self.0.cluster.revoked() }))
     }
 
-    async fn list_peers(&self, _req: Request<ListPeersRequest>) -> Result<Response<ListPeersResponse>, Status> {
+    async fn list_peers(&self, req: Request<ListPeersRequest>) -> Result<Response<ListPeersResponse>, Status> {
+        self.0.check_node(req.metadata())?;
         let peers = self
             .0
             .live()
             .into_iter()
-            .map(|(node_id, address, age)| Peer {
-                node_id,
-                address,
-                last_seen_ms: u64::try_from(age.as_millis()).unwrap_or(u64::MAX),
+            .map(|(node_id, address, age)| Peer { node_id, address, last_seen_ms: millis(age) })
+            .collect();
+        Ok(Response::new(ListPeersResponse {
+            peers,
+            peer_token: String::new(),
+            revoked_serials: self.0.cluster.revoked(),
+        }))
+    }
+
+    async fn renew_node_certificate(
+        &self,
+        req: Request<RenewNodeCertificateRequest>,
+    ) -> Result<Response<RenewNodeCertificateResponse>, Status> {
+        let node = self.0.check_node(req.metadata())?;
+        let req = req.into_inner();
+        if req.node_id != node {
+            return Err(Status::permission_denied(format!(
+                "node {node} cannot renew node {}'s certificate",
+                req.node_id
+            )));
+        }
+        let issued = self.0.cluster.renew(&node, &req.csr_pem).map_err(status)?;
+        tracing::info!(node_id = %node, serial = %issued.serial, "certificate renewed");
+        Ok(Response::new(RenewNodeCertificateResponse { certificate_pem: issued.pem }))
+    }
+
+    async fn deregister_node(
+        &self,
+        req: Request<DeregisterNodeRequest>,
+    ) -> Result<Response<DeregisterNodeResponse>, Status> {
+        let node = self.0.check_node(req.metadata())?;
+        self.0.live.lock().expect("registry lock").remove(&node);
+        self.0.cluster.forget_client(&node).map_err(status)?;
+        tracing::info!(node_id = %node, "node left");
+        Ok(Response::new(DeregisterNodeResponse {}))
+    }
+
+    async fn list_nodes(&self, req: Request<ListNodesRequest>) -> Result<Response<ListNodesResponse>, Status> {
+        self.0.check_admin(req.metadata())?;
+        let nodes = self
+            .0
+            .nodes()
+            .into_iter()
+            .map(|n| NodeRecord {
+                live: n.live,
+                last_seen_ms: n.last_seen.map(millis),
+                node_id: n.node_id,
+                address: n.address,
+                serial: n.serial,
+                certificate_not_after: n.certificate_not_after,
+                client_only: n.client_only,
             })
             .collect();
-        Ok(Response::new(ListPeersResponse { peers, peer_token: self.0.peer_token.clone() }))
+        Ok(Response::new(ListNodesResponse { nodes }))
+    }
+
+    async fn remove_node(&self, req: Request<RemoveNodeRequest>) -> Result<Response<RemoveNodeResponse>, Status> {
+        self.0.check_admin(req.metadata())?;
+        let node = req.into_inner().node_id;
+        let revoked = self.0.cluster.remove(&node).map_err(|err| match err {
+            ClusterError::NotJoined(_) => {
+                Status::not_found(format!("no node {node:?} is joined; `depot nodes` lists the joined ones"))
+            }
+            err => status(err),
+        })?;
+        self.0.live.lock().expect("registry lock").remove(&node);
+        tracing::warn!(node_id = %node, revoked, "node removed; its certificates are revoked");
+        Ok(Response::new(RemoveNodeResponse { revoked: u32::try_from(revoked).unwrap_or(u32::MAX) }))
+    }
+
+    async fn rotate_join_token(
+        &self,
+        req: Request<RotateJoinTokenRequest>,
+    ) -> Result<Response<RotateJoinTokenResponse>, Status> {
+        self.0.check_admin(req.metadata())?;
+        let token = random_token(32);
+        *self.0.join_token.write().expect("join token lock") = SecretKey::from(token.clone());
+        tracing::warn!("join token rotated; joined nodes are not affected");
+        Ok(Response::new(RotateJoinTokenResponse { join_token: token }))
     }
 }
 
@@ -214,22 +372,63 @@ impl RegistryApi for Service {
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_peer_token_is_stable_for_a_join_token_and_differs_between_them() {
-        let a = peer_token_for(&SecretKey::from("join-token-aaaaaaaa"));
-        assert_eq!(a, peer_token_for(&SecretKey::from("join-token-aaaaaaaa")));
-        assert_ne!(a, peer_token_for(&SecretKey::from("join-token-bbbbbbbb")));
-        assert!(!a.contains("join-token"));
-    }
-
     #[tokio::test]
     async fn agents_drop_out_after_three_silent_intervals() {
-        let registry = Registry::new(SecretKey::from("join-token-aaaaaaaa"), Duration::from_millis(20));
-        registry.see("n1", "127.0.0.1:1").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let cluster = Arc::new(Cluster::open(dir.path(), Duration::from_secs(60)).unwrap());
+        let registry = Registry::new(
+            SecretKey::from("join-token-aaaaaaaa"),
+            SecretKey::from("admin"),
+            cluster,
+            Duration::from_millis(20),
+        );
+        registry.see("n1", "127.0.0.1:1");
         assert_eq!(registry.live().len(), 1);
         tokio::time::sleep(Duration::from_millis(80)).await;
         assert!(registry.live().is_empty());
-        assert!(registry.see("", "127.0.0.1:1").is_err());
-        assert!(registry.see("n2", "no-port").is_err());
+    }
+
+    fn csr(cn: &str) -> String {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::default();
+        params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        params.serialize_request(&key).unwrap().pem().unwrap()
+    }
+
+    /// The one node view (`depot nodes` and `depot status`): every joined node, its newest
+    /// certificate, whether it is live, its last report (cut to the limits).
+    #[tokio::test]
+    async fn nodes_join_membership_liveness_and_reports() {
+        let dir = tempfile::tempdir().unwrap();
+        let cluster = Arc::new(Cluster::open(dir.path(), Duration::from_secs(3600)).unwrap());
+        let registry = Registry::new(
+            SecretKey::from("join"),
+            SecretKey::from("admin"),
+            Arc::clone(&cluster),
+            Duration::from_millis(20),
+        );
+        cluster.join("a", "127.0.0.1:7000", &csr("a"), false, "sa", None).unwrap();
+        cluster.join("b", "127.0.0.1:7001", &csr("b"), false, "sb", None).unwrap();
+        cluster.join("a#run-1", "", &csr("a#run-1"), true, "sr", None).unwrap();
+        registry.see("a", "127.0.0.1:7000");
+        let report = NodeReport {
+            version: "0.1.0".into(),
+            jobs: (0..40).map(|_| depot_proto::registry::JobReport::default()).collect(),
+            holdings: vec![],
+        };
+        registry.keep_report("a", report);
+
+        let nodes = registry.nodes();
+        let ids: Vec<&str> = nodes.iter().map(|n| n.node_id.as_str()).collect();
+        assert_eq!(ids, ["a", "a#run-1", "b"]);
+        let (a, run, b) = (&nodes[0], &nodes[1], &nodes[2]);
+        assert!(a.live && a.last_seen.is_some() && !a.serial.is_empty() && a.certificate_not_after > 0);
+        assert_eq!(a.report.as_ref().unwrap().jobs.len(), MAX_JOBS, "a report is cut to the limits");
+        assert!(run.client_only && run.address.is_empty());
+        assert!(!b.live && b.last_seen.is_none() && b.report.is_none(), "joined, not heard this run");
+
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        let a = &registry.nodes()[0];
+        assert!(!a.live && a.last_seen.is_some() && a.report.is_some(), "silent: still listed, report kept");
     }
 }

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
 use crate::archive::{Archive, Layout};
+use crate::cluster::Cluster;
 use crate::credentials::{CredentialError, Credentials, Given};
 use crate::metrics::{Metrics, RecordOperation};
 use crate::registry::Registry;
@@ -64,6 +65,10 @@ pub struct Config {
     pub multi_bucket: bool,
     /// How often agents heartbeat.
     pub heartbeat_interval: Duration,
+    /// Lifetime of the certificates issued to nodes.
+    pub cert_lifetime: Duration,
+    /// Connection caps and timeouts against hostile clients.
+    pub limits: depot_net::Limits,
     /// How long Ctrl-C waits for requests in flight.
     pub drain_timeout: Duration,
     /// A multipart upload untouched for this long is removed (with a log line).
@@ -83,6 +88,8 @@ impl Config {
             tls_files: None,
             multi_bucket: false,
             heartbeat_interval: Duration::from_secs(5),
+            cert_lifetime: Duration::from_secs(24 * 3600),
+            limits: depot_net::Limits::default(),
             drain_timeout: Duration::from_secs(30),
             multipart_expiry: Duration::from_secs(7 * 24 * 3600),
         }
@@ -243,6 +250,7 @@ pub struct Server {
     root: Root,
     swept: usize,
     drain: Duration,
+    limits: depot_net::Limits,
     uploads: Arc<Uploads>,
     multipart_expiry: Duration,
     /// Held while serving: one server per archive.
@@ -314,7 +322,10 @@ impl Server {
         };
         let stats = Arc::new(Stats::default());
         let archive = Arc::new(Archive::new(root.clone(), layout));
-        let registry = Registry::new(credentials.join_token.clone(), config.heartbeat_interval);
+        let cluster = Arc::new(Cluster::open(&state, config.cert_lifetime)?);
+        let admin_token = write_admin_token(&state).map_err(state_err(&state.join("cluster")))?;
+        let registry =
+            Registry::new(credentials.join_token.clone(), admin_token, Arc::clone(&cluster), config.heartbeat_interval);
         let metrics = Metrics::new(Arc::clone(&stats), Arc::clone(&registry), state.join("uploads"));
         let status_token = crate::status::generate_token();
         let status = StatusService::new(StatusConfig {
@@ -374,6 +385,7 @@ impl Server {
             root,
             swept,
             drain: config.drain_timeout,
+            limits: config.limits,
             uploads,
             multipart_expiry: config.multipart_expiry,
             _lock: lock,
@@ -409,7 +421,7 @@ impl Server {
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) -> Summary {
         tracing::info!(endpoint = %self.banner.endpoint, archive = %self.root.dir().display(), "serving");
         let sweeper = tokio::spawn(sweep_uploads(Arc::clone(&self.uploads), self.multipart_expiry));
-        crate::server::run(self.listener, self.tls, self.app, shutdown, self.drain).await;
+        crate::server::run(self.listener, self.tls, self.app, shutdown, self.drain, self.limits).await;
         sweeper.abort();
         let _ = std::fs::remove_file(ServerInfo::path(self.root.dir()));
         let _ = std::fs::remove_file(StatusToken::path(self.root.dir()));
@@ -417,6 +429,25 @@ impl Server {
         tracing::info!(?summary, "stopped");
         summary
     }
+}
+
+/// Where `depot nodes` finds the admin token of the server on an archive.
+pub fn admin_token_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("cluster").join("admin-token")
+}
+
+/// A fresh admin token for this run, written (mode 0600) for `depot nodes`.
+fn write_admin_token(state_dir: &Path) -> io::Result<SecretKey> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let path = admin_token_path(state_dir);
+    std::fs::create_dir_all(path.parent().expect("has a parent"))?;
+    let token = crate::credentials::random_token(40);
+    let _ = std::fs::remove_file(&path);
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
+    file.write_all(token.as_bytes())?;
+    file.sync_all()?;
+    Ok(SecretKey::from(token))
 }
 
 /// Removes multipart uploads idle for longer than `expiry`, at start and then every quarter

@@ -9,10 +9,11 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use depot_net::{Limits, Tracked, Tracker};
 use http::{Request, Response};
 use http_body_util::Either;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
@@ -24,9 +25,6 @@ use crate::status::StatusService;
 
 /// The body of any response: S3 (s3s) or gRPC (tonic).
 pub type ResponseBody = Either<s3s::Body, tonic::body::Body>;
-
-/// How long a client may take to finish the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Everything a connection needs to answer requests. Cheap to clone.
 #[derive(Clone)]
@@ -106,14 +104,20 @@ fn expects_continue_without_body<B>(req: &Request<B>) -> bool {
 }
 
 /// Accepts connections on `listener` until `shutdown` completes, then waits up to `drain`
-/// for requests in flight before returning.
+/// for requests in flight before returning. Hostile clients are held off by `limits` (see
+/// `depot_net`): connection caps shedding the longest-idle first, a header timeout (which
+/// also bounds the TLS handshake), an idle timeout.
 pub async fn run(
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     app: App,
     shutdown: impl Future<Output = ()>,
     drain: Duration,
+    limits: Limits,
 ) {
+    let tracker = Tracker::new(limits);
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);
     let graceful = GracefulShutdown::new();
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     tokio::pin!(shutdown);
@@ -130,33 +134,58 @@ pub async fn run(
             },
             () = &mut shutdown => break,
         };
+        let Some(conn) = tracker.admit(peer.ip()) else {
+            continue; // every connection is busy: this one is dropped
+        };
         let _ = stream.set_nodelay(true);
+        let stream = Tracked::new(stream, &conn);
         let app = app.clone();
         let watcher = graceful.watcher();
         let acceptor = acceptor.clone();
+        let builder = builder.clone();
         let connection = app.metrics.connection();
         tokio::spawn(async move {
             let _connection = connection;
             let metrics = Arc::clone(&app.metrics);
-            let service = hyper::service::service_fn(move |req| app.clone().handle(req));
-            let builder = Builder::new(TokioExecutor::new());
-            let result = match acceptor {
-                None => watcher.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned()).await,
-                Some(acceptor) => {
-                    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(stream)) => stream,
-                        Ok(Err(err)) => {
-                            metrics.tls_failure();
-                            tracing::debug!(%peer, %err, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            metrics.tls_failure();
-                            tracing::debug!(%peer, "TLS handshake timed out");
-                            return;
-                        }
-                    };
-                    watcher.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned()).await
+            let activity = conn.activity();
+            let service = hyper::service::service_fn(move |req| {
+                let in_flight = activity.request();
+                let app = app.clone();
+                async move {
+                    let response = app.handle(req).await;
+                    drop(in_flight);
+                    response
+                }
+            });
+            // Whether a TLS handshake is still under way (a header timeout then counts as a
+            // handshake failure).
+            let handshaking = std::sync::atomic::AtomicBool::new(acceptor.is_some());
+            let serve = async {
+                match acceptor {
+                    None => watcher.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned()).await,
+                    Some(acceptor) => {
+                        let stream = match acceptor.accept(stream).await {
+                            Ok(stream) => stream,
+                            Err(err) => {
+                                metrics.tls_failure();
+                                tracing::debug!(%peer, %err, "TLS handshake failed");
+                                return Ok(());
+                            }
+                        };
+                        handshaking.store(false, std::sync::atomic::Ordering::Relaxed);
+                        watcher.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned()).await
+                    }
+                }
+            };
+            // The header timeout also bounds the TLS handshake.
+            let result = tokio::select! {
+                result = serve => result,
+                why = conn.closed() => {
+                    if handshaking.load(std::sync::atomic::Ordering::Relaxed) {
+                        metrics.tls_failure();
+                    }
+                    tracing::debug!(%peer, ?why, "connection closed by the server");
+                    Ok(())
                 }
             };
             if let Err(err) = result {

@@ -65,29 +65,10 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 /// # Errors
 /// [`TlsError`].
 pub fn generated(tls_dir: &Path, hosts: &[String]) -> Result<Tls, TlsError> {
-    std::fs::create_dir_all(tls_dir).map_err(|source| TlsError::File {
-        what: "cannot create",
-        path: tls_dir.into(),
-        source,
-    })?;
-    let ca_key_path = tls_dir.join("ca-key.pem");
+    let ca = Ca::load_or_create(tls_dir)?;
+    let ca_pem = ca.pem.clone();
     let ca_path = tls_dir.join("ca.pem");
-    let ca_key = match std::fs::read_to_string(&ca_key_path) {
-        Ok(pem) if ca_path.exists() => KeyPair::from_pem(&pem)?,
-        _ => {
-            let key = KeyPair::generate()?;
-            let cert = ca_params().self_signed(&key)?;
-            write_file(&ca_key_path, key.serialize_pem().as_bytes(), 0o600)?;
-            write_file(&ca_path, cert.pem().as_bytes(), 0o644)?;
-            key
-        }
-    };
-    let ca_pem = std::fs::read_to_string(&ca_path).map_err(|source| TlsError::File {
-        what: "cannot read",
-        path: ca_path.clone(),
-        source,
-    })?;
-    let issuer = Issuer::new(ca_params(), ca_key);
+    let issuer = &ca.issuer;
 
     let mut names: Vec<String> = hosts.to_vec();
     for local in ["localhost", "127.0.0.1", "::1"] {
@@ -98,7 +79,7 @@ pub fn generated(tls_dir: &Path, hosts: &[String]) -> Result<Tls, TlsError> {
     let mut params = CertificateParams::new(names)?;
     params.distinguished_name.push(DnType::CommonName, "depot serve");
     let key = KeyPair::generate()?;
-    let cert = params.signed_by(&key, &issuer)?;
+    let cert = params.signed_by(&key, issuer)?;
 
     let mut bundle = String::new();
     let native = rustls_native_certs::load_native_certs();
@@ -113,6 +94,53 @@ pub fn generated(tls_dir: &Path, hosts: &[String]) -> Result<Tls, TlsError> {
     let key_der = PrivateKeyDer::try_from(key.serialize_der())
         .map_err(|problem| TlsError::Pem { path: tls_dir.into(), problem: problem.to_owned() })?;
     Ok(Tls { config: server_config(chain, key_der)?, ca_file: Some(ca_path), bundle_file: Some(bundle_path) })
+}
+
+/// The archive's CA: created once under `DIR/.depot/tls/` and reused, so certificates it
+/// issued (the server's, the nodes') stay trusted across restarts.
+pub struct Ca {
+    /// Signs certificates.
+    pub issuer: Issuer<'static, KeyPair>,
+    /// `ca.pem`'s contents.
+    pub pem: String,
+}
+
+impl std::fmt::Debug for Ca {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ca").finish_non_exhaustive()
+    }
+}
+
+impl Ca {
+    /// Loads the CA in `tls_dir`, or creates it (key mode 0600).
+    ///
+    /// # Errors
+    /// [`TlsError`].
+    pub fn load_or_create(tls_dir: &Path) -> Result<Self, TlsError> {
+        std::fs::create_dir_all(tls_dir).map_err(|source| TlsError::File {
+            what: "cannot create",
+            path: tls_dir.into(),
+            source,
+        })?;
+        let ca_key_path = tls_dir.join("ca-key.pem");
+        let ca_path = tls_dir.join("ca.pem");
+        let ca_key = match std::fs::read_to_string(&ca_key_path) {
+            Ok(pem) if ca_path.exists() => KeyPair::from_pem(&pem)?,
+            _ => {
+                let key = KeyPair::generate()?;
+                let cert = ca_params().self_signed(&key)?;
+                write_file(&ca_key_path, key.serialize_pem().as_bytes(), 0o600)?;
+                write_file(&ca_path, cert.pem().as_bytes(), 0o644)?;
+                key
+            }
+        };
+        let pem = std::fs::read_to_string(&ca_path).map_err(|source| TlsError::File {
+            what: "cannot read",
+            path: ca_path.clone(),
+            source,
+        })?;
+        Ok(Self { issuer: Issuer::new(ca_params(), ca_key), pem })
+    }
 }
 
 /// Serves the operator's certificate chain and key (PEM files).
@@ -157,7 +185,7 @@ fn ca_params() -> CertificateParams {
 }
 
 /// Writes a file atomically with the given mode.
-fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), TlsError> {
+pub(crate) fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), TlsError> {
     let dir = path.parent().expect("files live in the tls directory");
     let err = |source| TlsError::File { what: "cannot write", path: path.into(), source };
     let mut temp = depot_fs::TempFile::create_in(dir).map_err(err)?;

@@ -62,7 +62,18 @@ fn kill_and_resume(cluster: &Cluster, extra: &[&str], checkpoint_data: &dyn Fn()
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
 
-    let recorded = recorded_names(&checkpoint_data());
+    // Over S3, a record whose body had reached `depot serve` before the kill still lands
+    // (the server finishes the PUT): wait until the records stop changing.
+    let mut recorded = recorded_names(&checkpoint_data());
+    let settle = std::time::Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = recorded_names(&checkpoint_data());
+        if now == recorded || settle.elapsed() > Duration::from_secs(5) {
+            break;
+        }
+        recorded = now;
+    }
     assert!(!recorded.is_empty());
     let kept = partial_bytes(&me);
     let mut again = cluster.fetch_command("me", manifest.to_str().unwrap(), &args);

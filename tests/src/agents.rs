@@ -34,10 +34,42 @@ impl Cluster {
     /// # Panics
     /// When the coordinator does not start.
     pub fn start(dir: &Path, heartbeat: &str) -> Self {
-        let depot = Depot::start(&dir.join("archive"), &["--heartbeat-interval", heartbeat]);
+        Self::start_with(dir, heartbeat, &[])
+    }
+
+    /// [`Cluster::start`] with extra `depot serve` arguments.
+    ///
+    /// # Panics
+    /// When the coordinator does not start.
+    pub fn start_with(dir: &Path, heartbeat: &str, extra: &[&str]) -> Self {
+        let mut args = vec!["--heartbeat-interval", heartbeat];
+        args.extend_from_slice(extra);
+        let depot = Depot::start(&dir.join("archive"), &args);
         let registry = depot.field("registry");
         let join_token = depot.field("join_token");
         Self { dir: dir.to_path_buf(), depot, registry, join_token }
+    }
+
+    /// A registry client joined as a client-only run (`NAME#run-...`), as fetch would be.
+    ///
+    /// # Panics
+    /// When it cannot join.
+    pub async fn coordinator(&self, name: &str) -> depot_agent::registry::Coordinator {
+        let coordinator = depot_agent::registry::Coordinator::new(
+            &self.registry,
+            depot_agent::auth::Secret::new(self.join_token.clone()),
+            None,
+        )
+        .expect("coordinator URL");
+        coordinator.client_identity(Some(name)).await.expect("join as a client-only run");
+        coordinator
+    }
+
+    /// `depot nodes ARGS --archive ARCHIVE`, run to completion.
+    pub fn nodes(&self, args: &[&str]) -> Run {
+        let mut cmd = Command::new(bin("depot"));
+        cmd.arg("nodes").args(args).arg("--archive").arg(self.archive()).env_remove("DEPOT_ARCHIVE");
+        run(&mut cmd, Duration::from_secs(20))
     }
 
     /// The archive directory (the bucket's content).
@@ -133,7 +165,7 @@ pub struct Agent {
     child: Child,
     /// Its node id.
     pub node_id: String,
-    /// `http://host:port` of its service.
+    /// `https://host:port` of its service (mutual TLS).
     pub endpoint: String,
     /// `host:port` it registered.
     pub address: String,
@@ -242,6 +274,11 @@ impl Agent {
             lines.push(line);
         }
         (status, lines)
+    }
+
+    /// Waits up to `limit` for it to exit on its own; its exit code.
+    pub fn wait(&mut self, limit: Duration) -> Option<i32> {
+        wait_timeout(&mut self.child, limit).and_then(|s| s.code())
     }
 
     /// Its stderr so far.

@@ -462,6 +462,10 @@ mod tests {
         let mut names: Vec<&String> = again.trusted().keys().collect();
         names.sort();
         assert_eq!(names, ["a", "b"]);
+        // A record write cut by `kill -9` leaves its temp file behind.
+        let tmp = dir.path().join("checkpoints/fetch-t/.depot/tmp");
+        std::fs::create_dir_all(&tmp).unwrap();
+        std::fs::write(tmp.join("killed-mid-write"), b"half a record").unwrap();
         again.complete().await.unwrap();
         assert!(!dir.path().join("checkpoints").join("fetch-t").exists(), "success removes everything");
     }

@@ -5,11 +5,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use depot_proto::agent::node_agent_client::NodeAgentClient;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
 use tokio::time::Instant;
-use tonic::codegen::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::auth::{Bearer, Secret};
+use crate::identity::Identity;
 use crate::registry::{Coordinator, PeerInfo, RegistryError};
 use crate::service::{CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW};
 
@@ -18,8 +19,8 @@ use crate::service::{CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW};
 /// call `ListPeers`.
 const LIST_MAX_AGE: Duration = Duration::from_secs(2);
 
-/// A client of one peer's `NodeAgent`, carrying the peer credential.
-pub type PeerClient = NodeAgentClient<InterceptedService<Channel, Bearer>>;
+/// A client of one peer's `NodeAgent`, over mutual TLS with this process's certificate.
+pub type PeerClient = NodeAgentClient<Channel>;
 
 /// One live peer, ready to be called.
 #[derive(Debug, Clone)]
@@ -33,8 +34,8 @@ pub struct Peer {
 }
 
 impl Peer {
-    /// A client for calls to this peer, over the shared connection and carrying the peer
-    /// credential; `None` if the peer's address is unusable.
+    /// A client for calls to this peer, over the shared (mutual TLS) connection; `None` if the
+    /// peer's address is unusable.
     #[must_use]
     pub fn client(&self) -> Option<PeerClient> {
         self.client.clone()
@@ -45,19 +46,21 @@ impl Peer {
 #[derive(Debug)]
 enum Source {
     /// The coordinator's registry.
-    Coordinator(Coordinator),
-    /// A fixed list (embedders, tests).
-    Fixed(Vec<PeerInfo>, Secret),
+    Coordinator(Box<Coordinator>),
+    /// A fixed list (embedders, tests), called with this identity.
+    Fixed(Vec<PeerInfo>, Arc<Identity>),
 }
 
-/// The live peers, refreshed from the coordinator, with one HTTP/2 connection per address.
+/// The live peers, refreshed from the coordinator, with one HTTP/2 connection (mutual TLS) per
+/// peer.
 #[derive(Debug)]
 pub struct PeerDirectory {
     source: Source,
     /// This node's id: never counted as a peer of itself.
     self_id: Option<String>,
     cached: tokio::sync::Mutex<Option<(Instant, Arc<Vec<Peer>>)>>,
-    /// Connections by address, reused across refreshes (a std `Mutex`: held only to look up).
+    /// Connections by (node id, address), reused across refreshes (a std `Mutex`: held only to
+    /// look up).
     channels: Mutex<HashMap<String, Channel>>,
     connect_timeout: Duration,
 }
@@ -66,13 +69,13 @@ impl PeerDirectory {
     /// Peers as the coordinator lists them, except `self_id`.
     #[must_use]
     pub fn new(coordinator: Coordinator, self_id: Option<String>) -> Self {
-        Self::with_source(Source::Coordinator(coordinator), self_id)
+        Self::with_source(Source::Coordinator(Box::new(coordinator)), self_id)
     }
 
-    /// A fixed peer list, all called with `token`.
+    /// A fixed peer list, all called with `identity`'s certificate.
     #[must_use]
-    pub fn fixed(peers: Vec<PeerInfo>, token: Secret, self_id: Option<String>) -> Self {
-        Self::with_source(Source::Fixed(peers, token), self_id)
+    pub fn fixed(peers: Vec<PeerInfo>, identity: Arc<Identity>, self_id: Option<String>) -> Self {
+        Self::with_source(Source::Fixed(peers, identity), self_id)
     }
 
     fn with_source(source: Source, self_id: Option<String>) -> Self {
@@ -107,12 +110,13 @@ impl PeerDirectory {
         }
         // Stamped with when the request went out: a list asked for after `asked` is fresh.
         let sent = Instant::now();
-        let (infos, token) = match &self.source {
+        let (infos, identity) = match &self.source {
             Source::Coordinator(coordinator) => {
-                let list = coordinator.list_peers().await?;
-                (list.peers, list.peer_token)
+                // A serving agent's identity, or a fetch/verify run's client-only one.
+                let identity = coordinator.client_identity(self.self_id.as_deref()).await?;
+                (coordinator.list_peers().await?.peers, identity)
             }
-            Source::Fixed(peers, token) => (peers.clone(), token.clone()),
+            Source::Fixed(peers, identity) => (peers.clone(), identity.clone()),
         };
         let mut infos = infos;
         // A stable order: equally busy holders are then picked by node id, which keeps runs
@@ -123,11 +127,8 @@ impl PeerDirectory {
             .filter(|p| self.self_id.as_deref() != Some(p.node_id.as_str()))
             .map(|p| {
                 let client = self
-                    .channel(&p.address)
-                    .map(|channel| {
-                        NodeAgentClient::with_interceptor(channel, Bearer(token.clone()))
-                            .max_decoding_message_size(8 * 1024 * 1024)
-                    })
+                    .channel(&identity, &p.node_id, &p.address)
+                    .map(|channel| NodeAgentClient::new(channel).max_decoding_message_size(8 * 1024 * 1024))
                     .map_err(|err| tracing::warn!(node = p.node_id, address = p.address, %err, "unusable peer address"))
                     .ok();
                 Peer { node_id: p.node_id, address: p.address, client }
@@ -138,23 +139,48 @@ impl PeerDirectory {
         Ok(peers)
     }
 
-    /// The (lazily connecting) channel to `address`, shared by all calls to it.
-    fn channel(&self, address: &str) -> Result<Channel, tonic::transport::Error> {
+    /// The (lazily connecting) mutual-TLS channel to node `node_id` at `address`, shared by
+    /// all calls to it. The peer's certificate must name `node_id` and `address`'s host.
+    fn channel(
+        &self,
+        identity: &Arc<Identity>,
+        node_id: &str,
+        address: &str,
+    ) -> Result<Channel, tonic::transport::Error> {
+        let key = format!("{node_id}@{address}");
         let mut channels = self.channels.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(channel) = channels.get(address) {
+        if let Some(channel) = channels.get(&key) {
             return Ok(channel.clone());
         }
-        let url = if address.contains("://") { address.to_owned() } else { format!("http://{address}") };
-        let channel = Endpoint::from_shared(url)?
+        let config = identity.client_config(Some(node_id));
+        let target = address.to_owned();
+        let timeout = self.connect_timeout;
+        let connector = tower::service_fn(move |_: http::Uri| {
+            let (config, target) = (config.clone(), target.clone());
+            async move {
+                let host = target.rsplit_once(':').map_or(target.as_str(), |(h, _)| h);
+                let name = ServerName::try_from(host.trim_start_matches('[').trim_end_matches(']').to_owned())
+                    .map_err(std::io::Error::other)?;
+                let connect = async {
+                    let tcp = tokio::net::TcpStream::connect(&target).await?;
+                    tcp.set_nodelay(true)?;
+                    tokio_rustls::TlsConnector::from(config).connect(name, tcp).await
+                };
+                let tls = tokio::time::timeout(timeout, connect).await.map_err(|_| {
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, "connect/TLS handshake timed out")
+                })??;
+                Ok::<_, std::io::Error>(TokioIo::new(tls))
+            }
+        });
+        let channel = Endpoint::from_shared(format!("http://{address}"))?
             .connect_timeout(self.connect_timeout)
-            .tcp_nodelay(true)
             .initial_stream_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
             .max_frame_size(MAX_FRAME)
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(10))
-            .connect_lazy();
-        channels.insert(address.to_owned(), channel.clone());
+            .connect_with_connector_lazy(connector);
+        channels.insert(key, channel.clone());
         Ok(channel)
     }
 }

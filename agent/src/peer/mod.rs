@@ -28,7 +28,7 @@
 //! use depot_agent::registry::Coordinator;
 //!
 //! let root = depot_fs::Root::open("/data/backup")?;
-//! let coordinator = Coordinator::new("http://10.0.0.1:9000", Secret::new("join-token"), None)?;
+//! let coordinator = Coordinator::new("https://10.0.0.1:9000", Secret::new("join-token"), None)?;
 //! let reader = PeerReader::new(root, PeerDirectory::new(coordinator, Some("tikv-1".into())));
 //! // Local if present, else copied from a peer (size-checked), then opened.
 //! let (file, origin) = reader.open("1_2_3_default.sst", None).await?;
@@ -592,11 +592,8 @@ impl PeerReader {
         if offset == size && offset > 0 {
             return Ok(());
         }
-        let mut request = tonic::Request::new(ReadFileRequest { path: name.to_owned(), offset });
-        // Names this node to the holder, for its per-peer metrics (not a credential).
-        if let Some(value) = self.directory.self_id().and_then(|id| id.parse().ok()) {
-            request.metadata_mut().insert(crate::service::NODE_ID_METADATA, value);
-        }
+        // The holder knows who asks from this side's certificate (for its per-peer metrics too).
+        let request = tonic::Request::new(ReadFileRequest { path: name.to_owned(), offset });
         let mut stream = match tokio::time::timeout(self.timeouts.stall, client.read_file(request)).await {
             Err(_) => return Err(TransferFailure::Broken("ReadFile did not start in time".into())),
             Ok(Err(status)) if status.code() == Code::NotFound => return Err(TransferFailure::Gone),
@@ -629,6 +626,15 @@ impl PeerReader {
 /// was overloaded, timed out, or did not yet accept our credential (a coordinator restart
 /// hands out a new one; peers pick it up within a heartbeat).
 pub(crate) fn is_transient(status: &tonic::Status) -> bool {
+    let message = status_message(status);
+    // A TLS answer that proves the other end is not an agent of this cluster (plaintext, a
+    // certificate from elsewhere, another node at that address) is definite, not transient.
+    if message.contains("received corrupt message")
+        || message.contains("invalid peer certificate")
+        || message.contains("not node")
+    {
+        return false;
+    }
     match status.code() {
         Code::Unavailable
         | Code::DeadlineExceeded
@@ -638,7 +644,6 @@ pub(crate) fn is_transient(status: &tonic::Status) -> bool {
         | Code::Unauthenticated => true,
         // Connection-level failures surface as UNKNOWN with a transport error behind them.
         Code::Unknown => {
-            let message = status_message(status);
             message.contains("transport error") || message.contains("connection") || message.contains("h2 protocol")
         }
         _ => false,

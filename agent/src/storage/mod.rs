@@ -373,14 +373,23 @@ impl Storage {
         }
     }
 
-    /// Removes the empty directories local storage leaves after deletes (its base included).
-    /// Object stores have no directories: a no-op there.
+    /// Removes the empty directories local storage leaves after deletes (its base included),
+    /// and the temp files a writer killed mid-write left in the base's `.depot/tmp/` (so call
+    /// it only when no one writes here any more). Object stores have no directories: a no-op
+    /// there.
     ///
     /// # Errors
     /// [`StoreError::Io`] other than "not empty" or "not found".
     pub fn remove_empty(&self) -> Result<(), StoreError> {
         match &self.kind {
             Kind::Local(dir) => {
+                let tmp = dir.join(depot_fs::STATE_DIR).join("tmp");
+                match std::fs::remove_dir_all(&tmp) {
+                    Err(source) if source.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(StoreError::Io { path: tmp, source });
+                    }
+                    _ => {}
+                }
                 remove_empty_dirs(dir).map(|_| ()).map_err(|source| StoreError::Io { path: dir.clone(), source })
             }
             Kind::Remote { .. } => Ok(()),

@@ -1,131 +1,87 @@
-//! In-process helpers: a minimal registry, agents on `127.0.0.1:0`, backup directories.
+//! In-process helpers: the coordinator's real registry (`depot_server::registry`) on a
+//! loopback port, agents on `127.0.0.1:0` with certificates from it, backup directories.
 //!
-//! The registry here is a test double with the same contract as `depot serve`'s (join token,
-//! peer token, heartbeat TTL), so the library can be tested in one process, fast. The
-//! end-to-end tests in `tests/e2e/` run the real binaries against the real coordinator.
+//! The end-to-end tests in `tests/e2e/` run the real binaries against the real coordinator.
 #![allow(dead_code)]
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
-use depot_agent::auth::{Secret, TokenSlot};
+use depot_agent::auth::Secret;
+use depot_agent::identity::Identity;
 use depot_agent::manifest::FileEntry;
+use depot_agent::peer::{PeerClient, PeerDirectory};
+use depot_agent::registry::{Coordinator, PeerInfo};
 use depot_agent::service::{self, NodeAgentService};
-use depot_proto::registry::registry_server::{Registry, RegistryServer};
-use depot_proto::registry::{
-    HeartbeatRequest, HeartbeatResponse, ListPeersRequest, ListPeersResponse, Peer, RegisterRequest, RegisterResponse,
-};
+use depot_server::cluster::Cluster;
+use depot_server::registry::Registry;
 use sha2::{Digest, Sha256};
-use tonic::{Request, Response, Status};
 
 pub const JOIN: &str = "join-token-for-tests";
-pub const PEER: &str = "peer-token-for-tests";
 
-/// A registry keeping agents for three heartbeat intervals.
-#[derive(Clone)]
-pub struct MemoryRegistry {
-    agents: Arc<Mutex<HashMap<String, (String, Instant)>>>,
-    interval: Duration,
+/// The coordinator's registry, in process. Nodes stay listed for three minutes without
+/// heartbeats (the interval is a minute), so tests need not heartbeat.
+pub struct TestRegistry {
+    pub url: String,
+    pub registry: Arc<Registry>,
+    _state: tempfile::TempDir,
 }
 
-impl MemoryRegistry {
-    fn check(&self, request_meta: &tonic::metadata::MetadataMap) -> Result<(), Status> {
-        let ok = request_meta
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v == format!("Bearer {JOIN}"));
-        if ok { Ok(()) } else { Err(Status::unauthenticated("wrong join token")) }
+impl TestRegistry {
+    /// Joins `node_id` at `address` (as a serving agent would); returns its identity.
+    pub async fn join(&self, node_id: &str, address: &str) -> Arc<Identity> {
+        let coordinator = Coordinator::new(&self.url, Secret::new(JOIN), None).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        coordinator.join(node_id, address, key, false, Duration::from_secs(5)).await.unwrap().identity
     }
 
-    /// Adds an entry directly (e.g. a fake peer at some address).
-    pub fn insert(&self, node_id: &str, address: &str) {
-        self.agents
-            .lock()
-            .unwrap()
-            .insert(node_id.into(), (address.into(), Instant::now() + Duration::from_secs(3600)));
-    }
-}
-
-#[tonic::async_trait]
-impl Registry for MemoryRegistry {
-    async fn register(&self, request: Request<RegisterRequest>) -> Result<Response<RegisterResponse>, Status> {
-        self.check(request.metadata())?;
-        let r = request.into_inner();
-        self.agents.lock().unwrap().insert(r.node_id, (r.address, Instant::now()));
-        Ok(Response::new(RegisterResponse {
-            peer_token: PEER.into(),
-            heartbeat_interval_ms: self.interval.as_millis() as u64,
-        }))
-    }
-
-    async fn heartbeat(&self, request: Request<HeartbeatRequest>) -> Result<Response<HeartbeatResponse>, Status> {
-        self.check(request.metadata())?;
-        let r = request.into_inner();
-        let mut agents = self.agents.lock().unwrap();
-        let known = match agents.get_mut(&r.node_id) {
-            Some(entry) => {
-                entry.1 = entry.1.max(Instant::now());
-                true
-            }
-            None => false,
-        };
-        Ok(Response::new(HeartbeatResponse { known }))
-    }
-
-    async fn list_peers(&self, request: Request<ListPeersRequest>) -> Result<Response<ListPeersResponse>, Status> {
-        self.check(request.metadata())?;
-        let now = Instant::now();
-        let peers = self
-            .agents
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(_, (_, seen))| *seen > now || now.duration_since(*seen) < self.interval * 3)
-            .map(|(id, (address, seen))| Peer {
-                node_id: id.clone(),
-                address: address.clone(),
-                last_seen_ms: now.saturating_duration_since(*seen).as_millis() as u64,
-            })
-            .collect();
-        Ok(Response::new(ListPeersResponse { peers, peer_token: PEER.into() }))
+    /// Lists a node at `address` (which may be anything, e.g. a dead port).
+    pub async fn insert(&self, node_id: &str, address: &str) -> Arc<Identity> {
+        self.join(node_id, address).await
     }
 }
 
 /// Starts a registry; returns it and its URL.
-pub async fn start_registry() -> (MemoryRegistry, String) {
-    let registry = MemoryRegistry { agents: Arc::default(), interval: Duration::from_millis(200) };
+pub async fn start_registry() -> (TestRegistry, String) {
+    let state = tempfile::tempdir().unwrap();
+    let cluster = Arc::new(Cluster::open(state.path(), Duration::from_secs(3600)).unwrap());
+    let registry = Registry::new(JOIN.into(), "admin-token-for-tests".into(), cluster, Duration::from_secs(60));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let svc = RegistryServer::new(registry.clone());
+    let routes = registry.routes();
     tokio::spawn(async move {
         tonic::transport::Server::builder()
-            .add_service(svc)
+            .add_routes(routes)
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
             .await
             .unwrap();
     });
-    (registry, format!("http://{addr}"))
+    let url = format!("http://{addr}");
+    (TestRegistry { url: url.clone(), registry, _state: state }, url)
 }
 
-/// An agent serving `dir` in-process with the test peer token; registered as `node_id`.
+/// An agent serving `dir` in-process over mutual TLS; joined as `node_id`.
 pub async fn start_agent(
-    registry: &MemoryRegistry,
+    registry: &TestRegistry,
     node_id: &str,
     dir: &Path,
-) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+) -> (SocketAddr, tokio::task::JoinHandle<()>, Arc<Identity>) {
     let root = depot_fs::Root::open(dir).unwrap();
-    let (addr, handle) = service::spawn(
-        "127.0.0.1:0".parse().unwrap(),
-        NodeAgentService::new(root),
-        TokenSlot::fixed(Secret::new(PEER)),
-    )
-    .await
-    .unwrap();
-    registry.insert(node_id, &addr.to_string());
-    (addr, handle)
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let identity = registry.join(node_id, &addr.to_string()).await;
+    let (addr, handle) = service::spawn(addr, NodeAgentService::new(root), identity.clone()).await.unwrap();
+    (addr, handle, identity)
+}
+
+/// A client of the agent `node_id` at `addr`, calling with `identity`'s certificate.
+pub async fn client_of(identity: Arc<Identity>, node_id: &str, addr: SocketAddr) -> PeerClient {
+    let peers = vec![PeerInfo { node_id: node_id.into(), address: addr.to_string(), last_seen_ms: 0 }];
+    let directory = PeerDirectory::fixed(peers, identity, None);
+    directory.peers(false).await.unwrap()[0].client().unwrap()
 }
 
 /// Deterministic content for a file of `size` bytes named `name`.

@@ -214,7 +214,7 @@ pub fn render(report: &StatusReport) -> String {
     let _ = writeln!(out, "depot {} at {}, up {}s", s.version, s.endpoint, s.uptime_seconds);
     let _ = writeln!(out, "\nNODES ({})", report.nodes.len());
     if report.nodes.is_empty() {
-        let _ = writeln!(out, "  none registered");
+        let _ = writeln!(out, "  none joined");
     } else {
         let _ = writeln!(
             out,
@@ -224,11 +224,11 @@ pub fn render(report: &StatusReport) -> String {
         for n in &report.nodes {
             let _ = writeln!(
                 out,
-                "  {:<16} {:<24} {:<9} {:>9.1}s {:>5}  {}",
+                "  {:<16} {:<24} {:<9} {:>10} {:>5}  {}",
                 n.node_id,
                 n.address,
                 if n.version.is_empty() { "?" } else { &n.version },
-                n.last_heartbeat_ms as f64 / 1000.0,
+                heard(n),
                 n.jobs,
                 n.certificate_expiry.as_deref().unwrap_or("-")
             );
@@ -297,4 +297,13 @@ pub fn render(report: &StatusReport) -> String {
         }
     }
     out
+}
+
+/// A node's last heartbeat for the table: `1.2s`, `1.2s silent`, or `-` (not heard this run).
+fn heard(n: &super::report::NodeStatus) -> String {
+    match (n.last_heartbeat_ms, n.live) {
+        (None, _) => "-".to_owned(),
+        (Some(ms), true) => format!("{:.1}s", ms as f64 / 1000.0),
+        (Some(ms), false) => format!("{:.0}s silent", ms as f64 / 1000.0),
+    }
 }

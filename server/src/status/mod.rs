@@ -137,7 +137,8 @@ impl StatusService {
     /// The status document now.
     pub async fn report(&self) -> StatusReport {
         let inner = &self.0;
-        let nodes = inner.registry.nodes();
+        // The serving nodes; fetch/verify runs show as their node's jobs.
+        let nodes: Vec<_> = inner.registry.nodes().into_iter().filter(|n| !n.client_only).collect();
         let mut backups = inner.backups.list().await;
         let mut jobs = Vec::new();
         for node in &nodes {
@@ -167,8 +168,12 @@ impl StatusService {
                     node_id: n.node_id.clone(),
                     address: n.address.clone(),
                     version: n.report.as_ref().map(|r| r.version.clone()).unwrap_or_default(),
-                    last_heartbeat_ms: u64::try_from(n.last_seen.as_millis()).unwrap_or(u64::MAX),
-                    certificate_expiry: None,
+                    live: n.live,
+                    last_heartbeat_ms: n.last_seen.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                    certificate_expiry: time::OffsetDateTime::from_unix_timestamp(n.certificate_not_after)
+                        .ok()
+                        .filter(|_| !n.serial.is_empty())
+                        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok()),
                     jobs: n.report.as_ref().map_or(0, |r| r.jobs.len()),
                 })
                 .collect(),

@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 pub struct StatusReport {
     /// The coordinator.
     pub server: ServerStatus,
-    /// Live agents.
+    /// The joined serving nodes, live or not (the same nodes `depot nodes` lists, without
+    /// fetch/verify runs).
     pub nodes: Vec<NodeStatus>,
     /// Backups found in the archive (a directory holding a `backupmeta` or `manifest.jsonl`).
     pub backups: Vec<BackupStatus>,
@@ -33,7 +34,7 @@ pub struct ServerStatus {
     pub heartbeat_interval_ms: u64,
 }
 
-/// One live agent.
+/// One joined serving node.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NodeStatus {
     /// Node id.
@@ -42,9 +43,11 @@ pub struct NodeStatus {
     pub address: String,
     /// `depot-agent` version (empty until its first heartbeat).
     pub version: String,
-    /// Milliseconds since it was last heard from.
-    pub last_heartbeat_ms: u64,
-    /// When its certificate expires (agents have no certificates yet: always `null`).
+    /// Heard from within three heartbeat intervals.
+    pub live: bool,
+    /// Milliseconds since it was last heard from (`null`: not since the coordinator started).
+    pub last_heartbeat_ms: Option<u64>,
+    /// When its newest certificate expires (RFC 3339).
     pub certificate_expiry: Option<String>,
     /// Jobs running (or recently ended) on it.
     pub jobs: usize,

@@ -19,7 +19,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
@@ -130,35 +130,34 @@ async fn http_get(authority: &str, path: &str, bearer: Option<&str>) -> usize {
     response.into_body().collect().await.expect("body").to_bytes().len()
 }
 
-/// Registers `nodes` agents and heartbeats each once with a two-job report.
+/// Joins `nodes` agents (a certificate each, as `depot-agent serve` does) and heartbeats each
+/// once with a two-job report.
 async fn register_nodes(endpoint: &str, join_token: &str, nodes: usize) {
-    use depot_proto::registry::{
-        HeartbeatRequest, JobReport, NodeReport, RegisterRequest, registry_client::RegistryClient,
+    use depot_agent::registry::Coordinator;
+    use depot_proto::registry::{JobReport, NodeReport};
+    let job = |task: &str| JobReport {
+        kind: "fetch".into(),
+        task: task.into(),
+        backup: "backup-1".into(),
+        state: "fetching".into(),
+        files_done: 500,
+        files_needed: 2000,
+        bytes_done: 500 << 20,
+        bytes_needed: 2000 << 20,
+        bytes_per_second: 100e6,
+        missing: (0..20).map(|m| format!("1/{m}_missing.sst")).collect(),
+        ..JobReport::default()
     };
-    let mut client = RegistryClient::connect(endpoint.to_owned()).await.expect("registry");
-    let bearer: tonic::metadata::MetadataValue<_> = format!("Bearer {join_token}").parse().expect("token");
+    let report = NodeReport { version: "0.1.0".into(), jobs: vec![job("a"), job("b")], holdings: vec![] };
     for i in 0..nodes {
         let (node_id, address) = (format!("bench-node-{i:03}"), format!("10.0.{}.{}:7070", i / 250, i % 250 + 1));
-        let mut req = tonic::Request::new(RegisterRequest { node_id: node_id.clone(), address: address.clone() });
-        req.metadata_mut().insert("authorization", bearer.clone());
-        client.register(req).await.expect("register");
-        let job = |task: &str| JobReport {
-            kind: "fetch".into(),
-            task: task.into(),
-            backup: "backup-1".into(),
-            state: "fetching".into(),
-            files_done: 500,
-            files_needed: 2000,
-            bytes_done: 500 << 20,
-            bytes_needed: 2000 << 20,
-            bytes_per_second: 100e6,
-            missing: (0..20).map(|m| format!("1/{m}_missing.sst")).collect(),
-            ..JobReport::default()
-        };
-        let report = NodeReport { version: "0.1.0".into(), jobs: vec![job("a"), job("b")], holdings: vec![] };
-        let mut req = tonic::Request::new(HeartbeatRequest { node_id, address, node_report: Some(report) });
-        req.metadata_mut().insert("authorization", bearer.clone());
-        client.heartbeat(req).await.expect("heartbeat");
+        let report = report.clone();
+        let coordinator = Coordinator::new(endpoint, depot_agent::auth::Secret::new(join_token.to_owned()), None)
+            .expect("registry")
+            .with_reporter(std::sync::Arc::new(move || report.clone()));
+        let key = rcgen::KeyPair::generate().expect("key");
+        coordinator.join(&node_id, &address, key, false, Duration::from_secs(10)).await.expect("join");
+        coordinator.heartbeat(&node_id, &address).await.expect("heartbeat");
     }
 }
 
