@@ -164,13 +164,14 @@ struct S3Args {
     /// files from its disk, the others fetched from a live holder (verified) into a cache.
     #[arg(long, value_name = "ADDR")]
     s3_listen: Option<String>,
-    /// The view's bucket: the one `depot serve` printed, so one URL works on every node.
+    /// The view's bucket (default: the coordinator's, handed over when the agent joins).
     #[arg(long, env = "DEPOT_S3_BUCKET", value_name = "NAME", requires = "s3_listen")]
     s3_bucket: Option<String>,
-    /// The access key clients sign with (`depot serve`'s AWS_ACCESS_KEY_ID).
+    /// The access key clients sign with (default: the coordinator's, handed over when the
+    /// agent joins, so one key pair works on every node).
     #[arg(long, env = "DEPOT_S3_ACCESS_KEY", value_name = "KEY", requires = "s3_listen")]
     s3_access_key: Option<String>,
-    /// Its secret (`depot serve`'s AWS_SECRET_ACCESS_KEY).
+    /// Its secret (default: the coordinator's).
     #[arg(long, env = "DEPOT_S3_SECRET_KEY", hide_env_values = true, value_name = "SECRET", requires = "s3_listen")]
     s3_secret_key: Option<String>,
     /// Key prefix of the backup in the view (default: DIR's name, so local:///data/backup is
@@ -198,14 +199,6 @@ struct S3Args {
 impl S3Args {
     fn options(&self, ca: Option<&ExtraCa>) -> anyhow::Result<Option<node::S3Options>> {
         let Some(listen) = &self.s3_listen else { return Ok(None) };
-        let need = |value: &Option<String>, flag: &str| {
-            value.clone().with_context(|| {
-                format!("--s3-listen needs {flag}: the value `depot serve` printed (one key pair for every node)")
-            })
-        };
-        let bucket = need(&self.s3_bucket, "--s3-bucket (or DEPOT_S3_BUCKET)")?;
-        let access_key = need(&self.s3_access_key, "--s3-access-key (or DEPOT_S3_ACCESS_KEY)")?;
-        let secret_key = need(&self.s3_secret_key, "--s3-secret-key (or DEPOT_S3_SECRET_KEY)")?;
         let options = StoreOptions { ca: ca.cloned() };
         let crypter = match &self.s3_crypter_key_file {
             Some(path) => {
@@ -216,10 +209,10 @@ impl S3Args {
         };
         Ok(Some(node::S3Options {
             listen: listen.clone(),
-            access_key,
-            secret_key: Secret::new(secret_key),
+            access_key: self.s3_access_key.clone(),
+            secret_key: self.s3_secret_key.clone().map(Secret::new),
             view: node::ViewSettings {
-                bucket,
+                bucket: self.s3_bucket.clone(),
                 prefix: self.s3_prefix.clone(),
                 cache_dir: self.cache_dir.clone(),
                 cache_max: self.cache_max,

@@ -69,17 +69,17 @@ pub struct S3Options {
     pub listen: String,
     /// The bucket, key prefix, cache, manifest and archive; `root` is the agent's.
     pub view: ViewSettings,
-    /// The access key clients sign with.
-    pub access_key: String,
-    /// Its secret.
-    pub secret_key: Secret,
+    /// The access key clients sign with; default: the one the coordinator hands out.
+    pub access_key: Option<String>,
+    /// Its secret; default: the coordinator's.
+    pub secret_key: Option<Secret>,
 }
 
 /// [`crate::view::ViewConfig`] before the root is opened.
 #[derive(Debug, Clone)]
 pub struct ViewSettings {
-    /// The bucket.
-    pub bucket: String,
+    /// The bucket; default: the coordinator's.
+    pub bucket: Option<String>,
     /// Key prefix; default: the root's directory name.
     pub prefix: Option<String>,
     /// Cache directory; default `ROOT/.depot/view/cache`.
@@ -307,7 +307,7 @@ pub async fn serve(
             let directory = crate::peer::PeerDirectory::new(coordinator.clone(), Some(node_id.clone()));
             let reader = crate::peer::PeerReader::new(root.clone(), directory);
             let mut stop_rx = stop_rx.clone();
-            let started = start_view(s3, &root, &reader, listener, async move {
+            let started = start_view(s3, joined.s3.as_ref(), &root, &reader, listener, async move {
                 let _ = stop_rx.wait_for(|stop| *stop).await;
             })?;
             Some(started)
@@ -416,12 +416,35 @@ struct StartedView {
 /// Builds the view over `root` and serves it with `depot-s3` on `listener`.
 fn start_view(
     s3: &S3Options,
+    handed: Option<&depot_proto::registry::S3Credentials>,
     root: &Root,
     reader: &crate::peer::PeerReader,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<StartedView, NodeError> {
     let settings = &s3.view;
+    // The flags win; by default the view takes what the coordinator handed over the
+    // authenticated channel, so one URL and key pair work on every node.
+    let missing = |what: &str| {
+        NodeError::View(format!(
+            "no {what}: the coordinator handed none (an older `depot serve`?); give --s3-bucket, --s3-access-key and --s3-secret-key"
+        ))
+    };
+    let bucket = match (&settings.bucket, handed) {
+        (Some(bucket), _) => bucket.clone(),
+        (None, Some(c)) if !c.bucket.is_empty() => c.bucket.clone(),
+        _ => return Err(missing("bucket")),
+    };
+    let access_key = match (&s3.access_key, handed) {
+        (Some(key), _) => key.clone(),
+        (None, Some(c)) => c.access_key.clone(),
+        _ => return Err(missing("access key")),
+    };
+    let secret_key = match (&s3.secret_key, handed) {
+        (Some(secret), _) => secret.expose().to_owned(),
+        (None, Some(c)) => c.secret_key.clone(),
+        _ => return Err(missing("secret key")),
+    };
     let prefix = match &settings.prefix {
         Some(p) => p.trim_matches('/').to_owned(),
         None => root.dir().file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned(),
@@ -429,7 +452,7 @@ fn start_view(
     let prefix = if prefix.is_empty() { prefix } else { format!("{prefix}/") };
     let state = root.state_dir().join("view");
     let config = crate::view::ViewConfig {
-        bucket: settings.bucket.clone(),
+        bucket: bucket.clone(),
         prefix: prefix.clone(),
         root: root.clone(),
         cache_dir: settings.cache_dir.clone().unwrap_or_else(|| state.join("cache")),
@@ -448,18 +471,17 @@ fn start_view(
         "us-east-1".to_owned(),
     );
     let auth = depot_s3::auth::OneKey::new(
-        s3.access_key.clone(),
-        s3s::auth::SecretKey::from(s3.secret_key.expose().to_owned()),
+        access_key,
+        s3s::auth::SecretKey::from(secret_key),
         "use the AWS_ACCESS_KEY_ID `depot serve` printed (every agent's view takes the coordinator's key)",
     );
     let service = depot_s3::http::service(depot, auth, |_| {});
     let bound = listener.local_addr().map_err(|e| NodeError::View(e.to_string()))?;
     let endpoint = format!("http://{bound}");
-    let url =
-        format!("s3://{}/{}?endpoint={endpoint}&force-path-style=true", settings.bucket, prefix.trim_end_matches('/'));
-    tracing::info!(endpoint, bucket = settings.bucket, prefix, "S3 view serving");
+    let url = format!("s3://{}/{}?endpoint={endpoint}&force-path-style=true", bucket, prefix.trim_end_matches('/'));
+    tracing::info!(endpoint, bucket, prefix, "S3 view serving");
     let task = tokio::spawn(depot_s3::http::serve(listener, None, service, stats, shutdown, DRAIN_LIMIT));
-    Ok(StartedView { view, ready: S3Ready { endpoint, bucket: settings.bucket.clone(), prefix, url }, task })
+    Ok(StartedView { view, ready: S3Ready { endpoint, bucket, prefix, url }, task })
 }
 
 #[cfg(test)]

@@ -326,6 +326,12 @@ impl Server {
         let admin_token = write_admin_token(&state).map_err(state_err(&state.join("cluster")))?;
         let registry =
             Registry::new(credentials.join_token.clone(), admin_token, Arc::clone(&cluster), config.heartbeat_interval);
+        registry.hand_out_s3_credentials(
+            credentials.bucket.as_deref().unwrap_or_default(),
+            &credentials.access_key,
+            credentials.secret_key.expose(),
+            &config.region,
+        );
         let metrics = Metrics::new(Arc::clone(&stats), Arc::clone(&registry), state.join("uploads"));
         let status_token = crate::status::generate_token();
         let status = StatusService::new(StatusConfig {

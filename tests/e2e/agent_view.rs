@@ -17,20 +17,8 @@ const PREFIX: &str = "backup";
 /// Starts agent `id` with an S3 view reading the manifest at `meta` (default: its root's
 /// backupmeta, else the peers'), plus `extra`.
 fn view_agent(cluster: &Cluster, id: &str, meta: Option<&Path>, extra: &[&str]) -> Agent {
-    let (bucket, key, secret) =
-        (cluster.depot.field("bucket"), cluster.depot.field("access_key"), cluster.depot.field("secret_key"));
-    let mut args = vec![
-        "--s3-listen",
-        "127.0.0.1:0",
-        "--s3-prefix",
-        PREFIX,
-        "--s3-bucket",
-        &bucket,
-        "--s3-access-key",
-        &key,
-        "--s3-secret-key",
-        &secret,
-    ];
+    // No bucket or key pair given: the coordinator hands its own to every serving agent.
+    let mut args = vec!["--s3-listen", "127.0.0.1:0", "--s3-prefix", PREFIX];
     if let Some(meta) = meta {
         args.extend(["--s3-meta", meta.to_str().unwrap()]);
     }
