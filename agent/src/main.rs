@@ -174,6 +174,9 @@ struct S3Args {
     /// Its secret (default: the coordinator's).
     #[arg(long, env = "DEPOT_S3_SECRET_KEY", hide_env_values = true, value_name = "SECRET", requires = "s3_listen")]
     s3_secret_key: Option<String>,
+    /// File holding the secret (instead of --s3-secret-key, which `ps` shows).
+    #[arg(long, value_name = "FILE", requires = "s3_listen", conflicts_with = "s3_secret_key")]
+    s3_secret_key_file: Option<PathBuf>,
     /// Key prefix of the backup in the view (default: DIR's name, so local:///data/backup is
     /// s3://BUCKET/backup).
     #[arg(long, value_name = "PREFIX", requires = "s3_listen")]
@@ -210,7 +213,14 @@ impl S3Args {
         Ok(Some(node::S3Options {
             listen: listen.clone(),
             access_key: self.s3_access_key.clone(),
-            secret_key: self.s3_secret_key.clone().map(Secret::new),
+            secret_key: depot_net::secret_flag(
+                "s3-secret-key",
+                "DEPOT_S3_SECRET_KEY",
+                self.s3_secret_key.clone(),
+                self.s3_secret_key_file.as_deref(),
+            )
+            .map_err(anyhow::Error::msg)?
+            .map(Secret::new),
             view: node::ViewSettings {
                 bucket: self.s3_bucket.clone(),
                 prefix: self.s3_prefix.clone(),
