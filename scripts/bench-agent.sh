@@ -20,9 +20,19 @@
 #                   serve's own PUT rate in the same run (depot-bench: one 1 GiB PUT; 2,000
 #                   1 MiB PUTs at the same concurrency): collect_1gib_vs_put_ratio (target
 #                   >= 0.7); rss_collect_kib (<= 64 MiB).
+#   view_*          the agents' S3 view (issue 14), read with depot-bench's raw GET: a file the
+#                   node holds through the view vs `depot serve` GET of the same file
+#                   (view_local_vs_serve_ratio, target >= 0.8); the first GET of a 1 GiB file
+#                   the node lacks (fetched from a peer, verified, cached, then sent) vs
+#                   `fetch` of it (view_remote_vs_fetch_ratio, target >= 0.7); 2,000 x 1 MiB
+#                   files held by 3 other nodes read through one view in random order, 8 at a
+#                   time; and restore_start_*: bytes moved and seconds before a restore can
+#                   start, for fetch-everything-everywhere (3 nodes), collect-then-restore and
+#                   the view, from this run's figures.
 # ONLY selects sections (space-separated): fetch1 (raw TCP, ReadFile and fetch of the 1 GiB
-# file), fetch2000, resume, collect, readfile (raw TCP vs ReadFile over mutual TLS only,
-# interleaved: readfile_vs_raw_ratio, target >= 0.7); e.g. ONLY="fetch1 fetch2000".
+# file), fetch2000, resume, collect, view (runs fetch1 and fetch2000 too, its baselines),
+# readfile (raw TCP vs ReadFile over mutual TLS only, interleaved: readfile_vs_raw_ratio,
+# target >= 0.7); e.g. ONLY="fetch1 fetch2000".
 # BIN_DIR=DIR uses the binaries in DIR (depot, depot-agent, depot-bench, readfile) instead of
 # building: for an A/B against an older build in the same sitting.
 # Each timing is the best of $RUNS runs (default $ROUNDS, as scripts/bench.sh, else 3), which
@@ -45,8 +55,8 @@ command -v python3 >/dev/null || { echo "bench-agent.sh needs python3 (raw TCP b
 ONLY="${ONLY:-}"
 for name in $ONLY; do
     case "$name" in
-        fetch1|fetch2000|resume|collect|readfile) ;;
-        *) echo "ONLY=$ONLY: sections are fetch1 fetch2000 resume collect readfile (or nothing for all)" >&2; exit 2 ;;
+        fetch1|fetch2000|resume|collect|view|readfile) ;;
+        *) echo "ONLY=$ONLY: sections are fetch1 fetch2000 resume collect view readfile (or nothing for all)" >&2; exit 2 ;;
     esac
 done
 section() { [[ -z "$ONLY" || " $ONLY " == *" $1 "* ]]; }
@@ -194,7 +204,7 @@ awk -v raw="$raw_null" -v rf="$readfile" -v g="$((1 << 30))" 'BEGIN {
 }'
 fi
 
-if section fetch1; then
+if section fetch1 || section view; then
 echo "# 1 GiB: raw TCP vs ReadFile vs fetch ($RUNS runs each)" >&2
 raw_null=$(for _ in $(seq "$RUNS"); do raw_copy /dev/null; done | best)
 readfile=$(for _ in $(seq "$RUNS"); do "$READFILE" "$DEPOT_COORDINATOR" big big.bin | awk '{print $2}'; done | best)
@@ -220,7 +230,7 @@ if [[ "$ONLY" != readfile ]]; then
     start_agent n2 "$work/n2"; n2_pid=$last_pid
     start_agent n3 "$work/n3"; n3_pid=$last_pid
 fi
-if section fetch2000; then
+if section fetch2000 || section view; then
 echo "# 2,000 x 1 MiB over 3 peers ($RUNS runs)" >&2
 fetch_many() { # fetch_many ARGS... -> transfer seconds of a fresh fetch of the 2,000 files
     rm -rf "$work/fetch2000"; mkdir -p "$work/fetch2000"
@@ -256,14 +266,15 @@ awk -v o="$original" -v r="$resumed" -v c="$recheck" 'BEGIN {
 
 fi
 
-if section collect; then
-echo "# collect into depot serve over S3 vs depot serve's own PUT rate ($RUNS runs each)" >&2
 export AWS_ACCESS_KEY_ID="$(field access_key "$work/depot.json")"
 export AWS_SECRET_ACCESS_KEY="$(field secret_key "$work/depot.json")"
 bucket="$(field bucket "$work/depot.json")"
 endpoint="$(field endpoint "$work/depot.json")"
 region="$(field region "$work/depot.json")"
 s3_args=(--endpoint "$endpoint" --bucket "$bucket" --access-key "$AWS_ACCESS_KEY_ID" --secret-key "$AWS_SECRET_ACCESS_KEY")
+cm=""
+if section collect; then
+echo "# collect into depot serve over S3 vs depot serve's own PUT rate ($RUNS runs each)" >&2
 echo 0 >"$work/collect.peak"
 collect_seconds() { # collect_seconds MANIFEST PREFIX -> seconds of a fresh collect (archive copy removed after)
     "$AGENT" collect --meta "$1" --to "s3://$bucket/$2/?endpoint=$endpoint&force-path-style=true&region=$region" \
@@ -297,6 +308,71 @@ awk -v c1="$c1" -v p1="$p1" -v cm="$cm" -v pm="$pm" 'BEGIN {
     printf "put_2000x1mib_files_per_s=%.0f\ncollect_2000x1mib_vs_put_ratio=%.2f\n", pm, 2000 / cm / pm
 }'
 echo "rss_collect_kib=$(cat "$work/collect.peak")"
+fi
+
+if section view; then
+echo "# the S3 view: local GET vs depot serve GET, first remote GET vs fetch, 2,000 remote files ($RUNS runs)" >&2
+view_args=(--s3-listen 127.0.0.1:0 --s3-prefix backup --s3-bucket "$bucket"
+    --s3-access-key "$AWS_ACCESS_KEY_ID" --s3-secret-key "$AWS_SECRET_ACCESS_KEY")
+start_view() { # start_view ID ROOT META -> the view's endpoint in view_endpoint, pid in last_pid
+    mkdir -p "$2"
+    "$AGENT" serve --root "$2" --listen 127.0.0.1:0 --node-id "$1" --json --log-file "$work/logs/$1.log" \
+        "${view_args[@]}" --s3-meta "$3" >"$work/$1.json" &
+    last_pid=$!
+    pids+=("$last_pid")
+    wait_line "$work/$1.json"
+    view_endpoint=$(python3 -c "import json, sys; print(json.load(open(sys.argv[1]))['s3']['endpoint'])" "$work/$1.json")
+}
+get() { "$BENCH" get --bucket "$bucket" --access-key "$AWS_ACCESS_KEY_ID" --secret-key "$AWS_SECRET_ACCESS_KEY" "$@"; }
+# The same 1 GiB file, served by depot serve (a hard link into the archive) and by a view
+# over the directory that holds it.
+mkdir -p "$work/archive/viewbench"
+ln -f "$work/big/big.bin" "$work/archive/viewbench/big.bin"
+echo "viewbench/big.bin" >"$work/serve.keys"
+echo "backup/big.bin" >"$work/view.keys"
+start_view vbig "$work/big" "$work/big.jsonl"; vbig_pid=$last_pid
+vbig_endpoint=$view_endpoint
+: >"$work/vl.txt"; : >"$work/sg.txt"
+for _ in $(seq "$RUNS"); do # interleaved
+    get --endpoint "$vbig_endpoint" --keys-file "$work/view.keys" --name v | sed -n 's/^v_seconds=//p' >>"$work/vl.txt"
+    get --endpoint "$endpoint" --keys-file "$work/serve.keys" --name s | sed -n 's/^s_seconds=//p' >>"$work/sg.txt"
+done
+vl=$(best <"$work/vl.txt"); sg=$(best <"$work/sg.txt")
+# The first GET of the file on a node without it: a fresh view (empty cache) each run.
+: >"$work/vr.txt"
+for i in $(seq "$RUNS"); do
+    start_view "vme$i" "$work/vme$i" "$work/big.jsonl"
+    get --endpoint "$view_endpoint" --keys-file "$work/view.keys" --name r | sed -n 's/^r_seconds=//p' >>"$work/vr.txt"
+    kill "$last_pid"; wait "$last_pid" 2>/dev/null || true
+    rm -rf "${work:?}/vme$i"
+done
+vr=$(best <"$work/vr.txt")
+# 2,000 x 1 MiB held by n1..n3, read at random through a view that holds none of them.
+sed -n 's/.*"name": "\([^"]*\)".*/backup\/\1/p' "$work/many.jsonl" >"$work/many.keys"
+: >"$work/vm.txt"
+for i in $(seq "$RUNS"); do
+    start_view "vmany$i" "$work/vmany$i" "$work/many.jsonl"
+    get --endpoint "$view_endpoint" --keys-file "$work/many.keys" --concurrency 8 --shuffle --name m \
+        | sed -n 's/^m_seconds=//p' >>"$work/vm.txt"
+    kill "$last_pid"; wait "$last_pid" 2>/dev/null || true
+    rm -rf "${work:?}/vmany$i"
+done
+vm=$(best <"$work/vm.txt")
+total=$(awk '{ if (match($0, /"size": [0-9]+/)) s += substr($0, RSTART + 8, RLENGTH - 8) } END { printf "%d", s }' "$work/many.jsonl")
+awk -v vl="$vl" -v sg="$sg" -v vr="$vr" -v f="${fetch1:-0}" -v vm="$vm" -v fm="${many:-0}" -v cm="${cm:-0}" -v t="$total" 'BEGIN {
+    g = 2^30
+    printf "view_local_1gib_seconds=%.3f\nserve_get_1gib_seconds=%.3f\nview_local_vs_serve_ratio=%.2f\n", vl, sg, sg / vl
+    printf "view_remote_first_get_1gib_seconds=%.3f\nview_remote_gib_per_s=%.2f\n", vr, g / vr / 2^30
+    if (f > 0) printf "view_remote_vs_fetch_ratio=%.2f\n", f / vr
+    printf "view_2000x1mib_random_seconds=%.3f\nview_2000x1mib_files_per_s=%.0f\nview_2000x1mib_mb_per_s=%.1f\n", vm, 2000 / vm, t / vm / 1e6
+    # Before a restore can start, on 3 nodes each holding a third: fetch-everything-everywhere
+    # moves 2/3 of the backup to each node; collect moves it all once into the archive (and
+    # each node then downloads what it restores from there); the view moves nothing.
+    if (fm > 0) printf "restore_start_fetch_everywhere_bytes=%.0f\nrestore_start_fetch_everywhere_seconds=%.3f\n", 2 * t, fm
+    if (cm > 0) printf "restore_start_collect_bytes=%.0f\nrestore_start_collect_seconds=%.3f\n", t, cm
+    printf "restore_start_view_bytes=0\nrestore_start_view_seconds=0\n"
+}'
+echo "rss_view_agent_kib=$(hwm_kib "$vbig_pid")"
 fi
 
 serve_peak=0

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # A three-node Depot cluster on one machine, end to end:
 #   1. `depot serve` (the coordinator: S3 archive + agent registry) on loopback;
-#   2. three `depot-agent serve`, one per "node" directory;
+#   2. three `depot-agent serve`, one per "node" directory, each also serving the whole backup
+#      over S3 (`--s3-listen`: its own files from disk, the others from a peer on first read),
+#      and every file read through node 3's view with curl (SigV4) before anything is copied;
 #   3. a sample backup whose SST files are spread over the three node directories (as a BR
 #      backup to local:// storage leaves them), with its manifest in the archive;
 #   4. `depot-agent verify` (who holds what), `depot-agent fetch` on node 3 (reading the
@@ -75,6 +77,7 @@ for n in 1 2 3; do echo "node$n holds $(find "$work/node$n" -name '*.sst' | wc -
 say "3. three agents, one per node"
 for n in 1 2 3; do
     "$DEPOT_AGENT_BIN" serve --root "$work/node$n" --listen 127.0.0.1:0 --node-id "node$n" --json \
+        --s3-listen 127.0.0.1:0 --s3-prefix backup-1 --s3-meta "$manifest" \
         >"$work/logs/agent$n.json" 2>"$work/logs/agent$n.stderr" &
     pids+=($!)
 done
@@ -85,6 +88,21 @@ done
 
 say "   the joined nodes: each holds a certificate from the archive's CA (agents speak mutual TLS)"
 run "$DEPOT_BIN" nodes --archive "$work/archive"
+
+say "   the S3 view: every file through node3's view, before anything is copied (curl, SigV4)"
+view3="$(python3 -c "import json, sys; print(json.load(open(sys.argv[1]))['s3']['endpoint'])" "$work/logs/agent3.json")"
+echo "br would restore on every node with: --storage \"$(python3 -c "import json, sys; print(json.load(open(sys.argv[1]))['s3']['url'])" "$work/logs/agent3.json")\""
+bad=0
+while IFS= read -r line; do
+    name="$(sed -n 's/.*"name":"\([^"]*\)".*/\1/p' <<<"$line")"
+    want="$(sed -n 's/.*"sha256":"\([^"]*\)".*/\1/p' <<<"$line")"
+    # S3 wants the payload hash as a header; curl signs with the hash of the empty body.
+    got="$(curl -sf --aws-sigv4 "aws:amz:$region:s3" --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" \
+        -H "x-amz-content-sha256: $(sha256sum </dev/null | cut -d' ' -f1)" \
+        "$view3/$bucket/backup-1/$name" | sha256sum | cut -d' ' -f1)"
+    [[ "$got" == "$want" ]] || { echo "MISMATCH through the view: $name"; bad=1; }
+done <"$manifest"
+(( bad == 0 )) && echo "node3's view served all 30 files, sha256-identical to the manifest ($(find "$work/node3" -name '*.sst' -not -path '*/.depot/*' | wc -l) of them from its own disk)"
 
 meta="s3://$bucket/backup-1/manifest.jsonl?endpoint=$endpoint&force-path-style=true&region=$region&provider=minio"
 

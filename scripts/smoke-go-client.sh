@@ -8,16 +8,19 @@
 # Marker paging over 1,100 keys) and the s3manager multipart uploader. Its HTTP client is a
 # clone of http.DefaultTransport, as BR's is, so over TLS it negotiates HTTP/2.
 #
-# Two passes: plain HTTP, and HTTPS (`--tls on`, trusting the banner's bundle through
-# SSL_CERT_FILE, with a stale AWS_CA_BUNDLE cleared as the banner says). Each prints its
-# checks and `protocol=HTTP/1.1` or `protocol=HTTP/2.0`; the HTTPS pass must be HTTP/2.
+# Three passes: plain HTTP, and HTTPS (`--tls on`, trusting the banner's bundle through
+# SSL_CERT_FILE, with a stale AWS_CA_BUNDLE cleared as the banner says), each printing its
+# checks and `protocol=HTTP/1.1` or `protocol=HTTP/2.0` (the HTTPS pass must be HTTP/2); then
+# the agents' S3 view: three agents with `--s3-listen` over a backup spread over their
+# directories, and the same calls against each node's view, plus every backup file read
+# whole and ranged (DEPOT_EXPECT), as TiKV's restore reads them.
 #
 # Go and the SDK come from Debian (`golang-go golang-github-aws-aws-sdk-go-dev`, installed
 # with apt-get when missing) and the program builds offline: go.mod `replace`s every module
 # with its source under /usr/share/gocode/src (modules Debian ships without a go.mod, or does
 # not ship at all, get a local stand-in that only declares the module).
 #
-# Usage:   scripts/smoke-go-client.sh       (DEPOT_BIN=path to skip building depot)
+# Usage:   scripts/smoke-go-client.sh       (DEPOT_BIN / AGENT_BIN=paths to skip building)
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -106,6 +109,60 @@ for pass in http https; do
         failed=1
     fi
 done
+# The agents' S3 view.
+if [[ -z ${AGENT_BIN:-} ]]; then
+    cargo build --quiet -p depot-agent --bin depot-agent --manifest-path "$repo/Cargo.toml"
+    AGENT_BIN=${CARGO_TARGET_DIR:-$repo/target}/debug/depot-agent
+fi
+view=$tmp/view
+mkdir -p "$view"/{archive,n1,n2,n3}
+"$DEPOT_BIN" serve "$view/archive" --listen 127.0.0.1:0 --json --tls off \
+    --log-file "$view/depot.log" >"$view/depot.json" 2>"$view/depot.stderr" &
+pids+=($!)
+for _ in $(seq 100); do [[ -s $view/depot.json ]] && break; sleep 0.05; done
+python3 - "$view" <<'PY'
+import hashlib, json, os, sys
+view = sys.argv[1]
+with open(f"{view}/manifest.jsonl", "w") as manifest, open(f"{view}/expect", "w") as expect:
+    for i in range(9):
+        name = f"{i % 4}/{i}_write.sst"
+        data = hashlib.sha256(name.encode()).digest() * (1000 + i * 4001)
+        path = f"{view}/n{i % 3 + 1}/{name}"
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        open(path, "wb").write(data)
+        digest = hashlib.sha256(data).hexdigest()
+        manifest.write(json.dumps({"name": name, "size": len(data), "sha256": digest}) + "\n")
+        expect.write(f"backup/{name} {len(data)} {digest}\n")
+PY
+DEPOT_JOIN_TOKEN=$(field "$view/depot.json" join_token)
+DEPOT_S3_BUCKET=$(field "$view/depot.json" bucket)
+DEPOT_S3_ACCESS_KEY=$(field "$view/depot.json" access_key)
+DEPOT_S3_SECRET_KEY=$(field "$view/depot.json" secret_key)
+export DEPOT_JOIN_TOKEN DEPOT_S3_BUCKET DEPOT_S3_ACCESS_KEY DEPOT_S3_SECRET_KEY
+for n in 1 2 3; do
+    "$AGENT_BIN" serve --root "$view/n$n" --listen 127.0.0.1:0 --node-id "n$n" --json \
+        --coordinator "$(field "$view/depot.json" registry)" --log-file "$view/n$n.log" \
+        --s3-listen 127.0.0.1:0 --s3-prefix backup --s3-meta "$view/manifest.jsonl" \
+        >"$view/n$n.json" 2>"$view/n$n.stderr" &
+    pids+=($!)
+done
+for n in 1 2 3; do
+    for _ in $(seq 200); do [[ -s $view/n$n.json ]] && break; sleep 0.05; done
+    endpoint=$(python3 -c "import json, sys; print(json.load(open(sys.argv[1]))['s3']['endpoint'])" "$view/n$n.json") || {
+        echo "FAIL view: agent n$n did not start: $(cat "$view/n$n.stderr")"
+        failed=1
+        continue
+    }
+    echo "== view on n$n: $endpoint"
+    if ! env -u AWS_CA_BUNDLE -u AWS_PROFILE -u SSL_CERT_FILE \
+        DEPOT_ENDPOINT="$endpoint" DEPOT_BUCKET="$(field "$view/depot.json" bucket)" \
+        AWS_ACCESS_KEY_ID="$(field "$view/depot.json" access_key)" \
+        AWS_SECRET_ACCESS_KEY="$(field "$view/depot.json" secret_key)" \
+        AWS_REGION="$(field "$view/depot.json" region)" DEPOT_EXPECT="$view/expect" "$tmp/gosmoke"; then
+        failed=1
+    fi
+done
+
 if [[ $failed -ne 0 ]]; then
     echo "smoke-go-client: FAILED"
     exit 1

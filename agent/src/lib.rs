@@ -30,6 +30,8 @@
 //! - [`verify`]: which live nodes hold each file (by `Stat`, no data moved).
 //! - [`jobs`]: job progress files (`.depot/jobs/`), read into the heartbeat's report.
 //! - [`metrics`]: Prometheus metrics and health checks over HTTP (`--metrics ADDR`).
+//! - [`view`]: the S3 view of a backup (`serve --s3-listen`): local files first, peers on
+//!   demand, verified, cached; served by `depot-s3`, the same S3 code as `depot serve`.
 //! - [`node`]: running an agent: bind, register, serve, heartbeat, stop cleanly.
 //! - [`digest`], [`trust`], [`progress`]: SHA-256 of files, extra CAs, the progress bar.
 //!
@@ -55,3 +57,4 @@ pub mod service;
 pub mod storage;
 pub mod trust;
 pub mod verify;
+pub mod view;

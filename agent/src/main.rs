@@ -153,6 +153,85 @@ struct ServeArgs {
     /// over HTTP on this address (e.g. 127.0.0.1:9101; no credential, no file names).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<String>,
+    #[command(flatten)]
+    s3: S3Args,
+}
+
+/// The S3 view: the whole backup on this node, local files first, peers on demand.
+#[derive(Debug, Args)]
+struct S3Args {
+    /// Serve the whole backup over S3 on this address (e.g. 127.0.0.1:9000): this node's
+    /// files from its disk, the others fetched from a live holder (verified) into a cache.
+    #[arg(long, value_name = "ADDR")]
+    s3_listen: Option<String>,
+    /// The view's bucket (default: the coordinator's, handed over when the agent joins).
+    #[arg(long, env = "DEPOT_S3_BUCKET", value_name = "NAME", requires = "s3_listen")]
+    s3_bucket: Option<String>,
+    /// The access key clients sign with (default: the coordinator's, handed over when the
+    /// agent joins, so one key pair works on every node).
+    #[arg(long, env = "DEPOT_S3_ACCESS_KEY", value_name = "KEY", requires = "s3_listen")]
+    s3_access_key: Option<String>,
+    /// Its secret (default: the coordinator's).
+    #[arg(long, env = "DEPOT_S3_SECRET_KEY", hide_env_values = true, value_name = "SECRET", requires = "s3_listen")]
+    s3_secret_key: Option<String>,
+    /// File holding the secret (instead of --s3-secret-key, which `ps` shows).
+    #[arg(long, value_name = "FILE", requires = "s3_listen", conflicts_with = "s3_secret_key")]
+    s3_secret_key_file: Option<PathBuf>,
+    /// Key prefix of the backup in the view (default: DIR's name, so local:///data/backup is
+    /// s3://BUCKET/backup).
+    #[arg(long, value_name = "PREFIX", requires = "s3_listen")]
+    s3_prefix: Option<String>,
+    /// The backup's `backupmeta` (path or s3:// URL; default DIR/backupmeta), read when the
+    /// view is first used.
+    #[arg(long, value_name = "PATH|URL", requires = "s3_listen")]
+    s3_meta: Option<String>,
+    /// File holding the key of an encrypted backup (hex, as BR's --crypter.key-file).
+    #[arg(long, value_name = "FILE", requires = "s3_listen")]
+    s3_crypter_key_file: Option<PathBuf>,
+    /// Cap on the view's cache of fetched files (e.g. 50GiB); least recently used go first.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, requires = "s3_listen")]
+    cache_max: Option<u64>,
+    /// Where fetched files are kept (default DIR/.depot/view/cache).
+    #[arg(long, value_name = "DIR", requires = "s3_listen")]
+    cache_dir: Option<PathBuf>,
+    /// Read files no live node holds from this archive (what `collect` wrote).
+    #[arg(long, value_name = "URL", requires = "s3_listen")]
+    archive: Option<String>,
+}
+
+impl S3Args {
+    fn options(&self, ca: Option<&ExtraCa>) -> anyhow::Result<Option<node::S3Options>> {
+        let Some(listen) = &self.s3_listen else { return Ok(None) };
+        let options = StoreOptions { ca: ca.cloned() };
+        let crypter = match &self.s3_crypter_key_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+                Some(CrypterKey::from_hex(&text).with_context(|| format!("in {}", path.display()))?)
+            }
+            None => None,
+        };
+        Ok(Some(node::S3Options {
+            listen: listen.clone(),
+            access_key: self.s3_access_key.clone(),
+            secret_key: depot_net::secret_flag(
+                "s3-secret-key",
+                "DEPOT_S3_SECRET_KEY",
+                self.s3_secret_key.clone(),
+                self.s3_secret_key_file.as_deref(),
+            )
+            .map_err(anyhow::Error::msg)?
+            .map(Secret::new),
+            view: node::ViewSettings {
+                bucket: self.s3_bucket.clone(),
+                prefix: self.s3_prefix.clone(),
+                cache_dir: self.cache_dir.clone(),
+                cache_max: self.cache_max,
+                meta: self.s3_meta.as_deref().map(|m| ManifestSource::parse(m, &options)).transpose()?,
+                crypter,
+                archive: self.archive.as_deref().map(|url| Storage::open(url, &options)).transpose()?,
+            },
+        }))
+    }
 }
 
 #[derive(Debug, Args)]
@@ -449,6 +528,7 @@ async fn serve(mut args: ServeArgs) -> anyhow::Result<u8> {
     let Some(join_token) = args.coordinator.join_token.clone() else {
         bail!("serve needs --join-token (or DEPOT_JOIN_TOKEN): the join_token `depot serve` printed");
     };
+    let s3 = args.s3.options(ca.as_ref())?;
     let options = ServeOptions {
         root: args.root,
         listen: args.listen,
@@ -462,6 +542,7 @@ async fn serve(mut args: ServeArgs) -> anyhow::Result<u8> {
         max_rate: args.max_rate,
         limits: args.limits.limits(),
         metrics: args.metrics,
+        s3,
     };
     match depot_net::raise_open_file_limit() {
         Ok((before, after)) => tracing::info!(?before, ?after, "open-file limit (soft) raised to the hard limit"),
@@ -475,6 +556,13 @@ async fn serve(mut args: ServeArgs) -> anyhow::Result<u8> {
                 print_json(ready);
             } else {
                 println!("depot-agent serving {} as node {} at {}", ready.root, ready.node_id, ready.endpoint);
+                if let Some(s3) = &ready.s3 {
+                    println!(
+                        "S3 view of the whole backup at {} (bucket {}, prefix {:?})",
+                        s3.endpoint, s3.bucket, s3.prefix
+                    );
+                    println!("  br restore ... --storage \"{}\"", s3.url);
+                }
             }
         },
         stop_signal(),
@@ -490,6 +578,19 @@ async fn serve(mut args: ServeArgs) -> anyhow::Result<u8> {
             depot_agent::fetch::human_bytes(report.bytes_sent),
             report.refused
         );
+        if let Some(s3) = &report.s3 {
+            println!(
+                "S3 view: {} local read(s), {} from the cache, {} file(s) fetched ({}), {} missing; cache {} file(s), {}, {} evicted",
+                s3.local,
+                s3.cached,
+                s3.fetched,
+                depot_agent::fetch::human_bytes(s3.fetched_bytes),
+                s3.missing,
+                s3.cache.files,
+                depot_agent::fetch::human_bytes(s3.cache.bytes),
+                s3.cache.evicted
+            );
+        }
     }
     Ok(0)
 }

@@ -58,6 +58,40 @@ pub struct ServeOptions {
     pub limits: depot_net::Limits,
     /// Where to serve metrics and health checks over HTTP (`--metrics`).
     pub metrics: Option<String>,
+    /// The S3 view of the backup (`--s3-listen`).
+    pub s3: Option<S3Options>,
+}
+
+/// The S3 view (`--s3-listen` and friends).
+#[derive(Debug, Clone)]
+pub struct S3Options {
+    /// Address to bind.
+    pub listen: String,
+    /// The bucket, key prefix, cache, manifest and archive; `root` is the agent's.
+    pub view: ViewSettings,
+    /// The access key clients sign with; default: the one the coordinator hands out.
+    pub access_key: Option<String>,
+    /// Its secret; default: the coordinator's.
+    pub secret_key: Option<Secret>,
+}
+
+/// [`crate::view::ViewConfig`] before the root is opened.
+#[derive(Debug, Clone)]
+pub struct ViewSettings {
+    /// The bucket; default: the coordinator's.
+    pub bucket: Option<String>,
+    /// Key prefix; default: the root's directory name.
+    pub prefix: Option<String>,
+    /// Cache directory; default `ROOT/.depot/view/cache`.
+    pub cache_dir: Option<std::path::PathBuf>,
+    /// Cache budget in bytes.
+    pub cache_max: Option<u64>,
+    /// Where the manifest is; default `ROOT/backupmeta`.
+    pub meta: Option<crate::manifest::ManifestSource>,
+    /// Key of an encrypted backup.
+    pub crypter: Option<crate::manifest::CrypterKey>,
+    /// Archive read when no live node holds a file.
+    pub archive: Option<crate::storage::Storage>,
 }
 
 /// A started agent, as reported once ready (`--json` prints it).
@@ -74,6 +108,22 @@ pub struct Ready {
     /// `http://host:port` of the metrics endpoint, with `--metrics`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics: Option<String>,
+    /// The S3 view, with `--s3-listen`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Ready>,
+}
+
+/// Where the S3 view answers.
+#[derive(Debug, Clone, Serialize)]
+pub struct S3Ready {
+    /// `http://host:port`.
+    pub endpoint: String,
+    /// The bucket.
+    pub bucket: String,
+    /// The backup's key prefix (empty or ending in `/`).
+    pub prefix: String,
+    /// The storage URL to give BR on this node.
+    pub url: String,
 }
 
 /// What a stopped agent did.
@@ -87,6 +137,9 @@ pub struct ServeReport {
     pub refused: u64,
     /// Seconds it ran.
     pub seconds: f64,
+    /// What the S3 view served, with `--s3-listen`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub s3: Option<crate::view::ViewReport>,
 }
 
 /// Why the agent could not start or stopped with an error.
@@ -110,6 +163,9 @@ pub enum NodeError {
     /// Registration failed, or the node was removed from the cluster.
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    /// The S3 view cannot start.
+    #[error("the S3 view cannot start: {0}")]
+    View(String),
     /// The node key cannot be made or read.
     #[error(transparent)]
     Identity(#[from] IdentityError),
@@ -194,6 +250,14 @@ pub async fn serve(
         ),
         None => None,
     };
+    let s3_listener = match &options.s3 {
+        Some(s3) => Some(
+            tokio::net::TcpListener::bind(&s3.listen)
+                .await
+                .map_err(|source| NodeError::Bind { addr: format!("{} (--s3-listen)", s3.listen), source })?,
+        ),
+        None => None,
+    };
     let report_root = root.dir().to_path_buf();
     let coordinator = Coordinator::with_insecure(
         &options.coordinator,
@@ -238,6 +302,18 @@ pub async fn serve(
             .await
         })
     };
+    let view = match (&options.s3, s3_listener) {
+        (Some(s3), Some(listener)) => {
+            let directory = crate::peer::PeerDirectory::new(coordinator.clone(), Some(node_id.clone()));
+            let reader = crate::peer::PeerReader::new(root.clone(), directory);
+            let mut stop_rx = stop_rx.clone();
+            let started = start_view(s3, joined.s3.as_ref(), &root, &reader, listener, async move {
+                let _ = stop_rx.wait_for(|stop| *stop).await;
+            })?;
+            Some(started)
+        }
+        _ => None,
+    };
     let heartbeats = {
         let mut stop_rx = stop_rx.clone();
         tokio::spawn(heartbeat_loop(
@@ -257,6 +333,7 @@ pub async fn serve(
         address: address.clone(),
         root: root.dir().display().to_string(),
         metrics: metrics_url,
+        s3: view.as_ref().map(|v| v.ready.clone()),
     };
     tracing::info!(node_id, address, root = %root.dir().display(), "serving (mutual TLS)");
     on_ready(&ready);
@@ -305,6 +382,13 @@ pub async fn serve(
     let _ = stop_tx.send(true);
     let _ = heartbeats.await;
     renewals.abort();
+    let s3_report = match view {
+        Some(view) => {
+            let _ = view.task.await;
+            Some(view.view.report())
+        }
+        None => None,
+    };
     if let Some(task) = metrics_task {
         task.abort();
     }
@@ -318,7 +402,86 @@ pub async fn serve(
         bytes_sent: stats.bytes_sent.load(Ordering::Relaxed),
         refused: stats.refused.load(Ordering::Relaxed),
         seconds: started.elapsed().as_secs_f64(),
+        s3: s3_report,
     })
+}
+
+/// A running S3 view.
+struct StartedView {
+    view: Arc<crate::view::View>,
+    ready: S3Ready,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Builds the view over `root` and serves it with `depot-s3` on `listener`.
+fn start_view(
+    s3: &S3Options,
+    handed: Option<&depot_proto::registry::S3Credentials>,
+    root: &Root,
+    reader: &crate::peer::PeerReader,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<StartedView, NodeError> {
+    let settings = &s3.view;
+    // The flags win; by default the view takes what the coordinator handed over the
+    // authenticated channel, so one URL and key pair work on every node.
+    let missing = |what: &str| {
+        NodeError::View(format!(
+            "no {what}: the coordinator handed none (an older `depot serve`?); give --s3-bucket, --s3-access-key and --s3-secret-key"
+        ))
+    };
+    let bucket = match (&settings.bucket, handed) {
+        (Some(bucket), _) => bucket.clone(),
+        (None, Some(c)) if !c.bucket.is_empty() => c.bucket.clone(),
+        _ => return Err(missing("bucket")),
+    };
+    let access_key = match (&s3.access_key, handed) {
+        (Some(key), _) => key.clone(),
+        (None, Some(c)) => c.access_key.clone(),
+        _ => return Err(missing("access key")),
+    };
+    let secret_key = match (&s3.secret_key, handed) {
+        (Some(secret), _) => secret.expose().to_owned(),
+        (None, Some(c)) => c.secret_key.clone(),
+        _ => return Err(missing("secret key")),
+    };
+    let prefix = match &settings.prefix {
+        Some(p) => p.trim_matches('/').to_owned(),
+        None => root.dir().file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned(),
+    };
+    let prefix = if prefix.is_empty() { prefix } else { format!("{prefix}/") };
+    let state = root.state_dir().join("view");
+    let config = crate::view::ViewConfig {
+        bucket: bucket.clone(),
+        prefix: prefix.clone(),
+        root: root.clone(),
+        cache_dir: settings.cache_dir.clone().unwrap_or_else(|| state.join("cache")),
+        cache_max: settings.cache_max,
+        writes_dir: state.join("writes"),
+        meta: settings.meta.clone(),
+        crypter: settings.crypter.clone(),
+        archive: settings.archive.clone(),
+    };
+    let view = Arc::new(crate::view::View::new(config, reader).map_err(|e| NodeError::View(e.to_string()))?);
+    let stats = Arc::new(depot_s3::stats::Stats::default());
+    let depot = depot_s3::s3::Depot::over(
+        Arc::clone(&view) as Arc<dyn depot_s3::storage::Storage>,
+        view.writes(),
+        Arc::clone(&stats),
+        "us-east-1".to_owned(),
+    );
+    let auth = depot_s3::auth::OneKey::new(
+        access_key,
+        s3s::auth::SecretKey::from(secret_key),
+        "use the AWS_ACCESS_KEY_ID `depot serve` printed (every agent's view takes the coordinator's key)",
+    );
+    let service = depot_s3::http::service(depot, auth, |_| {});
+    let bound = listener.local_addr().map_err(|e| NodeError::View(e.to_string()))?;
+    let endpoint = format!("http://{bound}");
+    let url = format!("s3://{}/{}?endpoint={endpoint}&force-path-style=true", bucket, prefix.trim_end_matches('/'));
+    tracing::info!(endpoint, bucket, prefix, "S3 view serving");
+    let task = tokio::spawn(depot_s3::http::serve(listener, None, service, stats, shutdown, DRAIN_LIMIT));
+    Ok(StartedView { view, ready: S3Ready { endpoint, bucket, prefix, url }, task })
 }
 
 #[cfg(test)]

@@ -180,6 +180,8 @@ pub struct Joined {
     pub identity: Arc<Identity>,
     /// How often to heartbeat.
     pub heartbeat_interval: Duration,
+    /// The coordinator's S3 bucket and key pair, for this node's S3 view.
+    pub s3: Option<depot_proto::registry::S3Credentials>,
 }
 
 /// Builds the report sent with each heartbeat (jobs, holdings; see `crate::jobs`).
@@ -377,7 +379,8 @@ impl Coordinator {
             Some((node_id.to_owned(), Secret::new(response.node_secret)));
         let _ = self.identity.set(identity.clone());
         let interval_ms = if response.heartbeat_interval_ms == 0 { 5_000 } else { response.heartbeat_interval_ms };
-        Ok(Joined { identity, heartbeat_interval: Duration::from_millis(interval_ms) })
+        let s3 = response.s3_credentials.filter(|c| !c.access_key.is_empty());
+        Ok(Joined { identity, heartbeat_interval: Duration::from_millis(interval_ms), s3 })
     }
 
     /// The identity of this process for calling peers: the serving agent's, or — for a

@@ -1,12 +1,16 @@
 // Replays the S3 calls BR's storage layer (br/pkg/storage/s3.go, aws-sdk-go v1, through the
-// 8.x releases) makes, against a running `depot serve`, and exits non-zero on the first
-// difference from S3. Reads DEPOT_ENDPOINT, DEPOT_BUCKET, AWS_ACCESS_KEY_ID,
-// AWS_SECRET_ACCESS_KEY, AWS_REGION; trusts what SSL_CERT_FILE names, as BR does.
+// 8.x releases) makes, against a running `depot serve` (or an agent's S3 view), and exits
+// non-zero on the first difference from S3. Reads DEPOT_ENDPOINT, DEPOT_BUCKET,
+// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION; trusts what SSL_CERT_FILE names, as BR
+// does. With DEPOT_EXPECT (a file of `KEY SIZE SHA256` lines), it also reads each of those
+// keys whole and a range of it, as TiKV's restore does, and checks the bytes.
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/md5"
+	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
 	"io"
@@ -14,6 +18,7 @@ import (
 	"net/http"
 	"os"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 
@@ -223,6 +228,10 @@ func main() {
 	}
 	check("read back the multipart object", err)
 
+	if path := os.Getenv("DEPOT_EXPECT"); path != "" {
+		readExpected(svc, path)
+	}
+
 	if logged.Len() > 0 {
 		fmt.Printf("FAIL the HTTP client logged: %s\n", strings.TrimSpace(logged.String()))
 		failed = true
@@ -234,4 +243,59 @@ func main() {
 	if failed {
 		os.Exit(1)
 	}
+}
+
+// readExpected reads every `KEY SIZE SHA256` line's key whole (checking size and digest) and
+// bytes 100-1099 of it (checking Content-Range and the bytes).
+func readExpected(svc *s3.S3, path string) {
+	f, err := os.Open(path)
+	if err != nil {
+		check("open "+path, err)
+		return
+	}
+	defer f.Close()
+	count := 0
+	lines := bufio.NewScanner(f)
+	for lines.Scan() {
+		fields := strings.Fields(lines.Text())
+		if len(fields) != 3 {
+			continue
+		}
+		key, want := fields[0], fields[2]
+		size, _ := strconv.Atoi(fields[1])
+		got, err := svc.GetObject(&s3.GetObjectInput{Bucket: aws.String(bucket), Key: aws.String(key)})
+		var whole []byte
+		if err == nil {
+			whole, err = io.ReadAll(got.Body)
+			got.Body.Close()
+		}
+		if err == nil {
+			sum := sha256.Sum256(whole)
+			if len(whole) != size || hex.EncodeToString(sum[:]) != want {
+				err = fmt.Errorf("%s: %d bytes with another sha256 (want %d)", key, len(whole), size)
+			}
+		}
+		if err != nil {
+			check("read "+key, err)
+			continue
+		}
+		if size > 1100 {
+			ranged, err := svc.GetObject(&s3.GetObjectInput{Bucket: aws.String(bucket), Key: aws.String(key), Range: aws.String("bytes=100-1099")})
+			if err == nil {
+				var part []byte
+				part, err = io.ReadAll(ranged.Body)
+				ranged.Body.Close()
+				wantRange := fmt.Sprintf("bytes 100-1099/%d", size)
+				if err == nil && (aws.StringValue(ranged.ContentRange) != wantRange || !bytes.Equal(part, whole[100:1100])) {
+					err = fmt.Errorf("%s: range gave %q and other bytes", key, aws.StringValue(ranged.ContentRange))
+				}
+			}
+			if err != nil {
+				check("ranged read "+key, err)
+				continue
+			}
+		}
+		count++
+	}
+	check(fmt.Sprintf("read %d backup files whole and ranged (sha256 checked)", count), nil)
 }

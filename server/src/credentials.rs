@@ -126,14 +126,7 @@ fn check_token(what: &'static str, value: String, min: usize) -> Result<String, 
     Ok(value)
 }
 
-/// S3's bucket naming rules (the subset that matters for a path-style URL).
-pub fn is_valid_bucket_name(name: &str) -> bool {
-    (3..=63).contains(&name.len())
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-        && name.as_bytes()[0].is_ascii_alphanumeric()
-        && name.as_bytes()[name.len() - 1].is_ascii_alphanumeric()
-        && !name.contains("..")
-}
+pub use depot_s3::archive::is_valid_bucket_name;
 
 fn check_bucket(name: String) -> Result<String, CredentialError> {
     if is_valid_bucket_name(&name) { Ok(name) } else { Err(CredentialError::BadBucket { name }) }

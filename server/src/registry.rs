@@ -21,7 +21,7 @@ use depot_proto::registry::{
     DeregisterNodeRequest, DeregisterNodeResponse, HeartbeatRequest, HeartbeatResponse, ListNodesRequest,
     ListNodesResponse, ListPeersRequest, ListPeersResponse, NodeRecord, NodeReport, Peer, RegisterRequest,
     RegisterResponse, RemoveNodeRequest, RemoveNodeResponse, RenewNodeCertificateRequest, RenewNodeCertificateResponse,
-    RotateJoinTokenRequest, RotateJoinTokenResponse,
+    RotateJoinTokenRequest, RotateJoinTokenResponse, S3Credentials,
 };
 use s3s::auth::SecretKey;
 use subtle::ConstantTimeEq;
@@ -46,6 +46,8 @@ pub struct Registry {
     interval: Duration,
     /// node id -> what this run heard from it.
     live: Mutex<HashMap<String, Heard>>,
+    /// The S3 credentials handed to serving nodes for their S3 views.
+    s3: std::sync::OnceLock<S3Credentials>,
 }
 
 /// What the registry heard from a node in this run.
@@ -93,7 +95,20 @@ impl Registry {
             cluster,
             interval,
             live: Mutex::new(HashMap::new()),
+            s3: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Hands `bucket` (empty in multi-bucket mode), the key pair and `region` to every serving
+    /// node that joins, for its S3 view: one URL and one key pair for the whole cluster. Set
+    /// once, before serving.
+    pub fn hand_out_s3_credentials(&self, bucket: &str, access_key: &str, secret_key: &str, region: &str) {
+        let _ = self.s3.set(S3Credentials {
+            bucket: bucket.to_owned(),
+            access_key: access_key.to_owned(),
+            secret_key: secret_key.to_owned(),
+            region: region.to_owned(),
+        });
     }
 
     /// The gRPC routes of the registry.
@@ -262,6 +277,7 @@ impl RegistryApi for Service {
             ca_pem: self.0.cluster.ca_pem().to_owned(),
             node_secret: secret,
             revoked_serials: self.0.cluster.revoked(),
+            s3_credentials: if req.client_only { None } else { self.0.s3.get().cloned() },
         }))
     }
 

@@ -12,9 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use depot_fs::{OpenRootError, Root};
-use s3s::auth::{S3Auth, SecretKey};
-use s3s::config::{S3Config, StaticConfigProvider};
-use s3s::service::S3ServiceBuilder;
+use s3s::auth::SecretKey;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
@@ -326,6 +324,12 @@ impl Server {
         let admin_token = write_admin_token(&state).map_err(state_err(&state.join("cluster")))?;
         let registry =
             Registry::new(credentials.join_token.clone(), admin_token, Arc::clone(&cluster), config.heartbeat_interval);
+        registry.hand_out_s3_credentials(
+            credentials.bucket.as_deref().unwrap_or_default(),
+            &credentials.access_key,
+            credentials.secret_key.expose(),
+            &config.region,
+        );
         let metrics = Metrics::new(Arc::clone(&stats), Arc::clone(&registry), state.join("uploads"));
         let status_token = crate::status::generate_token();
         let status = StatusService::new(StatusConfig {
@@ -477,37 +481,13 @@ async fn sweep_uploads(uploads: Arc<Uploads>, expiry: Duration) {
     }
 }
 
-/// The s3s service: Depot's S3 behind SigV4 with the run's credentials.
+/// The s3s service: Depot's S3 behind SigV4 with the run's credentials (the configuration
+/// every Depot S3 endpoint shares), recording each operation for the metrics.
 fn s3_service(depot: Depot, credentials: &Credentials) -> s3s::service::S3Service {
-    let mut builder = S3ServiceBuilder::new(depot);
-    builder.set_access(RecordOperation);
-    builder.set_auth(OneKey { access_key: credentials.access_key.clone(), secret_key: credentials.secret_key.clone() });
-    let mut config = S3Config::default();
-    // PostObject (browser form uploads) is not served; without this s3s would buffer a form's
-    // file in memory, before authentication, up to 5 GB.
-    config.post_object_max_file_size = 0;
-    config.form_max_fields_size = 1024 * 1024;
-    builder.set_config(Arc::new(StaticConfigProvider::new(Arc::new(config))));
-    builder.build()
-}
-
-/// The run's one access key. Unlike s3s's `SimpleAuth` it answers an unknown key the way S3
-/// does (`InvalidAccessKeyId`), which is what tools print and users search for.
-struct OneKey {
-    access_key: String,
-    secret_key: SecretKey,
-}
-
-#[async_trait::async_trait]
-impl S3Auth for OneKey {
-    async fn get_secret_key(&self, access_key: &str) -> s3s::S3Result<SecretKey> {
-        if access_key == self.access_key {
-            Ok(self.secret_key.clone())
-        } else {
-            Err(s3s::s3_error!(
-                InvalidAccessKeyId,
-                "the access key {access_key:?} is not this server's; use the AWS_ACCESS_KEY_ID `depot serve` printed"
-            ))
-        }
-    }
+    let auth = depot_s3::auth::OneKey::new(
+        credentials.access_key.clone(),
+        credentials.secret_key.clone(),
+        "use the AWS_ACCESS_KEY_ID `depot serve` printed",
+    );
+    depot_s3::http::service(depot, auth, |builder| builder.set_access(RecordOperation))
 }

@@ -61,8 +61,6 @@ impl App {
         if path.starts_with(crate::status::PREFIX) || path == "/_depot" {
             return Ok(self.status.handle(req).await.map(Either::Left));
         }
-        let close = expects_continue_without_body(&req) && req.version() < http::Version::HTTP_2;
-        let head = req.method() == http::Method::HEAD;
         let body_bytes = req
             .headers()
             .get(http::header::CONTENT_LENGTH)
@@ -70,37 +68,15 @@ impl App {
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(0);
         let slot = OperationSlot::default();
-        let mut response = match crate::prechecks::refusal(&req) {
-            Some(refused) => crate::prechecks::response(&refused),
-            None => {
-                let mut req = req.map(s3s::Body::from);
-                req.extensions_mut().insert(slot.clone());
-                self.s3.call(req).await?
-            }
-        };
+        // The same per-request handling as every Depot S3 endpoint (the agents' views too).
+        let response = depot_s3::http::handle(&self.s3, req, |ext| {
+            ext.insert(slot.clone());
+        })
+        .await?;
         self.stats.response(response.status());
         self.metrics.request(slot.get(), response.status(), started.elapsed(), body_bytes);
-        if close {
-            response.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
-        }
-        if head {
-            // s3s answers a failed HEAD with its XML error body. HTTP/1.1 drops it on the
-            // wire, but HTTP/2 would send it as DATA, which clients reject (curl's
-            // PROTOCOL_ERROR) or misread (aws-sdk-s3 cannot classify the 404).
-            response = response.map(|_| s3s::Body::empty());
-        }
         Ok(response.map(Either::Left))
     }
-}
-
-/// An empty body sent with `Expect: 100-continue` is answered without a `100 Continue`
-/// (nothing needs to be sent). That is allowed, but botocore before 1.43.77 (which the AWS
-/// CLI still bundles) then misreads the next response on the connection and stalls for a
-/// minute (boto/botocore#3755); closing such connections avoids it at the cost of a reconnect.
-fn expects_continue_without_body<B>(req: &Request<B>) -> bool {
-    let headers = req.headers();
-    headers.get(http::header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
-        && headers.get(http::header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() == b"0")
 }
 
 /// Accepts connections on `listener` until `shutdown` completes, then waits up to `drain`

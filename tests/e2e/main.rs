@@ -7,6 +7,7 @@ mod agent_faults;
 mod agent_fetch;
 mod agent_security;
 mod agent_trust;
+mod agent_view;
 mod hostile_clients;
 mod observability;
 mod s3_contract;

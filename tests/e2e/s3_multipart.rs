@@ -250,21 +250,23 @@ async fn abandoned_uploads_expire_with_a_log_line() {
     let archive = dir.path().join("archive");
     let log = dir.path().join("expiry.log");
     let mut args = FIXED.to_vec();
-    args.extend(["--multipart-expiry", "2", "--log-file", log.to_str().unwrap()]);
+    // Long enough that a loaded 2-core machine gets the part in before the sweep takes the
+    // upload (idle since its creation); the sweep then has up to 20 s.
+    args.extend(["--multipart-expiry", "4", "--log-file", log.to_str().unwrap()]);
     let depot = Depot::start(&archive, &args);
     let s3 = depot.client();
     let id = create(&s3, "abandoned").await;
     part(&s3, "abandoned", &id, 1, &body(5 * MIB, 1)).await;
     assert!(upload_dir(&archive, &id).exists());
     let mut gone = false;
-    for _ in 0..100 {
+    for _ in 0..200 {
         tokio::time::sleep(Duration::from_millis(100)).await;
         if !upload_dir(&archive, &id).exists() {
             gone = true;
             break;
         }
     }
-    assert!(gone, "the upload was not swept within 10 s");
+    assert!(gone, "the upload was not swept within 20 s");
     let uploads = s3.list_multipart_uploads().bucket("mpu").send().await.unwrap();
     assert!(uploads.uploads().is_empty());
     let err = s3.list_parts().bucket("mpu").key("abandoned").upload_id(&id).send().await.unwrap_err();

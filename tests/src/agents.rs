@@ -173,6 +173,10 @@ pub struct Agent {
     pub root: PathBuf,
     /// `http://host:port` of its metrics endpoint (with `--metrics`).
     pub metrics: Option<String>,
+    /// `http://host:port` of its S3 view (with `--s3-listen`).
+    pub s3_endpoint: Option<String>,
+    /// The storage URL its ready line gives BR (with `--s3-listen`).
+    pub s3_url: Option<String>,
     /// Where its stderr goes.
     pub stderr_path: PathBuf,
     /// Lines it printed on stdout after the ready line.
@@ -226,6 +230,8 @@ impl Agent {
             endpoint: field("endpoint"),
             address: field("address"),
             metrics: banner["metrics"].as_str().map(str::to_owned),
+            s3_endpoint: banner["s3"]["endpoint"].as_str().map(str::to_owned),
+            s3_url: banner["s3"]["url"].as_str().map(str::to_owned),
             root: root.to_path_buf(),
             stderr_path,
             child,

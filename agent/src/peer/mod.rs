@@ -273,6 +273,12 @@ impl PeerReader {
         }
     }
 
+    /// The same reader (peers, load counters, policies) installing into `root` instead.
+    #[must_use]
+    pub fn with_root(&self, root: Root) -> Self {
+        Self { root, ..self.clone() }
+    }
+
     /// Sets the retry policy.
     #[must_use]
     pub fn with_retry(mut self, retry: RetryPolicy) -> Self {

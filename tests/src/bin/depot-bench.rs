@@ -5,6 +5,8 @@
 //! - `md5 --bytes N`: MD5 of N bytes on one core, with the implementation the server uses
 //!   (the md-5 crate, through s3s): the ETag's ceiling.
 //! - `s3 ...`: one large PUT then GET, then many small PUTs then GETs at a concurrency.
+//! - `get ...`: GETs of the keys a file lists (first field of each line), optionally
+//!   shuffled, at a concurrency: seconds, files/s, MB/s (the agents' S3 view vs `depot serve`).
 //! - `mpu ...`: one large PUT, then the same size as a multipart upload of fixed-size parts
 //!   sent one after another (as TiKV does), with Complete timed on its own.
 //! - `list ...`: directories of 1,000 to 1,000,000 empty files listed in full with V1 and V2
@@ -75,6 +77,22 @@ enum Command {
         /// nested directories, 16 objects each, written at once: TiKV's `<store>/` pattern).
         #[arg(long, default_value = "spread")]
         layout: String,
+    },
+    /// GETs of listed keys; prints `NAME_seconds`, `NAME_files_per_s`, `NAME_mb_per_s`.
+    Get {
+        #[command(flatten)]
+        target: Target,
+        /// One key per line (the first whitespace-separated field).
+        #[arg(long)]
+        keys_file: std::path::PathBuf,
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
+        /// Read the keys in a random order.
+        #[arg(long)]
+        shuffle: bool,
+        /// Prefix of the printed names.
+        #[arg(long)]
+        name: String,
     },
     /// A PUT and a multipart upload of the same size, on one connection.
     Mpu {
@@ -462,6 +480,49 @@ async fn main() {
             let client =
                 depot_tests::s3_client(&target.endpoint, &target.access_key, &target.secret_key, &target.region, None);
             list::run(client, &target.bucket, &archive, &sizes).await;
+        }
+        Command::Get { target, keys_file, concurrency, shuffle, name } => {
+            let bucket = target.bucket.clone();
+            let text = std::fs::read_to_string(&keys_file).expect("keys file");
+            let mut keys: Vec<String> =
+                text.lines().filter_map(|l| l.split_whitespace().next()).map(|k| format!("/{bucket}/{k}")).collect();
+            if shuffle {
+                // Fisher-Yates with a fixed xorshift: the same order every run.
+                let mut x = 0x2545_f491_4f6c_dd1du64;
+                for i in (1..keys.len()).rev() {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    keys.swap(i, (x % (i as u64 + 1)) as usize);
+                }
+            }
+            let client = Arc::new(target.client());
+            let keys = Arc::new(keys);
+            let next = Arc::new(AtomicUsize::new(0));
+            let bytes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let start = Instant::now();
+            let mut workers = Vec::new();
+            for _ in 0..concurrency.max(1) {
+                let (client, keys, next, bytes) =
+                    (Arc::clone(&client), Arc::clone(&keys), Arc::clone(&next), Arc::clone(&bytes));
+                workers.push(tokio::spawn(async move {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(path) = keys.get(i) else { break };
+                        let (status, got) = client.raw_get(path).await;
+                        assert_eq!(status, 200, "GET {path}");
+                        bytes.fetch_add(got, Ordering::Relaxed);
+                    }
+                }));
+            }
+            for worker in workers {
+                worker.await.expect("worker");
+            }
+            let seconds = start.elapsed().as_secs_f64();
+            let total = bytes.load(Ordering::Relaxed);
+            println!("{name}_seconds={seconds:.3}");
+            println!("{name}_files_per_s={:.0}", keys.len() as f64 / seconds);
+            println!("{name}_mb_per_s={:.1}", mb_per_s(total, seconds));
         }
         Command::Mpu { target, size, part_size } => {
             let bucket = target.bucket.clone();

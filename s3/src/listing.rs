@@ -11,6 +11,7 @@
 //! walked (only checked to hold at least one file), and keys rolled into one prefix are
 //! jumped over.
 
+pub mod merged;
 pub mod snapshot;
 
 use std::path::Path;

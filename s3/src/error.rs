@@ -157,6 +157,15 @@ pub enum Error {
         /// The key being written.
         key: String,
     },
+    /// The object exists but cannot be read now (a view's holders are unreachable): the
+    /// client should retry.
+    #[error("{key:?} cannot be read now: {reason}; retry later")]
+    Unavailable {
+        /// The key.
+        key: String,
+        /// Why.
+        reason: String,
+    },
     /// Any other I/O failure; logged with its path, reported without it.
     #[error("I/O error on {}: {source}", path.display())]
     Io {
@@ -210,6 +219,7 @@ impl Error {
             Self::ObjectLockNotConfigured => (C::ObjectLockConfigurationNotFoundError, StatusCode::NOT_FOUND),
             Self::MetadataTooLarge { .. } => (C::MetadataTooLarge, StatusCode::BAD_REQUEST),
             Self::DiskFull { .. } => (custom("InsufficientStorage"), StatusCode::INSUFFICIENT_STORAGE),
+            Self::Unavailable { .. } => (C::ServiceUnavailable, StatusCode::SERVICE_UNAVAILABLE),
             Self::Io { .. } => (C::InternalError, StatusCode::INTERNAL_SERVER_ERROR),
         }
     }

@@ -5,21 +5,23 @@ use std::io;
 use s3s::dto::*;
 use s3s::{S3Request, S3Response};
 
-use super::get::{Conditions, open};
+use super::get::Conditions;
 use super::put::{install, set_checksum_fields, user_metadata};
 use super::{Depot, respond};
 use crate::error::{Error, Result, write_error};
 use crate::meta::{Headers, ObjectMeta};
+use crate::storage::Opened;
 
 pub async fn copy_object(s3: &Depot, req: S3Request<CopyObjectInput>) -> Result<S3Response<CopyObjectOutput>> {
     let input = req.input;
     let CopySource::Bucket { bucket: src_bucket, key: src_key, .. } = &input.copy_source else {
         return Err(Error::InvalidRequest("copying from an access point is not supported".into()));
     };
-    let source = s3.archive.bucket(src_bucket)?;
-    let src_path = source.path_of(src_key)?;
     let dest = s3.archive.bucket(&input.bucket)?;
     let dest_path = dest.path_of(&input.key)?;
+    // The source is read through the storage (for a view: the backup's files too).
+    let Opened { file: mut src_file, fs_meta, path: src_path, pin: _pin } =
+        s3.storage.open(src_bucket, src_key).await?;
     let replace = input.metadata_directive.as_ref().is_some_and(|d| d.as_str() == MetadataDirective::REPLACE);
     if src_path == dest_path && !replace {
         return Err(Error::InvalidRequest(
@@ -28,7 +30,6 @@ pub async fn copy_object(s3: &Depot, req: S3Request<CopyObjectInput>) -> Result<
         ));
     }
 
-    let (mut src_file, fs_meta) = open(&src_path, src_key)?;
     let src_meta = ObjectMeta::load_or_synthesize(&src_path, &fs_meta);
     let conditions = Conditions {
         if_match: input.copy_source_if_match.as_ref(),

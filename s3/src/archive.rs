@@ -10,7 +10,6 @@ use std::time::SystemTime;
 
 use depot_fs::{Root, TempFile};
 
-use crate::credentials::is_valid_bucket_name;
 use crate::error::{Error, Result};
 
 /// How buckets map onto the archive directory.
@@ -188,4 +187,13 @@ impl Bucket {
 /// Whether `dir` holds at least one file anywhere below it (stops at the first).
 pub fn has_files(dir: &Path) -> bool {
     walkdir::WalkDir::new(dir).min_depth(1).into_iter().filter_map(Result::ok).any(|e| !e.file_type().is_dir())
+}
+
+/// S3's bucket naming rules (the subset that matters for a path-style URL).
+pub fn is_valid_bucket_name(name: &str) -> bool {
+    (3..=63).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name.as_bytes()[name.len() - 1].is_ascii_alphanumeric()
+        && !name.contains("..")
 }

@@ -1,4 +1,4 @@
-//! ListObjects (V1) and ListObjectsV2 over [`crate::listing`].
+//! ListObjects (V1) and ListObjectsV2 over [`crate::storage::Storage::list`].
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as TOKEN;
@@ -8,7 +8,7 @@ use s3s::{S3Request, S3Response};
 
 use super::{Depot, respond};
 use crate::error::{Error, Result};
-use crate::listing::{self, Page, Query};
+use crate::listing::{Page, Query};
 
 /// S3's cap on keys per page.
 const MAX_KEYS: i32 = 1000;
@@ -35,10 +35,7 @@ impl Encoder {
 }
 
 async fn run(s3: &Depot, bucket: &str, query: Query) -> Result<Page> {
-    let bucket = s3.archive.bucket(bucket)?;
-    tokio::task::spawn_blocking(move || listing::list(&bucket.root, &query))
-        .await
-        .map_err(|e| Error::io("<listing task>")(std::io::Error::other(e)))
+    s3.storage.list(bucket, query).await
 }
 
 fn max_keys(requested: Option<i32>) -> Result<usize> {

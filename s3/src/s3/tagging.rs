@@ -9,10 +9,10 @@ use std::collections::BTreeMap;
 use s3s::dto::*;
 use s3s::{S3Request, S3Response};
 
-use super::get::open;
 use super::{Depot, respond};
 use crate::error::{Error, Result};
 use crate::meta::ObjectMeta;
+use crate::storage::open_file as open;
 
 /// S3's limits.
 const MAX_TAGS: usize = 10;

@@ -3,7 +3,6 @@
 use std::fs::File;
 use std::io;
 use std::io::{Read, Seek, SeekFrom};
-use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -20,6 +19,7 @@ use super::{Depot, respond};
 use crate::error::{Error, Result};
 use crate::meta::ObjectMeta;
 use crate::stats::Stats;
+use crate::storage::Opened;
 
 /// Bytes read from disk per chunk of a GET body: large, so the reading thread and the
 /// network task hand over rarely.
@@ -90,6 +90,8 @@ macro_rules! describe {
 /// An object found, its metadata checked against the conditions, its range resolved.
 struct Found {
     file: File,
+    /// Held while the body is sent (see [`crate::storage::Opened::pin`]).
+    pin: Option<Box<dyn Send + Sync>>,
     meta: ObjectMeta,
     size: u64,
     range: Option<std::ops::Range<u64>>,
@@ -106,10 +108,8 @@ impl Found {
     }
 }
 
-fn find(s3: &Depot, lookup: &Lookup<'_>) -> Result<Found> {
-    let bucket = s3.archive.bucket(lookup.bucket)?;
-    let path = bucket.path_of(lookup.key)?;
-    let (file, fs_meta) = open(&path, lookup.key)?;
+async fn find(s3: &Depot, lookup: &Lookup<'_>) -> Result<Found> {
+    let Opened { file, fs_meta, path, pin } = s3.storage.open(lookup.bucket, lookup.key).await?;
     let meta = ObjectMeta::load_or_synthesize(&path, &fs_meta);
     lookup.conditions.check(&meta).map_err(|unmet| match unmet {
         Unmet::Precondition => Error::PreconditionFailed,
@@ -129,23 +129,7 @@ fn find(s3: &Depot, lookup: &Lookup<'_>) -> Result<Found> {
         }
         None => None,
     };
-    Ok(Found { file, meta, size, range, checksum_wanted: lookup.checksum_wanted })
-}
-
-/// Opens the file of `key`; a missing file, or a directory (a prefix, not an object), is
-/// `NoSuchKey`.
-pub(super) fn open(path: &Path, key: &str) -> Result<(File, std::fs::Metadata)> {
-    let missing = || Error::NoSuchKey { key: key.to_owned() };
-    let file = match File::open(path) {
-        Ok(file) => file,
-        Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => return Err(missing()),
-        Err(e) => return Err(Error::io(path)(e)),
-    };
-    let fs_meta = file.metadata().map_err(Error::io(path))?;
-    if !fs_meta.is_file() {
-        return Err(missing());
-    }
-    Ok((file, fs_meta))
+    Ok(Found { file, pin, meta, size, range, checksum_wanted: lookup.checksum_wanted })
 }
 
 /// The conditional headers of a read (If-Match, ...) or of a copy's source
@@ -195,17 +179,17 @@ impl Conditions<'_> {
 }
 
 pub async fn get_object(s3: &Depot, req: S3Request<GetObjectInput>) -> Result<S3Response<GetObjectOutput>> {
-    let found = find(s3, &lookup_of!(req.input))?;
+    let found = find(s3, &lookup_of!(req.input)).await?;
     let mut output = describe!(&found, GetObjectOutput);
     output.tag_count = (!found.meta.tags.is_empty()).then_some(found.meta.tags.len() as i32);
     let (start, len) = (found.range.as_ref().map_or(0, |r| r.start), found.content_length());
     s3.stats.object_read();
-    output.body = Some(file_body(found.file, start, len, Arc::clone(&s3.stats)));
+    output.body = Some(file_body(found.file, found.pin, start, len, Arc::clone(&s3.stats)));
     Ok(respond(output))
 }
 
 pub async fn head_object(s3: &Depot, req: S3Request<HeadObjectInput>) -> Result<S3Response<HeadObjectOutput>> {
-    let found = find(s3, &lookup_of!(req.input))?;
+    let found = find(s3, &lookup_of!(req.input)).await?;
     Ok(respond(describe!(&found, HeadObjectOutput)))
 }
 
@@ -214,9 +198,16 @@ pub async fn head_object(s3: &Depot, req: S3Request<HeadObjectInput>) -> Result<
 /// Chunk buffers come back to the reader when the network is done with them
 /// ([`PooledChunk`]), so a GET of any size touches a few MiB of warm memory instead of
 /// faulting in fresh pages for every chunk.
-fn file_body(mut file: File, offset: u64, len: u64, stats: Arc<Stats>) -> StreamingBlob {
+fn file_body(
+    mut file: File,
+    pin: Option<Box<dyn Send + Sync>>,
+    offset: u64,
+    len: u64,
+    stats: Arc<Stats>,
+) -> StreamingBlob {
     let (tx, rx) = mpsc::channel(READ_AHEAD);
     tokio::task::spawn_blocking(move || {
+        let _pin = pin;
         if let Err(err) = file.seek(SeekFrom::Start(offset)) {
             let _ = tx.blocking_send(Err(err));
             return;

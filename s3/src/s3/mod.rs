@@ -1,4 +1,5 @@
-//! The `s3s::S3` implementation: the archive as an S3 service.
+//! The `s3s::S3` implementation over a [`Storage`] (reads, listings) and an [`Archive`]
+//! (writes).
 //!
 //! One module per operation family (as Garage's `api/s3/`); this file only delegates, and
 //! operations Depot does not implement keep s3s's `NotImplemented` default.
@@ -31,11 +32,15 @@ use s3s::{S3, S3Error, S3Request, S3Response, S3Result};
 
 use crate::archive::Archive;
 use crate::stats::Stats;
+use crate::storage::Storage;
 use crate::uploads::Uploads;
 
-/// The S3 service over an [`Archive`]. Cheap to clone.
+/// The S3 service. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Depot {
+    /// Where reads and listings go.
+    storage: Arc<dyn Storage>,
+    /// Where writes go (for `depot serve`, the same archive as `storage`).
     archive: Arc<Archive>,
     stats: Arc<Stats>,
     /// Multipart uploads in progress.
@@ -49,8 +54,13 @@ pub struct Depot {
 impl Depot {
     /// Serves `archive`, reporting `region`, counting into `stats`.
     pub fn new(archive: Arc<Archive>, stats: Arc<Stats>, region: String) -> Self {
+        Self::over(Arc::clone(&archive) as Arc<dyn Storage>, archive, stats, region)
+    }
+
+    /// Serves reads and listings from `storage` and takes writes into `archive`.
+    pub fn over(storage: Arc<dyn Storage>, archive: Arc<Archive>, stats: Arc<Stats>, region: String) -> Self {
         let uploads = Arc::new(Uploads::new(archive.uploads_dir()));
-        Self { archive, stats, uploads, region, endpoint: String::new() }
+        Self { storage, archive, stats, uploads, region, endpoint: String::new() }
     }
 
     /// The multipart uploads (for the expiry sweep).
