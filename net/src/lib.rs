@@ -12,12 +12,13 @@
 //! - an idle timeout: a connection that moved no byte and has no request in flight for that
 //!   long is closed.
 //!
-//! [`raise_open_file_limit`] lifts the soft `RLIMIT_NOFILE` to the hard limit at start.
+//! [`raise_open_file_limit`] lifts the soft `RLIMIT_NOFILE` to the hard limit at start, and
+//! [`accept`] is the accept step every accept loop shares.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -25,6 +26,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
 /// The limits; the defaults never bother a real TiKV/BR or S3 client.
@@ -368,6 +370,26 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         return Ok(Duration::from_secs(secs));
     }
     humantime::parse_duration(text).map_err(|err| format!("{text:?} is not a duration ({err}; e.g. 30s, 500ms, 2m)"))
+}
+
+/// The next connection on `listener`, or `None` once `shutdown` has completed. An accept
+/// error (EMFILE and friends) is logged and retried after a short pause instead of spinning.
+pub async fn accept<F: Future<Output = ()>>(
+    listener: &TcpListener,
+    mut shutdown: Pin<&mut F>,
+) -> Option<(TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => return Some(conn),
+                Err(err) => {
+                    tracing::warn!(%err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            () = &mut shutdown => return None,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -99,17 +99,7 @@ pub async fn serve(
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     tokio::pin!(shutdown);
     loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(err) => {
-                    tracing::warn!(%err, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
+        let Some((stream, peer)) = depot_net::accept(&listener, shutdown.as_mut()).await else { break };
         let _ = stream.set_nodelay(true);
         let (s3, stats, watcher, acceptor) = (s3.clone(), Arc::clone(&stats), graceful.watcher(), acceptor.clone());
         tokio::spawn(async move {
