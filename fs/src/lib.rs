@@ -13,13 +13,14 @@
 //!   `fsync`, rename into place, `fsync` of the directory; deleted on drop if never committed.
 //! - [`dirsync`]: directory fsyncs grouped across concurrent requests, the record of
 //!   directories already durable, and durable removal.
-//! - [`writeback`]: [`Writeback`], flushing a large file while it is written, so the final
-//!   fsync has only the tail left.
-#![forbid(unsafe_code)]
+//! - [`writeback`]: [`Writeback`], starting the disk on a large file while it is written, so
+//!   the final fsync has only the tail left; [`flush`]: the `sync_file_range` under it.
+#![deny(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod dirsync;
 pub mod durable;
+pub mod flush;
 pub mod name;
 pub mod root;
 pub mod writeback;

@@ -1,26 +1,26 @@
 //! Early writeback: a large file's data goes to disk while it is still being written.
 //!
 //! Every write Depot acknowledges is fsynced first. Left alone, the kernel holds a 1 GiB file
-//! in the page cache and writes it all during that final fsync, after the network is done, so
-//! the disk and the network take turns. Flushing every [`WRITEBACK_EVERY`] bytes on a thread of
-//! its own (on a clone of the file descriptor, so the writer never waits for it) keeps the disk
-//! busy during the transfer, and the final fsync only has the tail left. Small files never
-//! start the thread. Used by `depot serve`'s PUT path and by the agent's fetch.
+//! (or an 8 MiB multipart part) in the page cache and writes it all during that final fsync,
+//! after the network is done, so the disk and the network take turns. Asking the kernel to
+//! start writing every [`WRITEBACK_EVERY`] bytes ([`crate::flush::start_write_out`]: it queues
+//! the I/O and returns, with no journal commit) keeps the disk busy during the transfer, and
+//! the final fsync only has the tail left. Used by `depot serve`'s PUT and UploadPart paths
+//! and by the agent's fetch.
 
 use std::fs::File;
 
-/// Bytes written between two early writebacks.
-pub const WRITEBACK_EVERY: u64 = 32 * 1024 * 1024;
+/// Bytes written between two early writebacks: small enough that a multipart part (8 MiB
+/// for TiKV and the AWS SDKs) streams to disk while it arrives, large enough that the
+/// device gets big requests.
+pub const WRITEBACK_EVERY: u64 = 2 * 1024 * 1024;
 
-/// Starts flushing a file being written once it has grown by [`WRITEBACK_EVERY`] bytes. Call
-/// [`Writeback::written`] after each write and [`Writeback::finish`] at the end (the final,
-/// required fsync is still the caller's).
+/// Starts the disk on a file being written once it has grown by [`WRITEBACK_EVERY`] bytes.
+/// Call [`Writeback::written`] after each write; the final, required fsync is still the
+/// caller's.
 #[derive(Debug, Default)]
 pub struct Writeback {
     since_last: u64,
-    /// Wakes the flusher; a full slot means a flush is already pending (one is enough).
-    wake: Option<std::sync::mpsc::SyncSender<()>>,
-    flusher: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Writeback {
@@ -30,47 +30,17 @@ impl Writeback {
         Self::default()
     }
 
-    /// `bytes` more were written to `file`: start a flush when enough have piled up.
-    pub fn written(&mut self, file: &File, bytes: u64) {
+    /// `bytes` more were written to `file`: start its dirty pages towards the disk when
+    /// enough have piled up. Returns whether it did.
+    pub fn written(&mut self, file: &File, bytes: u64) -> bool {
         self.since_last += bytes;
         if self.since_last < WRITEBACK_EVERY {
-            return;
+            return false;
         }
         self.since_last = 0;
-        if self.wake.is_none() {
-            let Ok(clone) = file.try_clone() else { return };
-            let (wake, asleep) = std::sync::mpsc::sync_channel::<()>(1);
-            let spawned = std::thread::Builder::new().name("depot-writeback".into()).spawn(move || {
-                while asleep.recv().is_ok() {
-                    // Best effort: the commit's fsync is the one that must succeed.
-                    let _ = clone.sync_data();
-                }
-            });
-            let Ok(flusher) = spawned else { return };
-            self.wake = Some(wake);
-            self.flusher = Some(flusher);
-        }
-        if let Some(wake) = &self.wake {
-            let _ = wake.try_send(());
-        }
-    }
-
-    /// Stops the flusher, after its flush in progress.
-    pub fn finish(mut self) {
-        self.stop();
-    }
-
-    fn stop(&mut self) {
-        self.wake = None;
-        if let Some(flusher) = self.flusher.take() {
-            let _ = flusher.join();
-        }
-    }
-}
-
-impl Drop for Writeback {
-    fn drop(&mut self) {
-        self.stop();
+        // Best effort: the commit's fsync is the one that must succeed.
+        let _ = crate::flush::start_write_out(file, 0, 0);
+        true
     }
 }
 
@@ -81,19 +51,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_large_file_is_flushed_along_the_way_and_finish_waits_for_the_flusher() {
+    fn a_large_file_starts_the_disk_every_interval_and_a_small_one_never() {
         let dir = tempfile::tempdir().unwrap();
         let mut file = File::create(dir.path().join("f")).unwrap();
         let mut writeback = Writeback::new();
         let chunk = vec![7u8; 1 << 20];
-        for _ in 0..(WRITEBACK_EVERY >> 20) * 2 + 1 {
+        let mut started = 0;
+        for _ in 0..(WRITEBACK_EVERY >> 20) * 3 {
             file.write_all(&chunk).unwrap();
-            writeback.written(&file, chunk.len() as u64);
+            started += usize::from(writeback.written(&file, chunk.len() as u64));
         }
-        assert!(writeback.flusher.is_some(), "the flusher starts after WRITEBACK_EVERY bytes");
-        writeback.finish();
+        assert_eq!(started, 3);
         let mut small = Writeback::new();
-        small.written(&file, 4096);
-        assert!(small.flusher.is_none(), "a small file starts no thread");
+        assert!(!small.written(&file, 4096), "a small file is left to the final fsync");
     }
 }

@@ -96,12 +96,11 @@ pub async fn receive<S: Sink>(
             total += bytes;
             early.written(file.file(), bytes);
         }
-        early.finish();
         if total >= TAIL_FLUSH_MIN {
             // The network is done before the MD5 thread (MD5 is the slowest of the three):
-            // flushing the tail now overlaps it with that hashing, and the caller's fsync
-            // finds nothing left to write. Best effort: the caller's fsync must succeed.
-            let _ = file.file().sync_data();
+            // writing the tail out now overlaps it with that hashing, and the caller's fsync
+            // has only the journal commit left. Best effort: the caller's fsync must succeed.
+            let _ = depot_fs::flush::write_out(file.file());
         }
         Ok(file)
     });
@@ -149,8 +148,8 @@ pub async fn receive<S: Sink>(
     Ok(Received { file, size, digests: hasher.finalize(md5) })
 }
 
-/// Bodies from this size on flush their tail as soon as the network is done; smaller ones
-/// would pay a second fsync for nothing.
+/// Bodies from this size on write their tail out as soon as the network is done (overlapping
+/// the MD5 thread); smaller ones leave it to the commit.
 const TAIL_FLUSH_MIN: u64 = 1024 * 1024;
 
 /// Writes every chunk of `batch` with as few `writev` calls as the kernel allows.

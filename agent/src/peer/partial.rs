@@ -321,7 +321,6 @@ fn write_queue(mut tmp: TempFile, mut rx: mpsc::Receiver<Bytes>) -> (TempFile, i
         }
         writeback.written(tmp.file(), data.len() as u64);
     }
-    writeback.finish();
     (tmp, Ok(()))
 }
 
