@@ -434,6 +434,7 @@ pub async fn abort_multipart_upload(
     tokio::task::spawn_blocking(move || depot_fs::remove_dir_durably(&dir).map_err(Error::io(&dir)))
         .await
         .map_err(blocking_error)??;
+    s3.uploads.forget(&input.upload_id);
     Ok(respond(AbortMultipartUploadOutput::default()))
 }
 
