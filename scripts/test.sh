@@ -2,7 +2,8 @@
 # The whole test suite, as CI runs it: unit and end-to-end tests (real `depot` and
 # `depot-agent` binaries on loopback, aws-sdk-s3), then the boto3 / AWS CLI smoke check
 # (which installs both into .venv/ on first use) and the Go smoke check with BR's S3 library,
-# aws-sdk-go v1 (which installs Go and the SDK from Debian packages on first use).
+# aws-sdk-go v1 (which installs Go and the SDK from Debian packages on first use), then the
+# rclone smoke check (Debian's rclone, installed on first use).
 #
 #   scripts/test.sh
 set -euo pipefail
@@ -22,3 +23,4 @@ cargo build --workspace --bins
 cargo test --workspace
 scripts/smoke-python-clients.sh
 scripts/smoke-go-client.sh
+scripts/smoke-rclone.sh
