@@ -88,6 +88,9 @@ pub enum Error {
     /// A header or parameter is malformed or unsupported.
     #[error("{0}")]
     InvalidRequest(String),
+    /// A parameter S3 calls invalid (code `InvalidArgument`).
+    #[error("{0}")]
+    InvalidArgument(String),
     /// A single PUT or part over S3's 5 GiB limit.
     #[error("the body is {size} bytes; a single PUT or part can be at most 5 GiB (use a multipart upload)")]
     EntityTooLarge {
@@ -126,7 +129,12 @@ pub enum Error {
     PreconditionFailed,
     /// If-None-Match / If-Modified-Since: the client's copy is current.
     #[error("not modified")]
-    NotModified,
+    NotModified {
+        /// The object's ETag (without quotes): a 304 carries it, as the 200 would.
+        etag: String,
+        /// Its Last-Modified.
+        last_modified: std::time::SystemTime,
+    },
     /// A bucket operation that needs `--multi-bucket`.
     #[error("{0}")]
     SingleBucket(String),
@@ -150,6 +158,16 @@ pub enum Error {
     MetadataTooLarge {
         /// Its size.
         size: usize,
+    },
+    /// The object's record (headers, user metadata, tags) does not fit in the extended
+    /// attributes the archive's file system keeps per file.
+    #[error(
+        "the metadata and tags of {key:?} do not fit in what the archive's file system keeps with a file \
+         (ext4: about 4 KB of extended attributes); use fewer or shorter tags or x-amz-meta-* values"
+    )]
+    RecordTooLarge {
+        /// The key.
+        key: String,
     },
     /// The archive's disk is full.
     #[error("no space left on the archive's disk while writing {key:?}; free some space and retry")]
@@ -204,20 +222,23 @@ impl Error {
             Self::ChunkSignature => (C::SignatureDoesNotMatch, StatusCode::FORBIDDEN),
             Self::IncompleteBody { .. } => (C::IncompleteBody, StatusCode::BAD_REQUEST),
             Self::InvalidRequest(_) => (C::InvalidRequest, StatusCode::BAD_REQUEST),
+            Self::InvalidArgument(_) => (C::InvalidArgument, StatusCode::BAD_REQUEST),
             Self::EntityTooLarge { .. } => (C::EntityTooLarge, StatusCode::BAD_REQUEST),
             Self::EntityTooSmall { .. } => (C::EntityTooSmall, StatusCode::BAD_REQUEST),
             Self::InvalidPart { .. } => (C::InvalidPart, StatusCode::BAD_REQUEST),
             Self::InvalidPartOrder => (C::InvalidPartOrder, StatusCode::BAD_REQUEST),
             Self::InvalidRange { .. } => (C::InvalidRange, StatusCode::RANGE_NOT_SATISFIABLE),
             Self::PreconditionFailed => (C::PreconditionFailed, StatusCode::PRECONDITION_FAILED),
-            Self::NotModified => (custom("NotModified"), StatusCode::NOT_MODIFIED),
+            Self::NotModified { .. } => (custom("NotModified"), StatusCode::NOT_MODIFIED),
             Self::InvalidTag(_) => (C::InvalidTag, StatusCode::BAD_REQUEST),
             Self::TooManyTags { .. } => (custom("BadRequest"), StatusCode::BAD_REQUEST),
             Self::SingleBucket(_) => (C::NotImplemented, StatusCode::NOT_IMPLEMENTED),
             Self::BucketNotEmpty { .. } => (C::BucketNotEmpty, StatusCode::CONFLICT),
             Self::BucketAlreadyOwnedByYou { .. } => (C::BucketAlreadyOwnedByYou, StatusCode::CONFLICT),
             Self::ObjectLockNotConfigured => (C::ObjectLockConfigurationNotFoundError, StatusCode::NOT_FOUND),
-            Self::MetadataTooLarge { .. } => (C::MetadataTooLarge, StatusCode::BAD_REQUEST),
+            Self::MetadataTooLarge { .. } | Self::RecordTooLarge { .. } => {
+                (C::MetadataTooLarge, StatusCode::BAD_REQUEST)
+            }
             Self::DiskFull { .. } => (custom("InsufficientStorage"), StatusCode::INSUFFICIENT_STORAGE),
             Self::Unavailable { .. } => (C::ServiceUnavailable, StatusCode::SERVICE_UNAVAILABLE),
             Self::Io { .. } => (C::InternalError, StatusCode::INTERNAL_SERVER_ERROR),
@@ -238,6 +259,20 @@ impl From<Error> for S3Error {
         };
         let mut s3 = S3Error::with_message(code, message);
         s3.set_status_code(status);
+        if let Error::NotModified { etag, last_modified } = &err {
+            // RFC 9110: a 304 sends the validators the 200 would have.
+            let mut headers = http::HeaderMap::new();
+            if let Ok(value) = http::HeaderValue::try_from(format!("\"{etag}\"")) {
+                headers.insert(http::header::ETAG, value);
+            }
+            let mut date = Vec::new();
+            if s3s::dto::Timestamp::from(*last_modified).format(s3s::dto::TimestampFormat::HttpDate, &mut date).is_ok()
+                && let Ok(value) = http::HeaderValue::try_from(date)
+            {
+                headers.insert(http::header::LAST_MODIFIED, value);
+            }
+            s3.set_headers(headers);
+        }
         if let Error::InvalidRange { size, .. } = err
             && let Ok(value) = http::HeaderValue::try_from(format!("bytes */{size}"))
         {
@@ -252,7 +287,9 @@ impl From<Error> for S3Error {
 /// Maps an I/O error while writing `key` to the error the client gets: a full disk is said as
 /// such (507), anything else is an internal error.
 pub fn write_error(key: &str, path: PathBuf, source: io::Error) -> Error {
-    if source.kind() == io::ErrorKind::StorageFull || source.raw_os_error() == Some(28) {
+    if source.kind() == io::ErrorKind::FileTooLarge {
+        Error::RecordTooLarge { key: key.to_owned() }
+    } else if source.kind() == io::ErrorKind::StorageFull || source.raw_os_error() == Some(28) {
         tracing::error!(key, path = %path.display(), "disk full");
         Error::DiskFull { key: key.to_owned() }
     } else {

@@ -25,6 +25,10 @@ use xattr::FileExt;
 /// The extended attribute holding the record.
 const XATTR: &str = "user.depot";
 
+/// A record longer than this that the file system refuses (`E2BIG`, `ENOSPC`) is too large for
+/// it, not a sign of a full disk.
+const RECORD_ROOM: usize = 3500;
+
 /// Set once a file system refused extended attributes, so the warning is logged once.
 static XATTR_UNSUPPORTED: AtomicBool = AtomicBool::new(false);
 
@@ -78,6 +82,17 @@ pub struct Headers {
 }
 
 impl Headers {
+    /// `Content-Encoding` as S3 stores it: without `aws-chunked`, which only describes how the
+    /// request body was framed (SigV4 streaming, trailing checksums), not the object.
+    pub fn content_encoding_of(value: Option<&str>) -> Option<String> {
+        let kept: Vec<&str> = value?
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case("aws-chunked"))
+            .collect();
+        (!kept.is_empty()).then(|| kept.join(", "))
+    }
+
     /// The `Expires` date to keep, from a request's parsed header.
     pub fn expires_of(expires: Option<&s3s::dto::Timestamp>) -> Option<String> {
         let mut text = Vec::new();
@@ -144,7 +159,8 @@ impl ObjectMeta {
     /// by hand.
     ///
     /// # Errors
-    /// Any other I/O error.
+    /// [`io::ErrorKind::FileTooLarge`] when the record does not fit in the file system's
+    /// extended attributes; any other I/O error.
     pub fn store(&mut self, file: &File) -> io::Result<()> {
         let fs_meta = file.metadata()?;
         self.size = fs_meta.len();
@@ -152,6 +168,12 @@ impl ObjectMeta {
         let json = serde_json::to_vec(self).map_err(io::Error::other)?;
         match file.set_xattr(XATTR, &json) {
             Ok(()) => Ok(()),
+            // ext4 keeps at most one block (4 KiB) of attributes per file: S3's limits (2 KB of
+            // user metadata plus 10 tags of up to 384 bytes) can add up to more.
+            Err(err) if matches!(err.raw_os_error(), Some(7 | 28)) && json.len() > RECORD_ROOM => Err(io::Error::new(
+                io::ErrorKind::FileTooLarge,
+                format!("the record takes {} bytes, more than the file system keeps with a file", json.len()),
+            )),
             Err(err) if err.kind() == io::ErrorKind::Unsupported || err.raw_os_error() == Some(95) => {
                 if !XATTR_UNSUPPORTED.swap(true, Ordering::Relaxed) {
                     tracing::warn!(
@@ -176,6 +198,14 @@ impl ObjectMeta {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn aws_chunked_is_not_part_of_the_stored_content_encoding() {
+        assert_eq!(Headers::content_encoding_of(Some("gzip, aws-chunked")).as_deref(), Some("gzip"));
+        assert_eq!(Headers::content_encoding_of(Some("aws-chunked")), None);
+        assert_eq!(Headers::content_encoding_of(Some("aws-chunked,br")).as_deref(), Some("br"));
+        assert_eq!(Headers::content_encoding_of(None), None);
+    }
     use std::io::Write;
 
     #[test]

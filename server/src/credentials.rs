@@ -47,11 +47,14 @@ pub enum CredentialError {
         /// The minimum length.
         min: usize,
     },
-    /// Contains characters that would need escaping in a URL or a shell line.
-    #[error("{what} may only contain letters, digits, '-', '_' and '.'")]
+    /// Contains characters that would need escaping in a URL or a shell line (beyond the ones
+    /// AWS's own secret keys use).
+    #[error("{what} may only contain letters, digits, {allowed}")]
     BadCharacters {
         /// Which credential.
         what: &'static str,
+        /// The other characters it may hold, as the message lists them.
+        allowed: &'static str,
     },
     /// Not a valid S3 bucket name.
     #[error("bucket {name:?} is not a valid S3 bucket name (3-63 characters: lowercase letters, digits, '-' and '.')")]
@@ -76,15 +79,15 @@ impl Credentials {
             })
         };
         let access_key = match given.access_key {
-            Some(key) => check_token("access key", key, 3)?,
+            Some(key) => check_token("access key", key, 3, TOKEN)?,
             None => random_upper_alnum(20),
         };
         let secret_key = match given.secret_key {
-            Some(key) => check_token("secret key", key, 8)?,
+            Some(key) => check_token("secret key", key, 8, SECRET_KEY)?,
             None => Alphanumeric.sample_string(&mut os_rng(), 40),
         };
         let join_token = match given.join_token {
-            Some(token) => check_token("join token", token, 16)?,
+            Some(token) => check_token("join token", token, 16, TOKEN)?,
             None => Alphanumeric.sample_string(&mut os_rng(), 32),
         };
         Ok(Self { bucket, access_key, secret_key: secret_key.into(), join_token: join_token.into() })
@@ -116,12 +119,21 @@ fn random_lower_alnum(len: usize) -> String {
     random_from(b"abcdefghijklmnopqrstuvwxyz0123456789", len)
 }
 
-fn check_token(what: &'static str, value: String, min: usize) -> Result<String, CredentialError> {
+/// Besides letters and digits, what a given credential may hold: (the characters, how the
+/// error message lists them).
+type Extra = (&'static [u8], &'static str);
+/// Access keys and join tokens: nothing that needs escaping anywhere.
+const TOKEN: Extra = (b"-_.", "'-', '_' and '.'");
+/// Secret keys may also use the base64 characters of the keys AWS issues (`wJalr.../K7MDENG/...`),
+/// so a key already used elsewhere can be reused. (In a URL's query, `+` must be written `%2B`.)
+const SECRET_KEY: Extra = (b"-_./+=", "'-', '_', '.', '/', '+' and '='");
+
+fn check_token(what: &'static str, value: String, min: usize, extra: Extra) -> Result<String, CredentialError> {
     if value.len() < min {
         return Err(CredentialError::TooShort { what, min });
     }
-    if !value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')) {
-        return Err(CredentialError::BadCharacters { what });
+    if !value.bytes().all(|b| b.is_ascii_alphanumeric() || extra.0.contains(&b)) {
+        return Err(CredentialError::BadCharacters { what, allowed: extra.1 });
     }
     Ok(value)
 }
@@ -162,6 +174,12 @@ mod tests {
         assert_eq!(creds.bucket.as_deref(), Some("backups"));
         assert_eq!(creds.secret_key.expose(), "s3cr3t-value");
 
+        let aws_style =
+            Given { secret_key: Some("wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLE+KEY=".into()), ..Given::default() };
+        assert!(Credentials::resolve(aws_style, false).is_ok(), "AWS's secret key alphabet is accepted");
+        let bad = Given { access_key: Some("AK/ID".into()), ..Given::default() };
+        let err = Credentials::resolve(bad, false).unwrap_err().to_string();
+        assert!(err.contains("access key may only contain letters, digits, '-', '_' and '.'"), "{err}");
         let bad = Given { secret_key: Some("has space in it".into()), ..Given::default() };
         let err = Credentials::resolve(bad, false).unwrap_err().to_string();
         assert!(err.contains("secret key may only contain"), "{err}");

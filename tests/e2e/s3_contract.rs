@@ -95,7 +95,12 @@ async fn item02_sdk_default_sends_trailers_and_they_are_checked(proto: Proto) {
     assert_eq!(put.checksum_crc32(), Some(crc32_b64(&data).as_str()), "the trailer's CRC32 is echoed");
     let got = s3.get_object().bucket(&bucket).key("tls/obj").checksum_mode(ChecksumMode::Enabled).send().await.unwrap();
     assert_eq!(got.checksum_crc32(), Some(crc32_b64(&data).as_str()));
+    assert_eq!(got.content_encoding(), None, "aws-chunked framed the request; it is not the object's encoding");
     assert_eq!(got.body.collect().await.unwrap().into_bytes().as_ref(), data.as_slice());
+    let put = s3.put_object().bucket(&bucket).key("tls/gz").content_encoding("gzip");
+    put.body(ByteStream::from(data.clone())).send().await.unwrap();
+    let got = s3.head_object().bucket(&bucket).key("tls/gz").send().await.unwrap();
+    assert_eq!(got.content_encoding(), Some("gzip"));
 }
 
 /// Item 3: checksum headers are verified when present; SSE, ACL and storage-class headers
@@ -634,7 +639,10 @@ async fn conditional_requests(proto: Proto) {
     let err = s3.get_object().bucket(&bucket).key("c").if_match("\"other\"").send().await.unwrap_err();
     assert_eq!(err.raw_response().unwrap().status().as_u16(), 412);
     let err = s3.get_object().bucket(&bucket).key("c").if_none_match(&etag).send().await.unwrap_err();
-    assert_eq!(err.raw_response().unwrap().status().as_u16(), 304);
+    let raw = err.raw_response().unwrap();
+    assert_eq!(raw.status().as_u16(), 304);
+    assert_eq!(raw.headers().get("etag"), Some(etag.as_str()), "a 304 carries the validators");
+    assert!(raw.headers().get("last-modified").is_some());
     let later = aws_sdk_s3::primitives::DateTime::from(std::time::SystemTime::now() + Duration::from_secs(3600));
     let err = s3.head_object().bucket(&bucket).key("c").if_modified_since(later).send().await.unwrap_err();
     assert_eq!(err.raw_response().unwrap().status().as_u16(), 304);
@@ -657,6 +665,73 @@ async fn conditional_requests(proto: Proto) {
         .await
         .unwrap();
     assert_eq!(get_bytes(&s3, &bucket, "c2").await, b"v1");
+
+    // Conditional writes: If-None-Match creates only, If-Match replaces only what it names.
+    fn status<E: aws_sdk_s3::error::ProvideErrorMetadata>(
+        err: &aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+    ) -> (Option<u16>, Option<String>) {
+        use aws_sdk_s3::error::ProvideErrorMetadata as _;
+        (err.raw_response().map(|r| r.status().as_u16()), err.code().map(str::to_owned))
+    }
+    let put = |key: &'static str, data: &'static [u8]| {
+        s3.put_object().bucket(&bucket).key(key).body(ByteStream::from_static(data))
+    };
+    let err = put("c", b"v2").if_none_match("*").send().await.unwrap_err();
+    assert_eq!(status(&err), (Some(412), Some("PreconditionFailed".into())));
+    let err = put("c", b"v2").if_match("\"other\"").send().await.unwrap_err();
+    assert_eq!(status(&err), (Some(412), Some("PreconditionFailed".into())));
+    let err = put("absent", b"v2").if_match("*").send().await.unwrap_err();
+    assert_eq!(status(&err), (Some(404), Some("NoSuchKey".into())));
+    assert_eq!(get_bytes(&s3, &bucket, "c").await, b"v1", "a refused write changes nothing");
+    put("c", b"v2").if_match(&etag).send().await.unwrap();
+    put("c", b"v3").if_none_match(&etag).send().await.unwrap(); // v2's tag is not v1's
+    assert_eq!(get_bytes(&s3, &bucket, "c").await, b"v3");
+    // Racing creates of one key: exactly one wins.
+    let mut racers = tokio::task::JoinSet::new();
+    for i in 0..8 {
+        let s3 = s3.clone();
+        let bucket = bucket.clone();
+        racers.spawn(async move {
+            let body = ByteStream::from(format!("racer {i}").into_bytes());
+            s3.put_object().bucket(&bucket).key("lock").if_none_match("*").body(body).send().await.is_ok()
+        });
+    }
+    let won = racers.join_all().await.into_iter().filter(|won| *won).count();
+    assert_eq!(won, 1, "one If-None-Match: * create succeeds, the rest get 412");
+}
+
+/// ListObjectVersions of an unversioned bucket: every object once, version `null`, paged by
+/// key-marker as S3 pages it.
+async fn list_object_versions(proto: Proto) {
+    let dir = test_dir();
+    let depot = proto.start(&dir.path().join("archive"), &[]);
+    let s3 = depot.client();
+    let bucket = depot.field("bucket");
+    for key in ["a/1", "a/2", "b", "c/3"] {
+        s3.put_object().bucket(&bucket).key(key).body(ByteStream::from_static(b"x")).send().await.unwrap();
+    }
+    let page = s3.list_object_versions().bucket(&bucket).max_keys(2).send().await.unwrap();
+    let keys: Vec<_> =
+        page.versions().iter().map(|v| (v.key().unwrap(), v.version_id().unwrap(), v.is_latest())).collect();
+    assert_eq!(keys, [("a/1", "null", Some(true)), ("a/2", "null", Some(true))]);
+    assert_eq!(
+        (page.is_truncated(), page.next_key_marker(), page.next_version_id_marker()),
+        (Some(true), Some("a/2"), Some("null"))
+    );
+    let rest = s3
+        .list_object_versions()
+        .bucket(&bucket)
+        .key_marker("a/2")
+        .version_id_marker("null")
+        .delimiter("/")
+        .send()
+        .await
+        .unwrap();
+    let keys: Vec<_> = rest.versions().iter().filter_map(|v| v.key()).collect();
+    let prefixes: Vec<_> = rest.common_prefixes().iter().filter_map(|p| p.prefix()).collect();
+    assert_eq!((keys, prefixes, rest.is_truncated()), (vec!["b"], vec!["c/"], Some(false)));
+    let err = s3.list_object_versions().bucket(&bucket).version_id_marker("null").send().await.unwrap_err();
+    assert_eq!(err.into_service_error().meta().code(), Some("InvalidArgument"));
 }
 
 fn md5_hex(data: &[u8]) -> String {
@@ -882,6 +957,26 @@ async fn object_tagging(proto: Proto) {
     };
     let pair = |k: &str, v: &str| (k.to_owned(), v.to_owned());
     assert_eq!(tags_of("t").await, [pair("project", "depot"), pair("team", "backup ops")]);
+    // Ten tags at S3's largest sizes may not fit in a file system's extended attributes
+    // (ext4: 4 KB): stored, or refused as too large — never a server error.
+    let big: Vec<Tag> =
+        (0..10).map(|i| Tag::builder().key(format!("{i:0>128}")).value("v".repeat(256)).build().unwrap()).collect();
+    let tagging = Tagging::builder().set_tag_set(Some(big)).build().unwrap();
+    match s3.put_object_tagging().bucket(&bucket).key("t").tagging(tagging).send().await {
+        Ok(_) => assert_eq!(tags_of("t").await.len(), 10),
+        Err(err) => {
+            let err = err.into_service_error();
+            assert_eq!(err.meta().code(), Some("MetadataTooLarge"), "{err:?}");
+            assert!(err.meta().message().unwrap().contains("fewer or shorter tags"), "{err:?}");
+            assert_eq!(tags_of("t").await.len(), 2, "a refused tagging leaves the old tags");
+        }
+    }
+    let restore = Tagging::builder()
+        .tag_set(Tag::builder().key("project").value("depot").build().unwrap())
+        .tag_set(Tag::builder().key("team").value("backup ops").build().unwrap())
+        .build()
+        .unwrap();
+    s3.put_object_tagging().bucket(&bucket).key("t").tagging(restore).send().await.unwrap();
     let got = s3.get_object().bucket(&bucket).key("t").send().await.unwrap();
     assert_eq!(got.tag_count(), Some(2));
     assert_eq!(got.e_tag(), put.e_tag());
@@ -1021,6 +1116,7 @@ over_each_protocol!(
     item11_errors_as_s3_xml_and_bodyless_head_404,
     item12_copy_metadata_and_presigned_urls,
     conditional_requests,
+    list_object_versions,
     etags_are_md5_as_in_s3,
     complete_multipart_upload_is_idempotent,
     directory_markers,

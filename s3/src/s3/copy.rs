@@ -6,7 +6,7 @@ use s3s::dto::*;
 use s3s::{S3Request, S3Response};
 
 use super::get::Conditions;
-use super::put::{install, set_checksum_fields, user_metadata};
+use super::put::{WriteCondition, install, set_checksum_fields, user_metadata};
 use super::{Depot, respond};
 use crate::error::{Error, Result, write_error};
 use crate::meta::{Headers, ObjectMeta};
@@ -47,7 +47,7 @@ pub async fn copy_object(s3: &Depot, req: S3Request<CopyObjectInput>) -> Result<
     if replace {
         meta.headers = Headers {
             content_type: input.content_type.clone(),
-            content_encoding: input.content_encoding.clone(),
+            content_encoding: Headers::content_encoding_of(input.content_encoding.as_deref()),
             content_disposition: input.content_disposition.clone(),
             content_language: input.content_language.clone(),
             cache_control: input.cache_control.clone(),
@@ -75,7 +75,7 @@ pub async fn copy_object(s3: &Depot, req: S3Request<CopyObjectInput>) -> Result<
         meta.etag = hex::encode(md5);
         meta.parts = None;
     }
-    install(temp, meta.clone(), dest_path, input.key).await?;
+    install(temp, meta.clone(), dest_path, input.key, WriteCondition::default()).await?;
     s3.stats.object_written(size);
 
     let mut result = CopyObjectResult {

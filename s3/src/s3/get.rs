@@ -113,7 +113,7 @@ async fn find(s3: &Depot, lookup: &Lookup<'_>) -> Result<Found> {
     let meta = ObjectMeta::load_or_synthesize(&path, &fs_meta);
     lookup.conditions.check(&meta).map_err(|unmet| match unmet {
         Unmet::Precondition => Error::PreconditionFailed,
-        Unmet::NotModified => Error::NotModified,
+        Unmet::NotModified => Error::NotModified { etag: meta.etag.clone(), last_modified: meta.last_modified() },
     })?;
     let size = fs_meta.len();
     if let Some(part) = lookup.part_number

@@ -1,4 +1,8 @@
-//! ListObjects (V1) and ListObjectsV2 over [`crate::storage::Storage::list`].
+//! ListObjects (V1), ListObjectsV2 and ListObjectVersions over [`crate::storage::Storage::list`].
+//!
+//! Buckets are never versioned, so ListObjectVersions lists each object once, as S3 does for
+//! an unversioned bucket: version id `null`, the latest. Tools that empty a bucket through it
+//! (boto3's `object_versions.delete()`, s3-tests' clean-up, Terraform) then work unchanged.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as TOKEN;
@@ -127,6 +131,68 @@ pub async fn list_objects_v2(
         encoding_type: input.encoding_type,
         start_after: input.start_after.map(|s| enc.apply(s)),
         contents: Some(objects),
+        common_prefixes: Some(prefixes),
+        ..Default::default()
+    }))
+}
+
+/// The one version id of an object in an unversioned bucket.
+pub const NULL_VERSION: &str = "null";
+
+pub async fn list_object_versions(
+    s3: &Depot,
+    req: S3Request<ListObjectVersionsInput>,
+) -> Result<S3Response<ListObjectVersionsOutput>> {
+    let input = req.input;
+    let enc = Encoder::new(input.encoding_type.as_ref())?;
+    let key_marker = input.key_marker.clone().filter(|m| !m.is_empty());
+    match (&key_marker, input.version_id_marker.as_deref()) {
+        (None, Some(v)) if !v.is_empty() => {
+            return Err(Error::InvalidArgument("a version-id-marker cannot be given without a key-marker".into()));
+        }
+        // Every object's one version is `null`: after it comes the next key, as after the key.
+        (_, Some(v)) if !v.is_empty() && v != NULL_VERSION => {
+            return Err(Error::InvalidArgument(format!(
+                "invalid version-id-marker {v:?}: this server does not keep versions (every object's version id is \"null\")"
+            )));
+        }
+        _ => {}
+    }
+    let query = Query {
+        prefix: input.prefix.clone().unwrap_or_default(),
+        delimiter: input.delimiter.clone().filter(|d| !d.is_empty()),
+        after: key_marker.clone().unwrap_or_default(),
+        max_keys: max_keys(input.max_keys)?,
+    };
+    let page = run(s3, &input.bucket, query).await?;
+    let (objects, prefixes) = contents(&page, &enc);
+    let versions = objects
+        .into_iter()
+        .map(|o| ObjectVersion {
+            key: o.key,
+            size: o.size,
+            e_tag: o.e_tag,
+            last_modified: o.last_modified,
+            is_latest: Some(true),
+            version_id: Some(NULL_VERSION.into()),
+            storage_class: Some(ObjectVersionStorageClass::from_static(ObjectVersionStorageClass::STANDARD)),
+            ..Default::default()
+        })
+        .collect::<Vec<_>>();
+    // The next page starts after the last entry; a version marker only when that was a key.
+    let last_is_key = page.last.as_ref().is_some_and(|l| page.objects.last().is_some_and(|o| &o.key == l));
+    Ok(respond(ListObjectVersionsOutput {
+        name: Some(input.bucket),
+        prefix: Some(enc.apply(input.prefix.unwrap_or_default())),
+        key_marker: Some(enc.apply(key_marker.unwrap_or_default())),
+        version_id_marker: Some(input.version_id_marker.unwrap_or_default()),
+        max_keys: Some(input.max_keys.unwrap_or(MAX_KEYS)),
+        is_truncated: Some(page.truncated),
+        next_key_marker: page.truncated.then(|| page.last.clone().map(|l| enc.apply(l))).flatten(),
+        next_version_id_marker: (page.truncated && last_is_key).then(|| NULL_VERSION.to_owned()),
+        delimiter: input.delimiter.filter(|d| !d.is_empty()).map(|d| enc.apply(d)),
+        encoding_type: input.encoding_type,
+        versions: Some(versions),
         common_prefixes: Some(prefixes),
         ..Default::default()
     }))

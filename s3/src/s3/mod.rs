@@ -108,6 +108,7 @@ delegate! {
     head_object => get, HeadObjectInput, HeadObjectOutput;
     list_objects => list, ListObjectsInput, ListObjectsOutput;
     list_objects_v2 => list, ListObjectsV2Input, ListObjectsV2Output;
+    list_object_versions => list, ListObjectVersionsInput, ListObjectVersionsOutput;
     delete_object => delete, DeleteObjectInput, DeleteObjectOutput;
     delete_objects => delete, DeleteObjectsInput, DeleteObjectsOutput;
     copy_object => copy, CopyObjectInput, CopyObjectOutput;

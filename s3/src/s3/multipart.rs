@@ -18,7 +18,7 @@ use s3s::{S3Request, S3Response};
 use serde::{Deserialize, Serialize};
 
 use super::completion::{self, Completion};
-use super::put::{install, user_metadata};
+use super::put::{WriteCondition, install, user_metadata};
 use super::{Depot, respond};
 use crate::body::{self, Received};
 use crate::digest::{Algorithm, Expected};
@@ -117,7 +117,7 @@ pub async fn create_multipart_upload(
         initiated: SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
         headers: Headers {
             content_type: input.content_type,
-            content_encoding: input.content_encoding,
+            content_encoding: Headers::content_encoding_of(input.content_encoding.as_deref()),
             content_disposition: input.content_disposition,
             content_language: input.content_language,
             cache_control: input.cache_control,
@@ -286,6 +286,10 @@ pub async fn complete_multipart_upload(
         return answer.map(respond);
     }
     let path = s3.archive.bucket(&input.bucket)?.path_of(&input.key)?;
+    // If-Match / If-None-Match are checked before any byte moves, not again at the rename: a
+    // condition failing there would cost the assembled parts.
+    WriteCondition { if_match: input.if_match.clone(), if_none_match: input.if_none_match.clone() }
+        .check(&path, &input.key)?;
     let requested = input.multipart_upload.and_then(|m| m.parts).unwrap_or_default();
     let stored = stored_parts(&dir)?;
     let algorithm = upload.checksum_algorithm.as_deref().and_then(Algorithm::from_name);
@@ -410,7 +414,7 @@ pub async fn complete_multipart_upload(
         parts: Some(n as u32),
         ..ObjectMeta::default()
     };
-    install(file, meta, path.clone(), input.key.clone()).await?;
+    install(file, meta, path.clone(), input.key.clone(), WriteCondition::default()).await?;
     s3.stats.object_written(size);
     let done = Completion::new(s3, &input.bucket, &input.key, &requested, etag, algorithm.map(|_| checksum));
     let done = completion::record(s3, &input.upload_id, &path, done)?;

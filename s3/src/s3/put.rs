@@ -1,6 +1,6 @@
 //! PutObject, and [`install`]: how every new object (PUT, copy, completed upload) lands.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use depot_fs::{CommitError, TempFile};
 use s3s::dto::*;
@@ -25,14 +25,14 @@ pub async fn put_object(s3: &Depot, req: S3Request<PutObjectInput>) -> Result<S3
     {
         return Err(non_empty_marker(&input.key, size as u64));
     }
-    if input.if_none_match.as_ref().is_some_and(|v| matches!(v, ETagCondition::Any)) && path.is_file() {
-        return Err(Error::PreconditionFailed);
-    }
+    let condition = WriteCondition { if_match: input.if_match.clone(), if_none_match: input.if_none_match.clone() };
+    // Early, so a write that cannot succeed is refused before its body; again at the rename.
+    condition.check(&path, &input.key)?;
     let expected = Expected::from_headers(&headers)?;
     let mut meta = ObjectMeta {
         headers: Headers {
             content_type: input.content_type.clone(),
-            content_encoding: input.content_encoding.clone(),
+            content_encoding: Headers::content_encoding_of(input.content_encoding.as_deref()),
             content_disposition: input.content_disposition.clone(),
             content_language: input.content_language.clone(),
             cache_control: input.cache_control.clone(),
@@ -51,7 +51,7 @@ pub async fn put_object(s3: &Depot, req: S3Request<PutObjectInput>) -> Result<S3
     let checksum = expected.verify(&digests, trailers.as_ref())?;
     meta.etag = digests.etag();
     meta.checksum = Some(checksum.clone());
-    install(file, meta.clone(), path, input.key).await?;
+    install(file, meta.clone(), path, input.key, condition).await?;
     s3.stats.object_written(size);
 
     let mut output =
@@ -62,13 +62,78 @@ pub async fn put_object(s3: &Depot, req: S3Request<PutObjectInput>) -> Result<S3
     Ok(respond(output))
 }
 
+/// A write's `If-Match` / `If-None-Match` (S3's conditional writes).
+#[derive(Debug, Clone, Default)]
+pub struct WriteCondition {
+    /// Write only over an object with this ETag (`*`: over any object); none there: 404.
+    pub if_match: Option<ETagCondition>,
+    /// Write only if no object (`*`), or none with this ETag, is there: else 412.
+    pub if_none_match: Option<ETagCondition>,
+}
+
+impl WriteCondition {
+    fn is_empty(&self) -> bool {
+        self.if_match.is_none() && self.if_none_match.is_none()
+    }
+
+    /// Checks the condition against the object at `path` now.
+    ///
+    /// # Errors
+    /// [`Error::NoSuchKey`] (If-Match, nothing there) or [`Error::PreconditionFailed`].
+    pub fn check(&self, path: &Path, key: &str) -> Result<()> {
+        if self.is_empty() {
+            return Ok(());
+        }
+        let current = match std::fs::metadata(path) {
+            Ok(fs_meta) if fs_meta.is_file() => Some(ObjectMeta::load_or_synthesize(path, &fs_meta)),
+            _ => None,
+        };
+        let matches = |cond: &ETagCondition, meta: &ObjectMeta| match cond {
+            ETagCondition::Any => true,
+            ETagCondition::ETag(tag) => tag.value() == meta.etag,
+        };
+        if let Some(cond) = &self.if_match {
+            let Some(meta) = &current else { return Err(Error::NoSuchKey { key: key.to_owned() }) };
+            if !matches(cond, meta) {
+                return Err(Error::PreconditionFailed);
+            }
+        }
+        if let (Some(cond), Some(meta)) = (&self.if_none_match, &current)
+            && matches(cond, meta)
+        {
+            return Err(Error::PreconditionFailed);
+        }
+        Ok(())
+    }
+}
+
+/// Conditional writes of one key are serialized from their check to their rename, so two
+/// `If-None-Match: *` creates cannot both succeed. Keys share a lock by hash: contention is
+/// rare and only costs waiting.
+fn condition_lock(path: &Path) -> std::sync::MutexGuard<'static, ()> {
+    use std::hash::{Hash, Hasher};
+    static LOCKS: [std::sync::Mutex<()>; 64] = [const { std::sync::Mutex::new(()) }; 64];
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    path.hash(&mut hasher);
+    LOCKS[(hasher.finish() % 64) as usize].lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Stores `meta` on `file` and commits it to `path` (fsync, rename, directory fsync) on a
-/// blocking thread. `key` names the object in errors.
+/// blocking thread, if `condition` holds at that moment. `key` names the object in errors.
 ///
 /// # Errors
-/// [`Error::KeyConflict`] when `path` cannot be a file (`a` vs `a/b`); write errors.
-pub async fn install(file: TempFile, mut meta: ObjectMeta, path: PathBuf, key: String) -> Result<()> {
+/// [`Error::KeyConflict`] when `path` cannot be a file (`a` vs `a/b`); the condition's
+/// errors; write errors.
+pub async fn install(
+    file: TempFile,
+    mut meta: ObjectMeta,
+    path: PathBuf,
+    key: String,
+    condition: WriteCondition,
+) -> Result<()> {
     tokio::task::spawn_blocking(move || {
+        let _serialized = (!condition.is_empty()).then(|| condition_lock(&path));
+        condition.check(&path, &key)?;
         let temp = file.path().to_path_buf();
         let size = file.file().metadata().map_err(Error::io(&temp))?.len();
         if size > 0 && crate::marker::dir_key(&key).is_some() {

@@ -10,7 +10,7 @@ use s3s::dto::*;
 use s3s::{S3Request, S3Response};
 
 use super::{Depot, respond};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, write_error};
 use crate::meta::ObjectMeta;
 use crate::storage::open_file as open;
 
@@ -74,7 +74,7 @@ async fn set_tags(s3: &Depot, bucket: &str, key: String, tags: BTreeMap<String, 
         let (file, fs_meta) = open(&path, &key)?;
         let mut meta = ObjectMeta::load_or_synthesize(&path, &fs_meta);
         meta.tags = tags;
-        meta.store(&file).map_err(Error::io(&path))?;
+        meta.store(&file).map_err(|e| write_error(&key, path.clone(), e))?;
         file.sync_all().map_err(Error::io(&path))
     })
     .await
