@@ -15,6 +15,7 @@
 //! - [`tagging`]: PutObjectTagging, GetObjectTagging, DeleteObjectTagging.
 //! - [`completion`]: the record that makes a repeated Complete answer the same.
 
+mod attributes;
 mod bucket;
 mod completion;
 mod copy;
@@ -106,6 +107,7 @@ delegate! {
     put_object => put, PutObjectInput, PutObjectOutput;
     get_object => get, GetObjectInput, GetObjectOutput;
     head_object => get, HeadObjectInput, HeadObjectOutput;
+    get_object_attributes => attributes, GetObjectAttributesInput, GetObjectAttributesOutput;
     list_objects => list, ListObjectsInput, ListObjectsOutput;
     list_objects_v2 => list, ListObjectsV2Input, ListObjectsV2Output;
     list_object_versions => list, ListObjectVersionsInput, ListObjectVersionsOutput;

@@ -205,7 +205,14 @@ macro_rules! checksum_fields {
     )*};
 }
 
-checksum_fields!(PutObjectOutput, GetObjectOutput, HeadObjectOutput, CopyObjectResult, CompleteMultipartUploadOutput);
+checksum_fields!(
+    PutObjectOutput,
+    GetObjectOutput,
+    HeadObjectOutput,
+    CopyObjectResult,
+    CompleteMultipartUploadOutput,
+    Checksum
+);
 
 /// Fills the checksum fields of an output from a stored checksum.
 pub fn set_checksum_fields(checksum: &StoredChecksum, output: &mut impl ChecksumFields) {
