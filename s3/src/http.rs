@@ -66,6 +66,11 @@ where
     if close {
         response.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
     }
+    if let Ok(id) = http::HeaderValue::try_from(request_id()) {
+        // Every S3 answer names its request; SDKs put it in their errors and logs.
+        response.headers_mut().insert("x-amz-id-2", id.clone());
+        response.headers_mut().insert("x-amz-request-id", id);
+    }
     if head {
         // s3s answers a failed HEAD with its XML error body. HTTP/1.1 drops it on the
         // wire, but HTTP/2 would send it as DATA, which clients reject (curl's
@@ -73,6 +78,16 @@ where
         response = response.map(|_| s3s::Body::empty());
     }
     Ok(response)
+}
+
+/// A request id as S3 shapes them (16 upper-case hex digits): a random per-process prefix
+/// and a counter, so ids are unique within a run and unlikely to repeat across runs.
+fn request_id() -> String {
+    use std::sync::LazyLock;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static PREFIX: LazyLock<u32> = LazyLock::new(rand::random);
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!("{:08X}{:08X}", *PREFIX, NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 /// An empty body sent with `Expect: 100-continue` is answered without a `100 Continue`

@@ -520,6 +520,8 @@ async fn item11_errors_as_s3_xml_and_bodyless_head_404(proto: Proto) {
     let resp = raw::send(&target, Some(&s), "GET", &format!("/{bucket}/missing"), &[], Payload::Hex(vec![])).await;
     assert_eq!(resp.status, 404);
     assert!(resp.text().contains("<Code>NoSuchKey</Code>"), "{}", resp.text());
+    let id = resp.headers.get("x-amz-request-id").expect("every answer names its request").to_str().unwrap();
+    assert!(id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
     if let Some(length) = resp.headers.get("content-length") {
         assert_eq!(length.to_str().unwrap(), resp.body.len().to_string(), "an error's Content-Length is its body's");
     }
@@ -538,6 +540,7 @@ async fn item11_errors_as_s3_xml_and_bodyless_head_404(proto: Proto) {
         let resp = raw::send(&target, Some(&s), "HEAD", &path, &[], Payload::Hex(vec![])).await;
         assert_eq!(resp.status, status, "HEAD {path}");
         assert!(resp.body.is_empty(), "HEAD {path} sent a body over {proto:?}: {}", resp.text());
+        assert_ne!(resp.headers.get("x-amz-request-id").map(|v| v.as_bytes()), Some(id.as_bytes()), "ids differ");
     }
     let bad = Signer { secret_key: "wrong".into(), ..s.clone() };
     let resp = raw::send(&target, Some(&bad), "HEAD", &format!("/{bucket}/present"), &[], Payload::Hex(vec![])).await;
