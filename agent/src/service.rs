@@ -30,6 +30,7 @@ use tower::Service as _;
 use crate::auth::RequirePeer;
 use crate::digest::DigestCache;
 use crate::identity::{Identity, PeerIdentity};
+use crate::transport::{CONNECTION_WINDOW, MAX_FRAME, PrefixFrames, STREAM_WINDOW, TLS_SEND_BUFFER};
 
 /// Default size of one `ReadFile` chunk. Measured on loopback (see `scripts/bench-agent.sh`):
 /// 1 MiB chunks keep per-message overhead (framing, syscalls, task wake-ups) well under the cost
@@ -41,14 +42,6 @@ const READ_AHEAD_CHUNKS: usize = 2;
 
 /// Files hashed at once by `Stat`: hashing is disk- and CPU-bound, so more would only thrash.
 const HASHING_PERMITS: usize = 2;
-
-/// HTTP/2 flow-control windows. The defaults (64 KiB) cap a single stream far below loopback
-/// speed; 4 MiB per stream and 16 MiB per connection keep a 1 GiB transfer streaming while
-/// bounding what a slow receiver can make this agent buffer.
-pub(crate) const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
-pub(crate) const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
-/// Largest HTTP/2 frame we accept; peers send 1 MiB chunks in few frames.
-pub(crate) const MAX_FRAME: u32 = 1024 * 1024;
 
 /// Why a request on a path was refused or failed. The `Display` text is what the caller reads.
 #[derive(Debug, thiserror::Error)]
@@ -368,26 +361,20 @@ fn stream_file(
 ) {
     while opened.remaining > 0 {
         let want = usize::try_from(opened.remaining).map_or(chunk_size, |r| r.min(chunk_size));
-        let mut data = vec![0u8; want];
-        let mut filled = 0;
-        while filled < want {
-            match opened.file.read(&mut data[filled..]) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-                Err(source) => {
-                    let err = ServiceError::Io { name: name.to_owned(), source };
-                    let _ = tx.blocking_send(Err(err.into()));
-                    return;
-                }
-            }
+        // `read_to_end` into spare capacity: the buffer is not zeroed first (a zeroed 1 MiB
+        // buffer per chunk cost ~5% of the serving agent's CPU per byte sent).
+        let mut data = Vec::with_capacity(want);
+        if let Err(source) = (&mut opened.file).take(want as u64).read_to_end(&mut data) {
+            let err = ServiceError::Io { name: name.to_owned(), source };
+            let _ = tx.blocking_send(Err(err.into()));
+            return;
         }
+        let filled = data.len();
         if filled == 0 {
             // Truncated while being read: the receiver sees a short file and rejects it.
             tracing::warn!(name, "file shrank while being read");
             return;
         }
-        data.truncate(filled);
         opened.remaining -= filled as u64;
         if let Some(rate) = rate {
             let waited = rate.wait(filled);
@@ -456,13 +443,14 @@ pub async fn serve<S: NodeAgent>(
         tokio::spawn(async move {
             let activity = conn.activity();
             let serve = async {
-                let tls = match acceptor.accept(stream).await {
+                let mut tls = match acceptor.accept(stream).await {
                     Ok(tls) => tls,
                     Err(err) => {
                         tracing::info!(%peer, %err, "TLS handshake refused");
                         return;
                     }
                 };
+                tls.get_mut().1.set_buffer_limit(Some(TLS_SEND_BUFFER));
                 let who = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| PeerIdentity::of(c));
                 let service = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
                     let in_flight = activity.request();
@@ -470,10 +458,16 @@ pub async fn serve<S: NodeAgent>(
                         req.extensions_mut().insert(who.clone());
                     }
                     let mut routes = routes.clone();
+                    let read_file = req.uri().path().ends_with("/ReadFile");
                     async move {
                         let response = routes.call(req).await;
                         drop(in_flight);
-                        response
+                        // File bytes go out with each message's prefix in a frame of its own.
+                        if read_file {
+                            response.map(|r| r.map(|b| tonic::body::Body::new(PrefixFrames::new(b))))
+                        } else {
+                            response
+                        }
                     }
                 });
                 if let Err(err) = watcher.watch(builder.serve_connection(TokioIo::new(tls), service)).await {
