@@ -451,6 +451,7 @@ pub async fn serve<S: NodeAgent>(
                     }
                 };
                 tls.get_mut().1.set_buffer_limit(Some(TLS_SEND_BUFFER));
+                tracing::debug!(%peer, suite = ?tls.get_ref().1.negotiated_cipher_suite().map(|s| s.suite()), "TLS established");
                 let who = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| PeerIdentity::of(c));
                 let service = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
                     let in_flight = activity.request();
