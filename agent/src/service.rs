@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use bytes::{Bytes, BytesMut};
 use depot_fs::{NameRule, Root, UnsafeName};
 use depot_net::{Limits, Tracked, Tracker};
 use depot_proto::agent::node_agent_server::{NodeAgent, NodeAgentServer};
@@ -359,22 +360,30 @@ fn stream_file(
     tx: &mpsc::Sender<Result<FileChunk, Status>>,
     stats: &ServeStats,
 ) {
+    let mut buffers = Buffers::default();
     while opened.remaining > 0 {
         let want = usize::try_from(opened.remaining).map_or(chunk_size, |r| r.min(chunk_size));
-        // `read_to_end` into spare capacity: the buffer is not zeroed first (a zeroed 1 MiB
-        // buffer per chunk cost ~5% of the serving agent's CPU per byte sent).
-        let mut data = Vec::with_capacity(want);
-        if let Err(source) = (&mut opened.file).take(want as u64).read_to_end(&mut data) {
-            let err = ServiceError::Io { name: name.to_owned(), source };
-            let _ = tx.blocking_send(Err(err.into()));
-            return;
+        let mut data = buffers.take(want);
+        let mut filled = 0;
+        while filled < want {
+            match opened.file.read(&mut data[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(source) => {
+                    let err = ServiceError::Io { name: name.to_owned(), source };
+                    let _ = tx.blocking_send(Err(err.into()));
+                    return;
+                }
+            }
         }
-        let filled = data.len();
         if filled == 0 {
             // Truncated while being read: the receiver sees a short file and rejects it.
             tracing::warn!(name, "file shrank while being read");
             return;
         }
+        data.truncate(filled);
+        let data = buffers.sent(data);
         opened.remaining -= filled as u64;
         if let Some(rate) = rate {
             let waited = rate.wait(filled);
@@ -385,11 +394,47 @@ fn stream_file(
                     .fetch_add(u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
             }
         }
-        if tx.blocking_send(Ok(FileChunk { data: data.into() })).is_err() {
+        if tx.blocking_send(Ok(FileChunk { data })).is_err() {
             return;
         }
         stats.bytes_sent.fetch_add(filled as u64, Ordering::Relaxed);
         stats.peer_sent(peer, filled as u64);
+    }
+}
+
+/// Chunk buffers of one `ReadFile` stream, reused once tonic has encoded (copied) and dropped
+/// them: a fresh buffer must be zeroed before `read` may fill it (a 1 MiB `memset` per chunk
+/// was ~5% of the serving agent's CPU per byte sent), a reused one is overwritten as it is.
+#[derive(Default)]
+struct Buffers {
+    /// Chunks sent, oldest first; each is reusable once this is its only reference.
+    sent: std::collections::VecDeque<Bytes>,
+}
+
+impl Buffers {
+    /// Chunks kept for reuse: those queued (`READ_AHEAD_CHUNKS`), one being encoded, spare.
+    const KEPT: usize = READ_AHEAD_CHUNKS + 2;
+
+    /// A buffer of `len` bytes to read into.
+    fn take(&mut self, len: usize) -> BytesMut {
+        if let Some(oldest) = self.sent.pop_front() {
+            match oldest.try_into_mut() {
+                Ok(mut reused) => {
+                    reused.resize(len, 0);
+                    return reused;
+                }
+                Err(still_sent) if self.sent.len() + 1 < Self::KEPT => self.sent.push_front(still_sent),
+                Err(_) => {} // dropped: held elsewhere too long to wait for
+            }
+        }
+        BytesMut::zeroed(len)
+    }
+
+    /// `data` is being sent: keeps a reference to reuse it later.
+    fn sent(&mut self, data: BytesMut) -> Bytes {
+        let data = data.freeze();
+        self.sent.push_back(data.clone());
+        data
     }
 }
 
@@ -504,4 +549,35 @@ pub async fn spawn<S: NodeAgent>(
         }
     });
     Ok((local, handle))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_buffers_are_reused_once_nothing_else_holds_them() {
+        let mut buffers = Buffers::default();
+        let mut first = buffers.take(1000);
+        first[..3].copy_from_slice(b"abc");
+        let first = buffers.sent(first);
+        let address = first.as_ptr();
+        // Still held (queued or being encoded): a new buffer, and the held one is not touched.
+        let second = buffers.take(1000);
+        assert_ne!(second.as_ptr(), address);
+        assert_eq!(&first[..3], b"abc");
+        let second = buffers.sent(second);
+        drop((first, second));
+        // Released: the same memory, sized as asked (a short last chunk too).
+        let reused = buffers.take(10);
+        assert_eq!((reused.as_ptr(), reused.len()), (address, 10));
+        // Never more than KEPT references, however long the receiver holds its chunks.
+        let mut held = Vec::new();
+        for _ in 0..10 {
+            let buffer = buffers.take(100);
+            held.push(buffers.sent(buffer));
+        }
+        assert!(buffers.sent.len() <= Buffers::KEPT);
+        drop(held);
+    }
 }
