@@ -8,6 +8,8 @@
 //! start the thread. Used by `depot serve`'s PUT path and by the agent's fetch.
 
 use std::fs::File;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Bytes written between two early writebacks.
 pub const WRITEBACK_EVERY: u64 = 32 * 1024 * 1024;
@@ -18,6 +20,10 @@ pub const WRITEBACK_EVERY: u64 = 32 * 1024 * 1024;
 #[derive(Debug, Default)]
 pub struct Writeback {
     since_last: u64,
+    /// Bytes written so far (from where the writes started), read by the flusher.
+    written: Arc<AtomicU64>,
+    /// Drop flushed pages from the page cache ([`Writeback::uncached`]).
+    uncached: bool,
     /// Wakes the flusher; a full slot means a flush is already pending (one is enough).
     wake: Option<std::sync::mpsc::SyncSender<()>>,
     flusher: Option<std::thread::JoinHandle<()>>,
@@ -30,20 +36,46 @@ impl Writeback {
         Self::default()
     }
 
+    /// Like [`Writeback::new`], and each flush also drops the pages it made clean from the
+    /// page cache: for a large file nobody reads back soon (the agent's fetch), so writing it
+    /// recycles a few tens of MiB of cache instead of taking a fresh page for every 4 KiB of
+    /// it and evicting what the node's database keeps cached. On a VM, fresh guest pages cost
+    /// the host a fault each: writing 1 GiB into new page cache took 1.5-2 s of system CPU
+    /// against 0.4 s while recycling (measured on this project's 2-core CI VM). Dirty pages
+    /// are never dropped; durability is the caller's fsync as always.
+    #[must_use]
+    pub fn uncached() -> Self {
+        let mut writeback = Self::default();
+        writeback.uncached = true;
+        writeback
+    }
+
     /// `bytes` more were written to `file`: start a flush when enough have piled up.
     pub fn written(&mut self, file: &File, bytes: u64) {
         self.since_last += bytes;
+        self.written.fetch_add(bytes, Ordering::Relaxed);
         if self.since_last < WRITEBACK_EVERY {
             return;
         }
         self.since_last = 0;
         if self.wake.is_none() {
             let Ok(clone) = file.try_clone() else { return };
+            // Where the writes started: pages before it are not this writer's to drop.
+            let start = std::io::Seek::stream_position(&mut &clone)
+                .unwrap_or(0)
+                .saturating_sub(self.written.load(Ordering::Relaxed));
             let (wake, asleep) = std::sync::mpsc::sync_channel::<()>(1);
+            let (written, uncached) = (self.written.clone(), self.uncached);
             let spawned = std::thread::Builder::new().name("depot-writeback".into()).spawn(move || {
+                let mut dropped = start;
                 while asleep.recv().is_ok() {
+                    // Everything written before the flush starts is clean when it returns.
+                    let upto = start + written.load(Ordering::Relaxed);
                     // Best effort: the commit's fsync is the one that must succeed.
-                    let _ = clone.sync_data();
+                    if clone.sync_data().is_ok() && uncached {
+                        drop_cached(&clone, dropped, upto);
+                        dropped = upto;
+                    }
                 }
             });
             let Ok(flusher) = spawned else { return };
@@ -67,6 +99,17 @@ impl Writeback {
         }
     }
 }
+
+/// Drops the clean pages of `file` in `from..to` from the page cache (best effort).
+#[cfg(target_os = "linux")]
+fn drop_cached(file: &File, from: u64, to: u64) {
+    if let Some(len) = std::num::NonZeroU64::new(to.saturating_sub(from)) {
+        let _ = rustix::fs::fadvise(file, from, Some(len), rustix::fs::Advice::DontNeed);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn drop_cached(_file: &File, _from: u64, _to: u64) {}
 
 impl Drop for Writeback {
     fn drop(&mut self) {
@@ -95,5 +138,26 @@ mod tests {
         let mut small = Writeback::new();
         small.written(&file, 4096);
         assert!(small.flusher.is_none(), "a small file starts no thread");
+    }
+
+    #[test]
+    fn an_uncached_writeback_keeps_every_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let mut file = File::create(&path).unwrap();
+        // Writes that start at an offset (a resumed partial): nothing before it is touched.
+        file.write_all(b"head").unwrap();
+        let mut writeback = Writeback::uncached();
+        let mut expected = b"head".to_vec();
+        for i in 0..(WRITEBACK_EVERY >> 20) * 3 + 1 {
+            let chunk = vec![u8::try_from(i % 251).unwrap(); 1 << 20];
+            file.write_all(&chunk).unwrap();
+            writeback.written(&file, chunk.len() as u64);
+            expected.extend_from_slice(&chunk);
+        }
+        writeback.finish();
+        file.sync_all().unwrap();
+        drop(file);
+        assert!(std::fs::read(&path).unwrap() == expected, "the file reads back byte for byte");
     }
 }

@@ -314,7 +314,8 @@ impl Partial {
 /// The writing thread: writes queued chunks until the queue closes or a write fails, starting
 /// the disk on them along the way.
 fn write_queue(mut tmp: TempFile, mut rx: mpsc::Receiver<Bytes>) -> (TempFile, io::Result<()>) {
-    let mut writeback = Writeback::new();
+    // A fetched file is not read back by the agent: its pages leave the cache once on disk.
+    let mut writeback = Writeback::uncached();
     while let Some(data) = rx.blocking_recv() {
         if let Err(err) = tmp.write_all(&data) {
             return (tmp, Err(err));
