@@ -382,8 +382,14 @@ impl FetchJob {
     }
 
     /// Where `entry`'s bytes are received: with a checkpoint, a resumable partial (continuing
-    /// an interrupted transfer when `existing` lists one); otherwise a plain temp file.
+    /// an interrupted transfer when `existing` lists one); otherwise a plain temp file. A
+    /// fetched file is not read back here, so its pages leave the cache as they reach the disk
+    /// ([`Partial::uncached`]).
     async fn partial_for(&self, entry: &FileEntry, existing: &HashSet<PathBuf>) -> Partial {
+        self.partial_in_cache(entry, existing).await.uncached()
+    }
+
+    async fn partial_in_cache(&self, entry: &FileEntry, existing: &HashSet<PathBuf>) -> Partial {
         let Some(checkpoint) = &self.resume else {
             return Partial::new();
         };

@@ -55,6 +55,7 @@ pub mod progress;
 pub mod registry;
 pub mod service;
 pub mod storage;
+mod transport;
 pub mod trust;
 pub mod verify;
 pub mod view;

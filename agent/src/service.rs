@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use bytes::{Bytes, BytesMut};
 use depot_fs::{NameRule, Root, UnsafeName};
 use depot_net::{Limits, Tracked, Tracker};
 use depot_proto::agent::node_agent_server::{NodeAgent, NodeAgentServer};
@@ -30,6 +31,7 @@ use tower::Service as _;
 use crate::auth::RequirePeer;
 use crate::digest::DigestCache;
 use crate::identity::{Identity, PeerIdentity};
+use crate::transport::{CONNECTION_WINDOW, MAX_FRAME, PrefixFrames, STREAM_WINDOW, TLS_SEND_BUFFER};
 
 /// Default size of one `ReadFile` chunk. Measured on loopback (see `scripts/bench-agent.sh`):
 /// 1 MiB chunks keep per-message overhead (framing, syscalls, task wake-ups) well under the cost
@@ -41,14 +43,6 @@ const READ_AHEAD_CHUNKS: usize = 2;
 
 /// Files hashed at once by `Stat`: hashing is disk- and CPU-bound, so more would only thrash.
 const HASHING_PERMITS: usize = 2;
-
-/// HTTP/2 flow-control windows. The defaults (64 KiB) cap a single stream far below loopback
-/// speed; 4 MiB per stream and 16 MiB per connection keep a 1 GiB transfer streaming while
-/// bounding what a slow receiver can make this agent buffer.
-pub(crate) const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
-pub(crate) const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
-/// Largest HTTP/2 frame we accept; peers send 1 MiB chunks in few frames.
-pub(crate) const MAX_FRAME: u32 = 1024 * 1024;
 
 /// Why a request on a path was refused or failed. The `Display` text is what the caller reads.
 #[derive(Debug, thiserror::Error)]
@@ -366,9 +360,10 @@ fn stream_file(
     tx: &mpsc::Sender<Result<FileChunk, Status>>,
     stats: &ServeStats,
 ) {
+    let mut buffers = Buffers::default();
     while opened.remaining > 0 {
         let want = usize::try_from(opened.remaining).map_or(chunk_size, |r| r.min(chunk_size));
-        let mut data = vec![0u8; want];
+        let mut data = buffers.take(want);
         let mut filled = 0;
         while filled < want {
             match opened.file.read(&mut data[filled..]) {
@@ -388,6 +383,7 @@ fn stream_file(
             return;
         }
         data.truncate(filled);
+        let data = buffers.sent(data);
         opened.remaining -= filled as u64;
         if let Some(rate) = rate {
             let waited = rate.wait(filled);
@@ -398,11 +394,47 @@ fn stream_file(
                     .fetch_add(u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
             }
         }
-        if tx.blocking_send(Ok(FileChunk { data: data.into() })).is_err() {
+        if tx.blocking_send(Ok(FileChunk { data })).is_err() {
             return;
         }
         stats.bytes_sent.fetch_add(filled as u64, Ordering::Relaxed);
         stats.peer_sent(peer, filled as u64);
+    }
+}
+
+/// Chunk buffers of one `ReadFile` stream, reused once tonic has encoded (copied) and dropped
+/// them: a fresh buffer must be zeroed before `read` may fill it (a 1 MiB `memset` per chunk
+/// was ~5% of the serving agent's CPU per byte sent), a reused one is overwritten as it is.
+#[derive(Default)]
+struct Buffers {
+    /// Chunks sent, oldest first; each is reusable once this is its only reference.
+    sent: std::collections::VecDeque<Bytes>,
+}
+
+impl Buffers {
+    /// Chunks kept for reuse: those queued (`READ_AHEAD_CHUNKS`), one being encoded, spare.
+    const KEPT: usize = READ_AHEAD_CHUNKS + 2;
+
+    /// A buffer of `len` bytes to read into.
+    fn take(&mut self, len: usize) -> BytesMut {
+        if let Some(oldest) = self.sent.pop_front() {
+            match oldest.try_into_mut() {
+                Ok(mut reused) => {
+                    reused.resize(len, 0);
+                    return reused;
+                }
+                Err(still_sent) if self.sent.len() + 1 < Self::KEPT => self.sent.push_front(still_sent),
+                Err(_) => {} // dropped: held elsewhere too long to wait for
+            }
+        }
+        BytesMut::zeroed(len)
+    }
+
+    /// `data` is being sent: keeps a reference to reuse it later.
+    fn sent(&mut self, data: BytesMut) -> Bytes {
+        let data = data.freeze();
+        self.sent.push_back(data.clone());
+        data
     }
 }
 
@@ -456,13 +488,15 @@ pub async fn serve<S: NodeAgent>(
         tokio::spawn(async move {
             let activity = conn.activity();
             let serve = async {
-                let tls = match acceptor.accept(stream).await {
+                let mut tls = match acceptor.accept(stream).await {
                     Ok(tls) => tls,
                     Err(err) => {
                         tracing::info!(%peer, %err, "TLS handshake refused");
                         return;
                     }
                 };
+                tls.get_mut().1.set_buffer_limit(Some(TLS_SEND_BUFFER));
+                tracing::debug!(%peer, suite = ?tls.get_ref().1.negotiated_cipher_suite().map(|s| s.suite()), "TLS established");
                 let who = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| PeerIdentity::of(c));
                 let service = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
                     let in_flight = activity.request();
@@ -470,10 +504,16 @@ pub async fn serve<S: NodeAgent>(
                         req.extensions_mut().insert(who.clone());
                     }
                     let mut routes = routes.clone();
+                    let read_file = req.uri().path().ends_with("/ReadFile");
                     async move {
                         let response = routes.call(req).await;
                         drop(in_flight);
-                        response
+                        // File bytes go out with each message's prefix in a frame of its own.
+                        if read_file {
+                            response.map(|r| r.map(|b| tonic::body::Body::new(PrefixFrames::new(b))))
+                        } else {
+                            response
+                        }
                     }
                 });
                 if let Err(err) = watcher.watch(builder.serve_connection(TokioIo::new(tls), service)).await {
@@ -509,4 +549,35 @@ pub async fn spawn<S: NodeAgent>(
         }
     });
     Ok((local, handle))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_buffers_are_reused_once_nothing_else_holds_them() {
+        let mut buffers = Buffers::default();
+        let mut first = buffers.take(1000);
+        first[..3].copy_from_slice(b"abc");
+        let first = buffers.sent(first);
+        let address = first.as_ptr();
+        // Still held (queued or being encoded): a new buffer, and the held one is not touched.
+        let second = buffers.take(1000);
+        assert_ne!(second.as_ptr(), address);
+        assert_eq!(&first[..3], b"abc");
+        let second = buffers.sent(second);
+        drop((first, second));
+        // Released: the same memory, sized as asked (a short last chunk too).
+        let reused = buffers.take(10);
+        assert_eq!((reused.as_ptr(), reused.len()), (address, 10));
+        // Never more than KEPT references, however long the receiver holds its chunks.
+        let mut held = Vec::new();
+        for _ in 0..10 {
+            let buffer = buffers.take(100);
+            held.push(buffers.sent(buffer));
+        }
+        assert!(buffers.sent.len() <= Buffers::KEPT);
+        drop(held);
+    }
 }

@@ -19,6 +19,15 @@ pub fn write_out(file: &File) -> io::Result<()> {
     sys::sync_file_range(file, 0, 0, sys::WAIT_ALL)
 }
 
+/// Writes the dirty pages of `file` in `[offset, offset + len)` to the device and waits for
+/// them (and for writes already under way there), without a journal commit.
+///
+/// # Errors
+/// The I/O error the writeback reported.
+pub fn write_out_range(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    sys::sync_file_range(file, offset, len, sys::WAIT_ALL)
+}
+
 /// Starts writing `file`'s dirty pages in `[offset, offset + len)` to the device and returns
 /// at once (`len` 0: to the end). For early writeback of large files.
 ///

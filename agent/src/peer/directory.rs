@@ -12,7 +12,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::identity::Identity;
 use crate::registry::{Coordinator, PeerInfo, RegistryError};
-use crate::service::{CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW};
+use crate::transport::{CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW, TCP_READ_BUFFER};
 
 /// How long a peer list is reused before asking the coordinator again: short enough that a
 /// new agent is seen quickly, long enough that thousands of concurrent file fetches do not each
@@ -164,6 +164,7 @@ impl PeerDirectory {
                 let connect = async {
                     let tcp = tokio::net::TcpStream::connect(&target).await?;
                     tcp.set_nodelay(true)?;
+                    let tcp = tokio::io::BufReader::with_capacity(TCP_READ_BUFFER, tcp);
                     tokio_rustls::TlsConnector::from(config).connect(name, tcp).await
                 };
                 let tls = tokio::time::timeout(timeout, connect).await.map_err(|_| {

@@ -43,7 +43,7 @@ struct Pipeline {
 }
 
 impl Pipeline {
-    fn start(sink: Sink) -> Self {
+    fn start(sink: Sink, uncached: bool) -> Self {
         let (hash_tx, mut hash_rx) = mpsc::channel::<Bytes>(QUEUE_CHUNKS);
         let (write_tx, write_rx) = mpsc::channel(QUEUE_CHUNKS);
         let mut hasher = sink.hasher;
@@ -54,7 +54,7 @@ impl Pipeline {
             hasher
         });
         let tmp = sink.tmp;
-        let writer = tokio::task::spawn_blocking(move || write_queue(tmp, write_rx));
+        let writer = tokio::task::spawn_blocking(move || write_queue(tmp, write_rx, uncached));
         Self { hash_tx, hasher, write_tx, writer }
     }
 
@@ -96,6 +96,8 @@ pub struct Partial {
     resume_path: Option<PathBuf>,
     /// Bytes it started with (from an earlier run), not received in this one.
     resumed_bytes: u64,
+    /// Drop written pages from the page cache once on disk ([`Partial::uncached`]).
+    uncached: bool,
 }
 
 impl Partial {
@@ -141,6 +143,7 @@ impl Partial {
             contributors: BTreeSet::new(),
             resume_path: None,
             resumed_bytes: len,
+            uncached: false,
         })
     }
 
@@ -157,6 +160,15 @@ impl Partial {
         let mut partial = if existing > 0 { Self::resume(TempFile::resumable(path)?, existing)? } else { Self::new() };
         partial.resume_path = Some(path.to_path_buf());
         Ok(partial)
+    }
+
+    /// The same partial, its bytes leaving the page cache as they reach the disk
+    /// ([`depot_fs::Writeback::uncached`]): for files nobody reads back soon (`fetch`), not for
+    /// ones served right after (the S3 view's cache).
+    #[must_use]
+    pub fn uncached(mut self) -> Self {
+        self.uncached = true;
+        self
     }
 
     /// Bytes it started with, left by an earlier run (not transferred again).
@@ -185,7 +197,7 @@ impl Partial {
 
     /// An empty partial writing to the same place as this one (after this one is discarded).
     pub(crate) fn restart(&self) -> Self {
-        Self { resume_path: self.resume_path.clone(), ..Self::default() }
+        Self { resume_path: self.resume_path.clone(), uncached: self.uncached, ..Self::default() }
     }
 
     /// Bytes received so far: the offset the next `ReadFile` starts from.
@@ -228,7 +240,7 @@ impl Partial {
                     .map_err(io::Error::other)??;
                     self.state = State::Idle(Sink { tmp, hasher: Sha256::new() });
                 }
-                State::Idle(sink) => self.state = State::Running(Pipeline::start(sink)),
+                State::Idle(sink) => self.state = State::Running(Pipeline::start(sink, self.uncached)),
                 State::Running(pipeline) => {
                     // The hashing thread ends only when its queue closes: that send cannot fail.
                     let written =
@@ -313,8 +325,8 @@ impl Partial {
 
 /// The writing thread: writes queued chunks until the queue closes or a write fails, starting
 /// the disk on them along the way.
-fn write_queue(mut tmp: TempFile, mut rx: mpsc::Receiver<Bytes>) -> (TempFile, io::Result<()>) {
-    let mut writeback = Writeback::new();
+fn write_queue(mut tmp: TempFile, mut rx: mpsc::Receiver<Bytes>, uncached: bool) -> (TempFile, io::Result<()>) {
+    let mut writeback = if uncached { Writeback::uncached() } else { Writeback::new() };
     while let Some(data) = rx.blocking_recv() {
         if let Err(err) = tmp.write_all(&data) {
             return (tmp, Err(err));

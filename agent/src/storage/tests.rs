@@ -92,3 +92,21 @@ fn s3_without_credentials_says_what_to_export() {
     let err = Storage::open("s3://b/p?endpoint=http://127.0.0.1:1", &StoreOptions::default()).unwrap_err();
     assert!(err.to_string().contains("AWS_ACCESS_KEY_ID"), "{err}");
 }
+
+#[test]
+fn payloads_go_unsigned_only_where_nobody_can_change_them() {
+    for (endpoint, unsigned) in [
+        (None, true),
+        (Some("https://s3.example.com"), true),
+        (Some("https://10.0.0.5:9000"), true),
+        (Some("http://127.0.0.1:9000"), true),
+        (Some("http://127.8.9.10:9000"), true),
+        (Some("http://[::1]:9000"), true),
+        (Some("http://localhost:9000"), true),
+        (Some("http://10.0.0.5:9000"), false),
+        (Some("http://archive.example.com"), false),
+        (Some("not a url"), false),
+    ] {
+        assert_eq!(br_url::payload_protected(endpoint), unsigned, "{endpoint:?}");
+    }
+}
