@@ -102,9 +102,31 @@ impl RequirePeer {
 }
 
 impl Interceptor for RequirePeer {
-    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
-        self.check(request.extensions().get::<PeerIdentity>())?;
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        let caller = request.extensions().get::<PeerIdentity>().cloned();
+        self.check(caller.as_ref())?;
+        if let Some(caller) = caller {
+            request.extensions_mut().insert(Standing { peer: self.clone(), caller });
+        }
         Ok(request)
+    }
+}
+
+/// A call's caller, checked again while a long stream runs: a node removed mid-transfer has
+/// its `ReadFile` streams cut within a heartbeat, not only its next calls refused.
+#[derive(Debug, Clone)]
+pub struct Standing {
+    peer: RequirePeer,
+    caller: PeerIdentity,
+}
+
+impl Standing {
+    /// Whether the caller may still be served.
+    ///
+    /// # Errors
+    /// `PERMISSION_DENIED` once its certificate is revoked.
+    pub fn check(&self) -> Result<(), Status> {
+        self.peer.check(Some(&self.caller))
     }
 }
 

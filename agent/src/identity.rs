@@ -209,6 +209,19 @@ impl Identity {
         self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner).not_after
     }
 
+    /// Why this node cannot call peers now, when its own certificate has expired (renewal
+    /// kept failing): said before connecting, since peers answer only with a TLS alert.
+    #[must_use]
+    pub fn expired(&self) -> Option<String> {
+        let ago = SystemTime::now().duration_since(self.not_after()).ok()?;
+        Some(format!(
+            "this node's certificate expired {}s ago and has not been renewed (the agent renews it from the coordinator \
+             at two thirds of its lifetime: is the coordinator reachable, and is this machine's clock right?); \
+             peers refuse it until it is renewed",
+            ago.as_secs()
+        ))
+    }
+
     /// When to renew: two thirds into the current certificate's lifetime.
     #[must_use]
     pub fn renew_at(&self) -> SystemTime {

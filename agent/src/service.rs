@@ -28,7 +28,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tower::Service as _;
 
-use crate::auth::RequirePeer;
+use crate::auth::{RequirePeer, Standing};
 use crate::digest::DigestCache;
 use crate::identity::{Identity, PeerIdentity};
 use crate::transport::{CONNECTION_WINDOW, MAX_FRAME, PrefixFrames, STREAM_WINDOW, TLS_SEND_BUFFER};
@@ -283,6 +283,7 @@ impl NodeAgentService {
         request: Request<ReadFileRequest>,
     ) -> Result<Response<ReceiverStream<Result<FileChunk, Status>>>, Status> {
         let peer = metrics_peer(caller(&request)).to_owned();
+        let standing = request.extensions().get::<Standing>().cloned();
         let ReadFileRequest { path: name, offset } = request.into_inner();
         tracing::info!("ReadFile");
         let path = self.resolve(&name)?;
@@ -299,7 +300,8 @@ impl NodeAgentService {
         let rate = self.rate.clone();
         tokio::task::spawn_blocking(move || {
             stats.active_transfers.fetch_add(1, Ordering::Relaxed);
-            stream_file(opened, &name, &peer, chunk_size, rate.as_deref(), &tx, &stats);
+            let stream = Stream { name: &name, peer: &peer, standing: standing.as_ref(), tx: &tx, stats: &stats };
+            stream_file(opened, chunk_size, rate.as_deref(), &stream);
             stats.active_transfers.fetch_sub(1, Ordering::Relaxed);
         });
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -351,17 +353,25 @@ fn open_at(name: &str, path: &std::path::Path, offset: u64) -> Result<Opened, Se
 
 /// Reads `opened` to the size it had when opened, chunk by chunk, into `tx`. Stops early when
 /// the caller goes away (the receiver is dropped).
-fn stream_file(
-    mut opened: Opened,
-    name: &str,
-    peer: &str,
-    chunk_size: usize,
-    rate: Option<&RateLimit>,
-    tx: &mpsc::Sender<Result<FileChunk, Status>>,
-    stats: &ServeStats,
-) {
+/// Where one `ReadFile` stream goes and on whose behalf.
+struct Stream<'a> {
+    name: &'a str,
+    peer: &'a str,
+    /// The caller's standing, checked before every chunk (a revoked caller is cut off).
+    standing: Option<&'a Standing>,
+    tx: &'a mpsc::Sender<Result<FileChunk, Status>>,
+    stats: &'a ServeStats,
+}
+
+fn stream_file(mut opened: Opened, chunk_size: usize, rate: Option<&RateLimit>, stream: &Stream<'_>) {
+    let Stream { name, peer, standing, tx, stats } = *stream;
     let mut buffers = Buffers::default();
     while opened.remaining > 0 {
+        if let Some(Err(refused)) = standing.map(Standing::check) {
+            tracing::warn!(name, peer, "cut a transfer: the caller's certificate was revoked");
+            let _ = tx.blocking_send(Err(refused));
+            return;
+        }
         let want = usize::try_from(opened.remaining).map_or(chunk_size, |r| r.min(chunk_size));
         let mut data = buffers.take(want);
         let mut filled = 0;

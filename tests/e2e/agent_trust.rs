@@ -11,7 +11,7 @@ use depot_agent::auth::Secret;
 use depot_agent::identity::Identity;
 use depot_agent::peer::{PeerClient, PeerDirectory};
 use depot_agent::registry::{Coordinator, PeerInfo};
-use depot_proto::agent::FileExistsRequest;
+use depot_proto::agent::{FileExistsRequest, ReadFileRequest};
 use depot_tests::agents::{Agent, Cluster, DataFile, write_jsonl};
 use depot_tests::test_dir;
 use rustls::pki_types::pem::PemObject as _;
@@ -103,6 +103,20 @@ async fn ask(identity: Arc<Identity>, node: &str, address: &str, name: &str) -> 
     Ok(client.file_exists(FileExistsRequest { path: name.into() }).await?.into_inner().exists)
 }
 
+/// Connects to the agent at `address` over TLS with `config` and sends an HTTP/2 preface:
+/// nothing may come back.
+async fn assert_refused(config: Arc<rustls::ClientConfig>, address: &str, who: &str) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    if let Ok(mut tls) = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await {
+        let _ = tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
+        let mut buf = [0u8; 64];
+        let read = tls.read(&mut buf).await;
+        assert!(!matches!(read, Ok(n) if n > 0), "an agent answered {who}: {read:?}");
+    }
+}
+
 /// An identity with a self-signed certificate naming `node` (trusting `ca_pem` for servers).
 fn self_signed(node: &str, ca_pem: &str) -> Arc<Identity> {
     let key = rcgen::KeyPair::generate().unwrap();
@@ -120,7 +134,9 @@ async fn strangers_other_clusters_expired_and_revoked_certificates_are_refused()
     let dir = test_dir();
     let cluster = Cluster::start_with(dir.path(), "300ms", &["--cert-lifetime", "4s"]);
     DataFile::new("x.sst", 10).write_to(&cluster.node_dir("a"));
-    let agent = cluster.agent("a", &[]);
+    DataFile::new("big.sst", 16 << 20).write_to(&cluster.node_dir("a"));
+    // Slow enough that a transfer is still running when its caller is removed.
+    let agent = cluster.agent("a", &["--max-rate", "2MiB", "--chunk-size", "262144"]);
     let ca_pem = std::fs::read_to_string(cluster.archive().join(".depot/tls/ca.pem")).unwrap();
 
     // A certificate from this cluster: served.
@@ -138,16 +154,7 @@ async fn strangers_other_clusters_expired_and_revoked_certificates_are_refused()
             .unwrap()
             .with_root_certificates(roots)
             .with_no_client_auth();
-        let tcp = tokio::net::TcpStream::connect(&agent.address).await.unwrap();
-        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-        let result = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await;
-        if let Ok(mut tls) = result {
-            use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-            let _ = tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
-            let mut buf = [0u8; 64];
-            let read = tls.read(&mut buf).await;
-            assert!(!matches!(read, Ok(n) if n > 0), "an agent answered a caller without a certificate: {read:?}");
-        }
+        assert_refused(Arc::new(config), &agent.address, "a caller without a certificate").await;
     }
 
     // A self-signed certificate claiming to be node "a2".
@@ -171,7 +178,10 @@ async fn strangers_other_clusters_expired_and_revoked_certificates_are_refused()
     // Certificate times have one-second resolution: wait well past the expiry.
     tokio::time::sleep(Duration::from_millis(6000)).await;
     let err = ask(joined.identity.clone(), "a", &agent.address, "x.sst").await.unwrap_err();
-    assert!(!err.message().is_empty());
+    // Said by the caller itself, before connecting: peers would answer with a bare TLS alert.
+    assert!(format!("{err:?}").contains("this node's certificate expired"), "{err:?}");
+    // A caller that presents it anyway is refused, and the agent logs who and why.
+    assert_refused(joined.identity.client_config(Some("a")), &agent.address, "an expired certificate").await;
     // The agent logs who was refused and why.
     let deadline = Instant::now() + Duration::from_secs(3);
     while !agent.stderr().contains("expired") && Instant::now() < deadline {
@@ -190,9 +200,24 @@ async fn strangers_other_clusters_expired_and_revoked_certificates_are_refused()
     let peers = vec![PeerInfo { node_id: "a".into(), address: agent.address.clone(), last_seen_ms: 0 }];
     let mut open = PeerDirectory::fixed(peers, evil.clone(), None).peers(false).await.unwrap()[0].client().unwrap();
     assert!(open.file_exists(FileExistsRequest { path: "x.sst".into() }).await.is_ok());
+    // A transfer in flight (16 MiB at 2 MiB/s) when the node is removed: cut within a heartbeat.
+    let mut transfer =
+        open.read_file(ReadFileRequest { path: "big.sst".into(), offset: 0 }).await.unwrap().into_inner();
+    let first = transfer.message().await.unwrap().expect("a first chunk");
+    let mut received = first.data.len();
     let removed = cluster.nodes(&["remove", "evil"]);
     assert_eq!(removed.code, Some(0), "{removed:?}");
     assert!(removed.stdout.contains("removed node evil"), "{}", removed.stdout);
+    let cut = loop {
+        match transfer.message().await {
+            Ok(Some(chunk)) => received += chunk.data.len(),
+            Ok(None) => panic!("the whole file was served to a removed node"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(cut.code(), tonic::Code::PermissionDenied, "{cut:?}");
+    assert!(received < 16 << 20, "cut short: {received} bytes");
+    assert!(agent.stderr().contains("cut a transfer"), "{}", agent.stderr());
     tokio::time::sleep(Duration::from_millis(700)).await; // two heartbeat intervals
     let err = open.file_exists(FileExistsRequest { path: "x.sst".into() }).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");

@@ -155,9 +155,14 @@ impl PeerDirectory {
         let config = identity.client_config(Some(node_id));
         let target = address.to_owned();
         let timeout = self.connect_timeout;
+        let identity = identity.clone();
         let connector = tower::service_fn(move |_: http::Uri| {
             let (config, target) = (config.clone(), target.clone());
+            let expired = identity.expired();
             async move {
+                if let Some(why) = expired {
+                    return Err(std::io::Error::new(std::io::ErrorKind::PermissionDenied, why));
+                }
                 let host = target.rsplit_once(':').map_or(target.as_str(), |(h, _)| h);
                 let name = ServerName::try_from(host.trim_start_matches('[').trim_end_matches(']').to_owned())
                     .map_err(std::io::Error::other)?;
