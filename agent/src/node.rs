@@ -307,7 +307,7 @@ pub async fn serve(
             let directory = crate::peer::PeerDirectory::new(coordinator.clone(), Some(node_id.clone()));
             let reader = crate::peer::PeerReader::new(root.clone(), directory);
             let mut stop_rx = stop_rx.clone();
-            let started = start_view(s3, joined.s3.as_ref(), &root, &reader, listener, async move {
+            let started = start_view(s3, joined.s3.as_ref(), &root, &reader, listener, limits, async move {
                 let _ = stop_rx.wait_for(|stop| *stop).await;
             })?;
             Some(started)
@@ -420,6 +420,7 @@ fn start_view(
     root: &Root,
     reader: &crate::peer::PeerReader,
     listener: tokio::net::TcpListener,
+    limits: depot_net::Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<StartedView, NodeError> {
     let settings = &s3.view;
@@ -480,7 +481,11 @@ fn start_view(
     let endpoint = format!("http://{bound}");
     let url = format!("s3://{}/{}?endpoint={endpoint}&force-path-style=true", bucket, prefix.trim_end_matches('/'));
     tracing::info!(endpoint, bucket, prefix, "S3 view serving");
-    let task = tokio::spawn(depot_s3::http::serve(listener, None, service, stats, shutdown, DRAIN_LIMIT));
+    // The same limits as the peer service, with a tracker of its own: a flood on one port
+    // does not shed the other's connections.
+    let listen =
+        depot_s3::http::Listen { tls: None, limits, drain: DRAIN_LIMIT, events: Arc::new(depot_s3::http::NoEvents) };
+    let task = tokio::spawn(depot_s3::http::serve(listener, listen, service, stats, shutdown));
     Ok(StartedView { view, ready: S3Ready { endpoint, bucket, prefix, url }, task })
 }
 
