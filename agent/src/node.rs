@@ -62,11 +62,26 @@ pub struct ServeOptions {
     pub s3: Option<S3Options>,
 }
 
+/// When the S3 view serves HTTPS (`--s3-tls`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ViewTls {
+    /// HTTPS unless the coordinator is plain `http://` on loopback (a cluster without TLS),
+    /// as `depot serve` decides for itself.
+    #[default]
+    Auto,
+    /// Always HTTPS.
+    On,
+    /// Always plain HTTP (the view is then for clients on this machine only).
+    Off,
+}
+
 /// The S3 view (`--s3-listen` and friends).
 #[derive(Debug, Clone)]
 pub struct S3Options {
     /// Address to bind.
     pub listen: String,
+    /// When to serve HTTPS, with this node's certificate from the coordinator's CA.
+    pub tls: ViewTls,
     /// The bucket, key prefix, cache, manifest and archive; `root` is the agent's.
     pub view: ViewSettings,
     /// The access key clients sign with; default: the one the coordinator hands out.
@@ -116,8 +131,15 @@ pub struct Ready {
 /// Where the S3 view answers.
 #[derive(Debug, Clone, Serialize)]
 pub struct S3Ready {
-    /// `http://host:port`.
+    /// `http://127.0.0.1:port`, or `https://` with TLS.
     pub endpoint: String,
+    /// With TLS: the cluster's CA (PEM) that signed the view's certificate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// With TLS: the system roots plus that CA, for `SSL_CERT_FILE` (TiKV, BR) or
+    /// `AWS_CA_BUNDLE`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bundle_file: Option<std::path::PathBuf>,
     /// The bucket.
     pub bucket: String,
     /// The backup's key prefix (empty or ending in `/`).
@@ -307,7 +329,13 @@ pub async fn serve(
             let directory = crate::peer::PeerDirectory::new(coordinator.clone(), Some(node_id.clone()));
             let reader = crate::peer::PeerReader::new(root.clone(), directory);
             let mut stop_rx = stop_rx.clone();
-            let started = start_view(s3, joined.s3.as_ref(), &root, &reader, listener, limits, async move {
+            let tls = match s3.tls {
+                ViewTls::Off => None,
+                ViewTls::Auto if coordinator.plain_on_loopback() => None,
+                ViewTls::On | ViewTls::Auto => Some(&identity),
+            };
+            let port = ViewPort { listener, limits, tls };
+            let started = start_view(s3, joined.s3.as_ref(), &root, &reader, port, async move {
                 let _ = stop_rx.wait_for(|stop| *stop).await;
             })?;
             Some(started)
@@ -413,16 +441,24 @@ struct StartedView {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// Where and how the view listens.
+struct ViewPort<'a> {
+    listener: tokio::net::TcpListener,
+    limits: depot_net::Limits,
+    /// The node identity whose certificate serves HTTPS; `None`: plain HTTP.
+    tls: Option<&'a Arc<crate::identity::Identity>>,
+}
+
 /// Builds the view over `root` and serves it with `depot-s3` on `listener`.
 fn start_view(
     s3: &S3Options,
     handed: Option<&depot_proto::registry::S3Credentials>,
     root: &Root,
     reader: &crate::peer::PeerReader,
-    listener: tokio::net::TcpListener,
-    limits: depot_net::Limits,
+    port: ViewPort<'_>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<StartedView, NodeError> {
+    let ViewPort { listener, limits, tls } = port;
     let settings = &s3.view;
     // The flags win; by default the view takes what the coordinator handed over the
     // authenticated channel, so one URL and key pair work on every node.
@@ -478,15 +514,55 @@ fn start_view(
     );
     let service = depot_s3::http::service(depot, auth, |_| {});
     let bound = listener.local_addr().map_err(|e| NodeError::View(e.to_string()))?;
-    let endpoint = format!("http://{bound}");
+    // The address a client on this machine dials (a wildcard bind answers on loopback too).
+    let local = match bound.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::from(([127, 0, 0, 1], bound.port())),
+        IpAddr::V6(ip) if ip.is_unspecified() => SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, bound.port())),
+        _ => bound,
+    };
+    let (ca_file, bundle_file) = match tls {
+        Some(identity) => {
+            let (ca, bundle) = write_view_ca(&state, identity.ca_pem())
+                .map_err(|e| NodeError::View(format!("cannot write the CA files under {}: {e}", state.display())))?;
+            (Some(ca), Some(bundle))
+        }
+        None => (None, None),
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let endpoint = format!("{scheme}://{local}");
     let url = format!("s3://{}/{}?endpoint={endpoint}&force-path-style=true", bucket, prefix.trim_end_matches('/'));
     tracing::info!(endpoint, bucket, prefix, "S3 view serving");
     // The same limits as the peer service, with a tracker of its own: a flood on one port
-    // does not shed the other's connections.
-    let listen =
-        depot_s3::http::Listen { tls: None, limits, drain: DRAIN_LIMIT, events: Arc::new(depot_s3::http::NoEvents) };
+    // does not shed the other's connections. The certificate is the node's, read at each
+    // handshake, so a renewal reaches the view at once.
+    let listen = depot_s3::http::Listen {
+        tls: tls.map(crate::identity::Identity::view_server_config),
+        limits,
+        drain: DRAIN_LIMIT,
+        events: Arc::new(depot_s3::http::NoEvents),
+    };
     let task = tokio::spawn(depot_s3::http::serve(listener, listen, service, stats, shutdown));
-    Ok(StartedView { view, ready: S3Ready { endpoint, bucket, prefix, url }, task })
+    Ok(StartedView { view, ready: S3Ready { endpoint, ca_file, bundle_file, bucket, prefix, url }, task })
+}
+
+/// Writes the cluster's CA as `DIR/ca.pem` and the system roots plus it as `DIR/bundle.pem`
+/// (what `SSL_CERT_FILE` wants: TiKV and BR then trust the view without losing the public
+/// roots), each durably. Returns both paths.
+fn write_view_ca(dir: &Path, ca_pem: &str) -> std::io::Result<(std::path::PathBuf, std::path::PathBuf)> {
+    let mut bundle = String::new();
+    for root in rustls_native_certs::load_native_certs().certs {
+        bundle.push_str(&pem::encode(&pem::Pem::new("CERTIFICATE", root.to_vec())));
+    }
+    bundle.push_str(ca_pem);
+    let (ca, all) = (dir.join("ca.pem"), dir.join("bundle.pem"));
+    for (path, text) in [(&ca, ca_pem), (&all, bundle.as_str())] {
+        let temp = path.with_extension("pem.tmp");
+        std::fs::write(&temp, text)?;
+        std::fs::File::open(&temp)?.sync_all()?;
+        std::fs::rename(&temp, path)?;
+    }
+    depot_fs::sync_dir(dir)?;
+    Ok((ca, all))
 }
 
 #[cfg(test)]

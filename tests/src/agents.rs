@@ -177,6 +177,8 @@ pub struct Agent {
     pub s3_endpoint: Option<String>,
     /// The storage URL its ready line gives BR (with `--s3-listen`).
     pub s3_url: Option<String>,
+    /// The cluster CA its HTTPS view's certificate comes from (with TLS on the view).
+    pub s3_ca: Option<PathBuf>,
     /// Where its stderr goes.
     pub stderr_path: PathBuf,
     /// Lines it printed on stdout after the ready line.
@@ -232,6 +234,7 @@ impl Agent {
             metrics: banner["metrics"].as_str().map(str::to_owned),
             s3_endpoint: banner["s3"]["endpoint"].as_str().map(str::to_owned),
             s3_url: banner["s3"]["url"].as_str().map(str::to_owned),
+            s3_ca: banner["s3"]["ca_file"].as_str().map(PathBuf::from),
             root: root.to_path_buf(),
             stderr_path,
             child,
