@@ -281,13 +281,22 @@ pub async fn serve(
         None => None,
     };
     let report_root = root.dir().to_path_buf();
+    // The view, once started: its endpoint and counters ride on every heartbeat.
+    let view_slot: Arc<std::sync::OnceLock<StartedView>> = Arc::default();
     let coordinator = Coordinator::with_insecure(
         &options.coordinator,
         options.join_token.clone(),
         options.ca.as_ref(),
         options.insecure_coordinator,
     )?
-    .with_reporter(Arc::new(move || crate::jobs::node_report(&report_root)));
+    .with_reporter(Arc::new({
+        let view = Arc::clone(&view_slot);
+        move || {
+            let mut report = crate::jobs::node_report(&report_root);
+            report.view = view.get().map(StartedView::wire);
+            report
+        }
+    }));
     let key = identity::node_key(&root.state_dir())?;
     let joined = coordinator.join(&node_id, &address, key, false, REGISTER_PATIENCE).await?;
     let identity = joined.identity.clone();
@@ -335,10 +344,11 @@ pub async fn serve(
                 ViewTls::On | ViewTls::Auto => Some(&identity),
             };
             let port = ViewPort { listener, limits, tls };
-            let started = start_view(s3, joined.s3.as_ref(), &root, &reader, port, async move {
+            let (started, task) = start_view(s3, joined.s3.as_ref(), &root, &reader, port, async move {
                 let _ = stop_rx.wait_for(|stop| *stop).await;
             })?;
-            Some(started)
+            let _ = view_slot.set(started);
+            Some(task)
         }
         _ => None,
     };
@@ -361,7 +371,7 @@ pub async fn serve(
         address: address.clone(),
         root: root.dir().display().to_string(),
         metrics: metrics_url,
-        s3: view.as_ref().map(|v| v.ready.clone()),
+        s3: view_slot.get().map(|v| v.ready.clone()),
     };
     tracing::info!(node_id, address, root = %root.dir().display(), "serving (mutual TLS)");
     on_ready(&ready);
@@ -412,8 +422,8 @@ pub async fn serve(
     renewals.abort();
     let s3_report = match view {
         Some(view) => {
-            let _ = view.task.await;
-            Some(view.view.report())
+            let _ = view.await;
+            view_slot.get().map(|v| v.view.report())
         }
         None => None,
     };
@@ -438,7 +448,35 @@ pub async fn serve(
 struct StartedView {
     view: Arc<crate::view::View>,
     ready: S3Ready,
-    task: tokio::task::JoinHandle<()>,
+    /// The S3 layer's counters (bytes served).
+    stats: Arc<depot_s3::stats::Stats>,
+    port: u16,
+    tls: bool,
+}
+
+impl StartedView {
+    /// What the heartbeat carries: where the view answers and what it served.
+    fn wire(&self) -> depot_proto::registry::ViewReport {
+        let report = self.view.report();
+        depot_proto::registry::ViewReport {
+            scheme: if self.tls { "https" } else { "http" }.to_owned(),
+            port: u32::from(self.port),
+            bucket: self.ready.bucket.clone(),
+            prefix: self.ready.prefix.clone(),
+            ca_bundle: self.ready.bundle_file.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+            local_reads: report.local,
+            cache_hits: report.cached,
+            peer_reads: report.fetched - report.from_archive,
+            archive_reads: report.from_archive,
+            missing: report.missing,
+            bytes_served: self.stats.summary().bytes_read,
+            bytes_fetched: report.fetched_bytes,
+            cache_bytes: report.cache.bytes,
+            cache_max: report.cache.max.unwrap_or(0),
+            cache_files: report.cache.files as u64,
+            evictions: report.cache.evicted,
+        }
+    }
 }
 
 /// Where and how the view listens.
@@ -457,7 +495,7 @@ fn start_view(
     reader: &crate::peer::PeerReader,
     port: ViewPort<'_>,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<StartedView, NodeError> {
+) -> Result<(StartedView, tokio::task::JoinHandle<()>), NodeError> {
     let ViewPort { listener, limits, tls } = port;
     let settings = &s3.view;
     // The flags win; by default the view takes what the coordinator handed over the
@@ -541,8 +579,9 @@ fn start_view(
         drain: DRAIN_LIMIT,
         events: Arc::new(depot_s3::http::NoEvents),
     };
-    let task = tokio::spawn(depot_s3::http::serve(listener, listen, service, stats, shutdown));
-    Ok(StartedView { view, ready: S3Ready { endpoint, ca_file, bundle_file, bucket, prefix, url }, task })
+    let task = tokio::spawn(depot_s3::http::serve(listener, listen, service, Arc::clone(&stats), shutdown));
+    let ready = S3Ready { endpoint, ca_file, bundle_file, bucket, prefix, url };
+    Ok((StartedView { view, ready, stats: Arc::clone(&stats), port: local.port(), tls: tls.is_some() }, task))
 }
 
 /// Writes the cluster's CA as `DIR/ca.pem` and the system roots plus it as `DIR/bundle.pem`

@@ -119,3 +119,137 @@ fn with_tls_on_the_view_serves_https_with_a_certificate_from_the_cluster_ca() {
     assert!(c.s3_endpoint.as_deref().unwrap().starts_with("http://127.0.0.1:"), "{:?}", c.s3_endpoint);
     assert!(c.s3_ca.is_none());
 }
+
+/// A free port on `ip` (bound, then released for the agents to take).
+fn free_port(ip: &str) -> u16 {
+    std::net::TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap().port()
+}
+
+fn status_json(cluster: &Cluster) -> serde_json::Value {
+    let out = std::process::Command::new(depot_tests::bin("depot"))
+        .args(["status", "--json"])
+        .arg(cluster.archive())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn node<'a>(status: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
+    status["nodes"].as_array().unwrap().iter().find(|n| n["node_id"] == id).unwrap_or_else(|| panic!("{status}"))
+}
+
+/// The views report to the coordinator: `depot status` (text and JSON) and `depot nodes` show
+/// each view's endpoint and counters (local hits, peer and archive reads, bytes served, cache
+/// used of its budget, evictions), and `depot status` prints the exact `br restore` line
+/// while every live view agrees on scheme, port, bucket and prefix — naming the nodes without
+/// a view, and which views differ once one does. The views here also read an encrypted
+/// backupmeta (BR's `--crypter`, from the peer that holds it) and a file no live node holds
+/// from `--archive`, byte-exact. (One machine: the agreeing views share a port on 127.0.0.2
+/// and 127.0.0.3, as views on different hosts would on 127.0.0.1.)
+#[test]
+fn depot_status_prints_the_restore_line_and_each_views_counters() {
+    let dir = test_dir();
+    let cluster = Cluster::start(dir.path(), "300ms");
+    let files: Vec<DataFile> = (0..5).map(|i| DataFile::new(&format!("{i}/{i}.sst"), 200_000 + i)).collect();
+    // a (where BR ran) holds the encrypted backupmeta and files 0, 1; b holds 2, 3; file 4
+    // is only in the archive.
+    let key = depot_agent::manifest::CrypterKey::from_hex(&"42".repeat(16)).unwrap();
+    let meta = key.encrypt_prefixed([7; 16], &depot_tests::agents::backupmeta_v1(&files));
+    std::fs::write(cluster.node_dir("a").join("backupmeta"), &meta).unwrap();
+    let key_file = dir.path().join("crypter.key");
+    std::fs::write(&key_file, "42".repeat(16)).unwrap();
+    for f in &files[..2] {
+        f.write_to(&cluster.node_dir("a"));
+    }
+    for f in &files[2..4] {
+        f.write_to(&cluster.node_dir("b"));
+    }
+    let archive = dir.path().join("collected");
+    files[4].write_to(&archive);
+
+    let port = free_port("127.0.0.2");
+    let (listen_a, listen_b) = (format!("127.0.0.2:{port}"), format!("127.0.0.3:{port}"));
+    let common = ["--s3-prefix", PREFIX, "--s3-crypter-key-file", key_file.to_str().unwrap()];
+    let view = |listen: &str, extra: &[&str]| {
+        let mut args = vec!["--s3-listen", listen];
+        args.extend(common);
+        args.extend_from_slice(extra);
+        args.iter().map(|s| (*s).to_owned()).collect::<Vec<String>>()
+    };
+    let args_a = view(&listen_a, &[]);
+    let args_b = view(&listen_b, &["--archive", archive.to_str().unwrap(), "--cache-max", "450000"]);
+    let a = cluster.agent("a", &args_a.iter().map(String::as_str).collect::<Vec<_>>());
+    let b = cluster.agent("b", &args_b.iter().map(String::as_str).collect::<Vec<_>>());
+    let _c = cluster.agent("c", &[]); // no view
+    let bucket = cluster.depot.field("bucket");
+    let (access, secret) = (cluster.depot.field("access_key"), cluster.depot.field("secret_key"));
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let s3 = s3_client(b.s3_endpoint.as_deref().unwrap(), &access, &secret, "us-east-1", None);
+        for f in &files {
+            assert!(get(&s3, &bucket, &format!("{PREFIX}/{}", f.name)).await == f.data, "{} through b", f.name);
+        }
+        // Read again: 2 and 3 are local hits.
+        for f in &files[2..4] {
+            assert!(get(&s3, &bucket, &format!("{PREFIX}/{}", f.name)).await == f.data);
+        }
+        let s3 = s3_client(a.s3_endpoint.as_deref().unwrap(), &access, &secret, "us-east-1", None);
+        assert!(get(&s3, &bucket, &format!("{PREFIX}/{}", files[0].name)).await == files[0].data);
+    });
+    assert!(b.stderr().contains("reading the archive"), "{}", b.stderr());
+
+    let want_url = format!("s3://{bucket}/{PREFIX}?endpoint=http://127.0.0.1:{port}&force-path-style=true");
+    let want_command = format!("br restore full --pd \"$PD_ADDR\" --storage \"{want_url}\"");
+    // The counters ride on the heartbeats (every 300 ms).
+    let mut status = serde_json::Value::Null;
+    let settled = depot_tests::agents::eventually(Duration::from_secs(10), || {
+        status = status_json(&cluster);
+        node(&status, "b")["view"]["bytes_served"].as_u64().unwrap_or(0)
+            >= files.iter().map(|f| f.data.len() as u64).sum()
+    });
+    assert!(settled, "b's view counters reach the coordinator: {status}");
+    let vb = &node(&status, "b")["view"];
+    assert_eq!(vb["endpoint"], format!("http://127.0.0.1:{port}"), "{vb}");
+    assert_eq!((vb["bucket"].as_str(), vb["prefix"].as_str()), (Some(bucket.as_str()), Some("backup/")));
+    assert_eq!(vb["local_reads"], 4, "files 2 and 3, twice: {vb}");
+    assert_eq!(vb["peer_reads"], 2, "files 0 and 1 from a: {vb}");
+    assert_eq!(vb["archive_reads"], 1, "file 4: {vb}");
+    assert_eq!(vb["missing"], 0, "{vb}");
+    assert_eq!(vb["cache_max"], 450_000, "{vb}");
+    assert!(vb["cache_bytes"].as_u64().unwrap() <= 450_000, "{vb}");
+    assert!(vb["evictions"].as_u64().unwrap() >= 1, "three 200 kB files in a 450 kB cache: {vb}");
+    assert!(vb["bytes_fetched"].as_u64().unwrap() >= 600_000, "{vb}");
+    assert!(node(&status, "c")["view"].is_null());
+    let restore = &status["restore"];
+    assert_eq!(restore["storage_url"], want_url.as_str(), "{restore}");
+    assert_eq!(restore["command"], want_command.as_str(), "{restore}");
+    let problems = restore["problems"].to_string();
+    assert!(problems.contains("without an S3 view: c"), "{restore}");
+
+    // The text forms.
+    let text = std::process::Command::new(depot_tests::bin("depot")).arg("status").arg(cluster.archive()).output();
+    let text = String::from_utf8(text.unwrap().stdout).unwrap();
+    assert!(text.contains(&want_command), "{text}");
+    assert!(text.contains("S3 VIEWS (2)") && text.contains(&format!("http://127.0.0.1:{port}")), "{text}");
+    let nodes = cluster.nodes(&["--json"]);
+    let listed: serde_json::Value = serde_json::from_str(&nodes.stdout).unwrap();
+    let of =
+        |id: &str| listed.as_array().unwrap().iter().find(|n| n["node_id"] == id).unwrap()["view_endpoint"].clone();
+    assert_eq!(of("a"), format!("http://127.0.0.1:{port}").as_str(), "{listed}");
+    assert!(of("c").is_null(), "{listed}");
+
+    // A view on another port: no single line any more, and the status says who differs.
+    let d = cluster.agent("d", &["--s3-listen", "127.0.0.1:0", "--s3-prefix", PREFIX]);
+    let d_url = format!("{}?", d.s3_url.as_deref().unwrap().split('?').next().unwrap());
+    let differs = depot_tests::agents::eventually(Duration::from_secs(10), || {
+        status = status_json(&cluster);
+        status["restore"]["command"].is_null()
+    });
+    assert!(differs, "{status}");
+    let problems = status["restore"]["problems"].to_string();
+    assert!(problems.contains("the views differ"), "{problems}");
+    assert!(problems.contains(&format!("a, b serve {want_url}")), "{problems}");
+    assert!(problems.contains("d serve ") && problems.contains(&d_url[..d_url.len() - 1]), "{problems}");
+}
