@@ -125,16 +125,6 @@ fn free_port(ip: &str) -> u16 {
     std::net::TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap().port()
 }
 
-fn status_json(cluster: &Cluster) -> serde_json::Value {
-    let out = std::process::Command::new(depot_tests::bin("depot"))
-        .args(["status", "--json"])
-        .arg(cluster.archive())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 fn node<'a>(status: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
     status["nodes"].as_array().unwrap().iter().find(|n| n["node_id"] == id).unwrap_or_else(|| panic!("{status}"))
 }
@@ -205,7 +195,7 @@ fn depot_status_prints_the_restore_line_and_each_views_counters() {
     // The counters ride on the heartbeats (every 300 ms).
     let mut status = serde_json::Value::Null;
     let settled = depot_tests::agents::eventually(Duration::from_secs(10), || {
-        status = status_json(&cluster);
+        status = cluster.status_json();
         node(&status, "b")["view"]["bytes_served"].as_u64().unwrap_or(0)
             >= files.iter().map(|f| f.data.len() as u64).sum()
     });
@@ -244,7 +234,7 @@ fn depot_status_prints_the_restore_line_and_each_views_counters() {
     let d = cluster.agent("d", &["--s3-listen", "127.0.0.1:0", "--s3-prefix", PREFIX]);
     let d_url = format!("{}?", d.s3_url.as_deref().unwrap().split('?').next().unwrap());
     let differs = depot_tests::agents::eventually(Duration::from_secs(10), || {
-        status = status_json(&cluster);
+        status = cluster.status_json();
         status["restore"]["command"].is_null()
     });
     assert!(differs, "{status}");

@@ -72,6 +72,17 @@ impl Cluster {
         run(&mut cmd, Duration::from_secs(20))
     }
 
+    /// `depot status --json ARCHIVE`: the status document.
+    ///
+    /// # Panics
+    /// When `depot status` fails.
+    pub fn status_json(&self) -> serde_json::Value {
+        let mut cmd = Command::new(bin("depot"));
+        let out = cmd.args(["status", "--json"]).arg(self.archive()).output().expect("depot status runs");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("a JSON status document")
+    }
+
     /// The archive directory (the bucket's content).
     pub fn archive(&self) -> PathBuf {
         self.dir.join("archive")
