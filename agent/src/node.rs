@@ -588,11 +588,8 @@ fn start_view(
 /// (what `SSL_CERT_FILE` wants: TiKV and BR then trust the view without losing the public
 /// roots), each durably. Returns both paths.
 fn write_view_ca(dir: &Path, ca_pem: &str) -> std::io::Result<(std::path::PathBuf, std::path::PathBuf)> {
-    let mut bundle = String::new();
-    for root in rustls_native_certs::load_native_certs().certs {
-        bundle.push_str(&pem::encode(&pem::Pem::new("CERTIFICATE", root.to_vec())));
-    }
-    bundle.push_str(ca_pem);
+    let natives = rustls_native_certs::load_native_certs().certs.into_iter().map(|c| c.to_vec());
+    let bundle = bundle(natives, ca_pem);
     let (ca, all) = (dir.join("ca.pem"), dir.join("bundle.pem"));
     for (path, text) in [(&ca, ca_pem), (&all, bundle.as_str())] {
         let temp = path.with_extension("pem.tmp");
@@ -604,9 +601,35 @@ fn write_view_ca(dir: &Path, ca_pem: &str) -> std::io::Result<(std::path::PathBu
     Ok((ca, all))
 }
 
+/// The roots (DER) then the CA, as PEM, each certificate once: the system roots honour
+/// `SSL_CERT_FILE`, which may be this very bundle from an earlier start.
+fn bundle(roots: impl IntoIterator<Item = Vec<u8>>, ca_pem: &str) -> String {
+    let mut seen: std::collections::HashSet<Vec<u8>> =
+        pem::parse_many(ca_pem).unwrap_or_default().into_iter().map(pem::Pem::into_contents).collect();
+    let mut bundle = String::new();
+    for root in roots {
+        if seen.insert(root.clone()) {
+            bundle.push_str(&pem::encode(&pem::Pem::new("CERTIFICATE", root)));
+        }
+    }
+    bundle.push_str(ca_pem);
+    bundle
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bundle_holds_each_root_once_and_the_ca_last() {
+        let ca = pem::encode(&pem::Pem::new("CERTIFICATE", b"the-ca".to_vec()));
+        let roots = [b"root-1".to_vec(), b"the-ca".to_vec(), b"root-2".to_vec(), b"root-1".to_vec()];
+        let got = bundle(roots, &ca);
+        let ders: Vec<Vec<u8>> = pem::parse_many(&got).unwrap().into_iter().map(pem::Pem::into_contents).collect();
+        assert_eq!(ders, [b"root-1".to_vec(), b"root-2".to_vec(), b"the-ca".to_vec()]);
+        // Fed its own output (SSL_CERT_FILE pointing at it), it does not grow.
+        assert_eq!(bundle(ders, &ca), got);
+    }
 
     #[test]
     fn advertises_something_dialable() {
