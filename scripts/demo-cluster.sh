@@ -3,7 +3,8 @@
 #   1. `depot serve` (the coordinator: S3 archive + agent registry) on loopback;
 #   2. three `depot-agent serve`, one per "node" directory, each also serving the whole backup
 #      over S3 (`--s3-listen`: its own files from disk, the others from a peer on first read),
-#      and every file read through node 3's view with curl (SigV4) before anything is copied;
+#      and every file read through node 3's view with curl (SigV4) before anything is copied,
+#      then `depot status` with the views' counters and the cluster's `br restore` line;
 #   3. a sample backup whose SST files are spread over the three node directories (as a BR
 #      backup to local:// storage leaves them), with its manifest in the archive;
 #   4. `depot-agent verify` (who holds what), `depot-agent fetch` on node 3 (reading the
@@ -75,9 +76,12 @@ done
 for n in 1 2 3; do echo "node$n holds $(find "$work/node$n" -name '*.sst' | wc -l) file(s)"; done
 
 say "3. three agents, one per node"
+# Every node's S3 view listens on the same port, as on real hosts (where each TiKV reaches its
+# own at 127.0.0.1:PORT); on one machine each node gets its own loopback address for it.
+view_port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.2", 0)); print(s.getsockname()[1])')"
 for n in 1 2 3; do
     "$DEPOT_AGENT_BIN" serve --root "$work/node$n" --listen 127.0.0.1:0 --node-id "node$n" --json \
-        --s3-listen 127.0.0.1:0 --s3-prefix backup-1 --s3-meta "$manifest" \
+        --s3-listen "127.0.0.$(( n + 1 )):$view_port" --s3-prefix backup-1 --s3-meta "$manifest" \
         >"$work/logs/agent$n.json" 2>"$work/logs/agent$n.stderr" &
     pids+=($!)
 done
@@ -103,6 +107,10 @@ while IFS= read -r line; do
     [[ "$got" == "$want" ]] || { echo "MISMATCH through the view: $name"; bad=1; }
 done <"$manifest"
 (( bad == 0 )) && echo "node3's view served all 30 files, sha256-identical to the manifest ($(find "$work/node3" -name '*.sst' -not -path '*/.depot/*' | wc -l) of them from its own disk)"
+sleep 1.5 # a heartbeat (every 1 s): the views' counters reach the coordinator
+
+say "   depot status: each view's counters, and the br restore line for the whole cluster"
+run "$DEPOT_BIN" status "$work/archive"
 
 meta="s3://$bucket/backup-1/manifest.jsonl?endpoint=$endpoint&force-path-style=true&region=$region&provider=minio"
 

@@ -13,7 +13,8 @@
 # checks and `protocol=HTTP/1.1` or `protocol=HTTP/2.0` (the HTTPS pass must be HTTP/2); then
 # the agents' S3 view: three agents with `--s3-listen` over a backup spread over their
 # directories, and the same calls against each node's view, plus every backup file read
-# whole and ranged (DEPOT_EXPECT), as TiKV's restore reads them.
+# whole and ranged (DEPOT_EXPECT), as TiKV's restore reads them — once with plain views, once
+# with TLS on (HTTPS views, the agent's bundle as SSL_CERT_FILE, HTTP/2 required).
 #
 # Go and the SDK come from Debian (`golang-go golang-github-aws-aws-sdk-go-dev`, installed
 # with apt-get when missing) and the program builds offline: go.mod `replace`s every module
@@ -114,9 +115,15 @@ if [[ -z ${AGENT_BIN:-} ]]; then
     cargo build --quiet -p depot-agent --bin depot-agent --manifest-path "$repo/Cargo.toml"
     AGENT_BIN=${CARGO_TARGET_DIR:-$repo/target}/debug/depot-agent
 fi
-view=$tmp/view
+# Twice: against a plain coordinator (plain views), and with TLS on (views serve HTTPS with
+# the nodes' certificates from the coordinator's CA; Go trusts the bundle the agent printed
+# and must negotiate HTTP/2, as BR's client does).
+for vpass in http https; do
+view=$tmp/view-$vpass
 mkdir -p "$view"/{archive,n1,n2,n3}
-"$DEPOT_BIN" serve "$view/archive" --listen 127.0.0.1:0 --json --tls off \
+vtls=off
+[[ $vpass == https ]] && vtls=on
+"$DEPOT_BIN" serve "$view/archive" --listen 127.0.0.1:0 --json --tls "$vtls" \
     --log-file "$view/depot.log" >"$view/depot.json" 2>"$view/depot.stderr" &
 pids+=($!)
 for _ in $(seq 100); do [[ -s $view/depot.json ]] && break; sleep 0.05; done
@@ -139,28 +146,40 @@ DEPOT_S3_BUCKET=$(field "$view/depot.json" bucket)
 DEPOT_S3_ACCESS_KEY=$(field "$view/depot.json" access_key)
 DEPOT_S3_SECRET_KEY=$(field "$view/depot.json" secret_key)
 export DEPOT_JOIN_TOKEN DEPOT_S3_BUCKET DEPOT_S3_ACCESS_KEY DEPOT_S3_SECRET_KEY
+ca_args=()
+[[ $vpass == https ]] && ca_args=(--ca-file "$(field "$view/depot.json" ca_file)")
 for n in 1 2 3; do
     "$AGENT_BIN" serve --root "$view/n$n" --listen 127.0.0.1:0 --node-id "n$n" --json \
-        --coordinator "$(field "$view/depot.json" registry)" --log-file "$view/n$n.log" \
+        --coordinator "$(field "$view/depot.json" registry)" --log-file "$view/n$n.log" "${ca_args[@]}" \
         --s3-listen 127.0.0.1:0 --s3-prefix backup --s3-meta "$view/manifest.jsonl" \
         >"$view/n$n.json" 2>"$view/n$n.stderr" &
     pids+=($!)
 done
 for n in 1 2 3; do
     for _ in $(seq 200); do [[ -s $view/n$n.json ]] && break; sleep 0.05; done
-    endpoint=$(python3 -c "import json, sys; print(json.load(open(sys.argv[1]))['s3']['endpoint'])" "$view/n$n.json") || {
+    s3() { python3 -c "import json, sys; print(json.load(open(sys.argv[1]))['s3'].get(sys.argv[2]) or '')" "$view/n$n.json" "$1"; }
+    endpoint=$(s3 endpoint) || {
         echo "FAIL view: agent n$n did not start: $(cat "$view/n$n.stderr")"
         failed=1
         continue
     }
-    echo "== view on n$n: $endpoint"
+    echo "== $vpass view on n$n: $endpoint"
+    out=$view/n$n.out
+    cert_env=()
+    [[ $vpass == https ]] && cert_env=("SSL_CERT_FILE=$(s3 bundle_file)")
     if ! env -u AWS_CA_BUNDLE -u AWS_PROFILE -u SSL_CERT_FILE \
         DEPOT_ENDPOINT="$endpoint" DEPOT_BUCKET="$(field "$view/depot.json" bucket)" \
         AWS_ACCESS_KEY_ID="$(field "$view/depot.json" access_key)" \
         AWS_SECRET_ACCESS_KEY="$(field "$view/depot.json" secret_key)" \
-        AWS_REGION="$(field "$view/depot.json" region)" DEPOT_EXPECT="$view/expect" "$tmp/gosmoke"; then
+        AWS_REGION="$(field "$view/depot.json" region)" DEPOT_EXPECT="$view/expect" \
+        "${cert_env[@]}" "$tmp/gosmoke" | tee "$out"; then
         failed=1
     fi
+    if [[ $vpass == https ]] && ! grep -q '^protocol=HTTP/2.0$' "$out"; then
+        echo "FAIL https view on n$n: Go did not negotiate HTTP/2 (BR's client would)"
+        failed=1
+    fi
+done
 done
 
 if [[ $failed -ne 0 ]]; then

@@ -133,6 +133,7 @@ pub struct Identity {
     key: KeyPair,
     provider: Arc<CryptoProvider>,
     roots: Arc<RootCertStore>,
+    ca_pem: String,
     current: RwLock<Current>,
     revoked: RwLock<HashSet<String>>,
 }
@@ -174,6 +175,7 @@ impl Identity {
             key,
             provider,
             roots: Arc::new(roots),
+            ca_pem: ca_pem.to_owned(),
             current: RwLock::new(current),
             revoked: RwLock::new(HashSet::new()),
         })
@@ -269,6 +271,31 @@ impl Identity {
             .with_client_cert_verifier(Arc::new(LoggingClientVerifier { inner }))
             .with_cert_resolver(Arc::new(Resolver(self.clone())));
         config.alpn_protocols = vec![b"h2".to_vec()];
+        Arc::new(config)
+    }
+
+    /// The cluster's CA (PEM), which S3 clients of the view trust.
+    #[must_use]
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    /// Server TLS for the S3 view: this node's certificate (the coordinator adds the loopback
+    /// names a local client dials), no client certificate (S3 clients sign requests instead),
+    /// HTTP/2 and HTTP/1.1 by ALPN, TLS 1.2 and 1.3 with rustls' default suites (clients we do
+    /// not control). A renewed certificate serves new handshakes at once, as for peers.
+    ///
+    /// # Panics
+    /// Never: the default protocol versions are supported.
+    #[must_use]
+    pub fn view_server_config(self: &Arc<Self>) -> Arc<rustls::ServerConfig> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("the default versions are supported")
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(Resolver(self.clone())));
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Arc::new(config)
     }
 

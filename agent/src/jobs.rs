@@ -505,7 +505,7 @@ pub fn node_report(root: &Path) -> NodeReport {
         }
     }
     let jobs = files.into_iter().map(JobFile::into_report).collect();
-    NodeReport { version: env!("CARGO_PKG_VERSION").to_owned(), jobs, holdings }
+    NodeReport { version: env!("CARGO_PKG_VERSION").to_owned(), jobs, holdings, view: None }
 }
 
 #[cfg(test)]

@@ -164,6 +164,11 @@ struct S3Args {
     /// files from its disk, the others fetched from a live holder (verified) into a cache.
     #[arg(long, value_name = "ADDR")]
     s3_listen: Option<String>,
+    /// HTTPS for the view, with this node's certificate from the coordinator's CA (valid for
+    /// 127.0.0.1, ::1, localhost and the advertised host; renewed with it). `auto`: HTTPS
+    /// unless the coordinator is plain http:// on loopback.
+    #[arg(long, value_enum, default_value_t = node::ViewTls::Auto, value_name = "WHEN", requires = "s3_listen")]
+    s3_tls: node::ViewTls,
     /// The view's bucket (default: the coordinator's, handed over when the agent joins).
     #[arg(long, env = "DEPOT_S3_BUCKET", value_name = "NAME", requires = "s3_listen")]
     s3_bucket: Option<String>,
@@ -212,6 +217,7 @@ impl S3Args {
         };
         Ok(Some(node::S3Options {
             listen: listen.clone(),
+            tls: self.s3_tls,
             access_key: self.s3_access_key.clone(),
             secret_key: depot_net::secret_flag(
                 "s3-secret-key",
@@ -561,6 +567,9 @@ async fn serve(mut args: ServeArgs) -> anyhow::Result<u8> {
                         "S3 view of the whole backup at {} (bucket {}, prefix {:?})",
                         s3.endpoint, s3.bucket, s3.prefix
                     );
+                    if let Some(bundle) = &s3.bundle_file {
+                        println!("  its clients trust the cluster's CA: SSL_CERT_FILE={}", bundle.display());
+                    }
                     println!("  br restore ... --storage \"{}\"", s3.url);
                 }
             }

@@ -62,11 +62,26 @@ pub struct ServeOptions {
     pub s3: Option<S3Options>,
 }
 
+/// When the S3 view serves HTTPS (`--s3-tls`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ViewTls {
+    /// HTTPS unless the coordinator is plain `http://` on loopback (a cluster without TLS),
+    /// as `depot serve` decides for itself.
+    #[default]
+    Auto,
+    /// Always HTTPS.
+    On,
+    /// Always plain HTTP (the view is then for clients on this machine only).
+    Off,
+}
+
 /// The S3 view (`--s3-listen` and friends).
 #[derive(Debug, Clone)]
 pub struct S3Options {
     /// Address to bind.
     pub listen: String,
+    /// When to serve HTTPS, with this node's certificate from the coordinator's CA.
+    pub tls: ViewTls,
     /// The bucket, key prefix, cache, manifest and archive; `root` is the agent's.
     pub view: ViewSettings,
     /// The access key clients sign with; default: the one the coordinator hands out.
@@ -116,8 +131,15 @@ pub struct Ready {
 /// Where the S3 view answers.
 #[derive(Debug, Clone, Serialize)]
 pub struct S3Ready {
-    /// `http://host:port`.
+    /// `http://127.0.0.1:port`, or `https://` with TLS.
     pub endpoint: String,
+    /// With TLS: the cluster's CA (PEM) that signed the view's certificate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// With TLS: the system roots plus that CA, for `SSL_CERT_FILE` (TiKV, BR) or
+    /// `AWS_CA_BUNDLE`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bundle_file: Option<std::path::PathBuf>,
     /// The bucket.
     pub bucket: String,
     /// The backup's key prefix (empty or ending in `/`).
@@ -259,13 +281,22 @@ pub async fn serve(
         None => None,
     };
     let report_root = root.dir().to_path_buf();
+    // The view, once started: its endpoint and counters ride on every heartbeat.
+    let view_slot: Arc<std::sync::OnceLock<StartedView>> = Arc::default();
     let coordinator = Coordinator::with_insecure(
         &options.coordinator,
         options.join_token.clone(),
         options.ca.as_ref(),
         options.insecure_coordinator,
     )?
-    .with_reporter(Arc::new(move || crate::jobs::node_report(&report_root)));
+    .with_reporter(Arc::new({
+        let view = Arc::clone(&view_slot);
+        move || {
+            let mut report = crate::jobs::node_report(&report_root);
+            report.view = view.get().map(StartedView::wire);
+            report
+        }
+    }));
     let key = identity::node_key(&root.state_dir())?;
     let joined = coordinator.join(&node_id, &address, key, false, REGISTER_PATIENCE).await?;
     let identity = joined.identity.clone();
@@ -307,10 +338,17 @@ pub async fn serve(
             let directory = crate::peer::PeerDirectory::new(coordinator.clone(), Some(node_id.clone()));
             let reader = crate::peer::PeerReader::new(root.clone(), directory);
             let mut stop_rx = stop_rx.clone();
-            let started = start_view(s3, joined.s3.as_ref(), &root, &reader, listener, async move {
+            let tls = match s3.tls {
+                ViewTls::Off => None,
+                ViewTls::Auto if coordinator.plain_on_loopback() => None,
+                ViewTls::On | ViewTls::Auto => Some(&identity),
+            };
+            let port = ViewPort { listener, limits, tls };
+            let (started, task) = start_view(s3, joined.s3.as_ref(), &root, &reader, port, async move {
                 let _ = stop_rx.wait_for(|stop| *stop).await;
             })?;
-            Some(started)
+            let _ = view_slot.set(started);
+            Some(task)
         }
         _ => None,
     };
@@ -333,7 +371,7 @@ pub async fn serve(
         address: address.clone(),
         root: root.dir().display().to_string(),
         metrics: metrics_url,
-        s3: view.as_ref().map(|v| v.ready.clone()),
+        s3: view_slot.get().map(|v| v.ready.clone()),
     };
     tracing::info!(node_id, address, root = %root.dir().display(), "serving (mutual TLS)");
     on_ready(&ready);
@@ -384,8 +422,8 @@ pub async fn serve(
     renewals.abort();
     let s3_report = match view {
         Some(view) => {
-            let _ = view.task.await;
-            Some(view.view.report())
+            let _ = view.await;
+            view_slot.get().map(|v| v.view.report())
         }
         None => None,
     };
@@ -410,7 +448,43 @@ pub async fn serve(
 struct StartedView {
     view: Arc<crate::view::View>,
     ready: S3Ready,
-    task: tokio::task::JoinHandle<()>,
+    /// The S3 layer's counters (bytes served).
+    stats: Arc<depot_s3::stats::Stats>,
+    port: u16,
+    tls: bool,
+}
+
+impl StartedView {
+    /// What the heartbeat carries: where the view answers and what it served.
+    fn wire(&self) -> depot_proto::registry::ViewReport {
+        let report = self.view.report();
+        depot_proto::registry::ViewReport {
+            scheme: if self.tls { "https" } else { "http" }.to_owned(),
+            port: u32::from(self.port),
+            bucket: self.ready.bucket.clone(),
+            prefix: self.ready.prefix.clone(),
+            ca_bundle: self.ready.bundle_file.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+            local_reads: report.local,
+            cache_hits: report.cached,
+            peer_reads: report.fetched - report.from_archive,
+            archive_reads: report.from_archive,
+            missing: report.missing,
+            bytes_served: self.stats.summary().bytes_read,
+            bytes_fetched: report.fetched_bytes,
+            cache_bytes: report.cache.bytes,
+            cache_max: report.cache.max.unwrap_or(0),
+            cache_files: report.cache.files as u64,
+            evictions: report.cache.evicted,
+        }
+    }
+}
+
+/// Where and how the view listens.
+struct ViewPort<'a> {
+    listener: tokio::net::TcpListener,
+    limits: depot_net::Limits,
+    /// The node identity whose certificate serves HTTPS; `None`: plain HTTP.
+    tls: Option<&'a Arc<crate::identity::Identity>>,
 }
 
 /// Builds the view over `root` and serves it with `depot-s3` on `listener`.
@@ -419,9 +493,10 @@ fn start_view(
     handed: Option<&depot_proto::registry::S3Credentials>,
     root: &Root,
     reader: &crate::peer::PeerReader,
-    listener: tokio::net::TcpListener,
+    port: ViewPort<'_>,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<StartedView, NodeError> {
+) -> Result<(StartedView, tokio::task::JoinHandle<()>), NodeError> {
+    let ViewPort { listener, limits, tls } = port;
     let settings = &s3.view;
     // The flags win; by default the view takes what the coordinator handed over the
     // authenticated channel, so one URL and key pair work on every node.
@@ -477,16 +552,84 @@ fn start_view(
     );
     let service = depot_s3::http::service(depot, auth, |_| {});
     let bound = listener.local_addr().map_err(|e| NodeError::View(e.to_string()))?;
-    let endpoint = format!("http://{bound}");
+    // The address a client on this machine dials (a wildcard bind answers on loopback too).
+    let local = match bound.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::from(([127, 0, 0, 1], bound.port())),
+        IpAddr::V6(ip) if ip.is_unspecified() => SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, bound.port())),
+        _ => bound,
+    };
+    let (ca_file, bundle_file) = match tls {
+        Some(identity) => {
+            let (ca, bundle) = write_view_ca(&state, identity.ca_pem())
+                .map_err(|e| NodeError::View(format!("cannot write the CA files under {}: {e}", state.display())))?;
+            (Some(ca), Some(bundle))
+        }
+        None => (None, None),
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let endpoint = format!("{scheme}://{local}");
     let url = format!("s3://{}/{}?endpoint={endpoint}&force-path-style=true", bucket, prefix.trim_end_matches('/'));
     tracing::info!(endpoint, bucket, prefix, "S3 view serving");
-    let task = tokio::spawn(depot_s3::http::serve(listener, None, service, stats, shutdown, DRAIN_LIMIT));
-    Ok(StartedView { view, ready: S3Ready { endpoint, bucket, prefix, url }, task })
+    // The same limits as the peer service, with a tracker of its own: a flood on one port
+    // does not shed the other's connections. The certificate is the node's, read at each
+    // handshake, so a renewal reaches the view at once.
+    let listen = depot_s3::http::Listen {
+        tls: tls.map(crate::identity::Identity::view_server_config),
+        limits,
+        drain: DRAIN_LIMIT,
+        events: Arc::new(depot_s3::http::NoEvents),
+    };
+    let task = tokio::spawn(depot_s3::http::serve(listener, listen, service, Arc::clone(&stats), shutdown));
+    let ready = S3Ready { endpoint, ca_file, bundle_file, bucket, prefix, url };
+    Ok((StartedView { view, ready, stats: Arc::clone(&stats), port: local.port(), tls: tls.is_some() }, task))
+}
+
+/// Writes the cluster's CA as `DIR/ca.pem` and the system roots plus it as `DIR/bundle.pem`
+/// (what `SSL_CERT_FILE` wants: TiKV and BR then trust the view without losing the public
+/// roots), each durably. Returns both paths.
+fn write_view_ca(dir: &Path, ca_pem: &str) -> std::io::Result<(std::path::PathBuf, std::path::PathBuf)> {
+    let natives = rustls_native_certs::load_native_certs().certs.into_iter().map(|c| c.to_vec());
+    let bundle = bundle(natives, ca_pem);
+    let (ca, all) = (dir.join("ca.pem"), dir.join("bundle.pem"));
+    for (path, text) in [(&ca, ca_pem), (&all, bundle.as_str())] {
+        let temp = path.with_extension("pem.tmp");
+        std::fs::write(&temp, text)?;
+        std::fs::File::open(&temp)?.sync_all()?;
+        std::fs::rename(&temp, path)?;
+    }
+    depot_fs::sync_dir(dir)?;
+    Ok((ca, all))
+}
+
+/// The roots (DER) then the CA, as PEM, each certificate once: the system roots honour
+/// `SSL_CERT_FILE`, which may be this very bundle from an earlier start.
+fn bundle(roots: impl IntoIterator<Item = Vec<u8>>, ca_pem: &str) -> String {
+    let mut seen: std::collections::HashSet<Vec<u8>> =
+        pem::parse_many(ca_pem).unwrap_or_default().into_iter().map(pem::Pem::into_contents).collect();
+    let mut bundle = String::new();
+    for root in roots {
+        if seen.insert(root.clone()) {
+            bundle.push_str(&pem::encode(&pem::Pem::new("CERTIFICATE", root)));
+        }
+    }
+    bundle.push_str(ca_pem);
+    bundle
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bundle_holds_each_root_once_and_the_ca_last() {
+        let ca = pem::encode(&pem::Pem::new("CERTIFICATE", b"the-ca".to_vec()));
+        let roots = [b"root-1".to_vec(), b"the-ca".to_vec(), b"root-2".to_vec(), b"root-1".to_vec()];
+        let got = bundle(roots, &ca);
+        let ders: Vec<Vec<u8>> = pem::parse_many(&got).unwrap().into_iter().map(pem::Pem::into_contents).collect();
+        assert_eq!(ders, [b"root-1".to_vec(), b"root-2".to_vec(), b"the-ca".to_vec()]);
+        // Fed its own output (SSL_CERT_FILE pointing at it), it does not grow.
+        assert_eq!(bundle(ders, &ca), got);
+    }
 
     #[test]
     fn advertises_something_dialable() {

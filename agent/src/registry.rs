@@ -214,6 +214,14 @@ fn is_loopback(host: &str) -> bool {
 }
 
 impl Coordinator {
+    /// Whether the coordinator is plain `http://` on this machine: a cluster without TLS,
+    /// where the S3 view is plain HTTP too by default.
+    #[must_use]
+    pub fn plain_on_loopback(&self) -> bool {
+        self.url.starts_with("http://")
+            && self.url.parse::<http::Uri>().ok().and_then(|u| u.host().map(is_loopback)).unwrap_or(false)
+    }
+
     /// A client of the registry at `url`, presenting `join_token` when joining. `https://` is
     /// verified against `ca` (else the system roots); plain `http://` is accepted only for a
     /// loopback coordinator (see [`Coordinator::with_insecure`]). Connects lazily: an

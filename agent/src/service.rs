@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use depot_fs::{NameRule, Root, UnsafeName};
-use depot_net::{Limits, Tracked, Tracker};
+use depot_net::Limits;
 use depot_proto::agent::node_agent_server::{NodeAgent, NodeAgentServer};
 use depot_proto::agent::{
     FileChunk, FileExistsRequest, FileExistsResponse, ReadFileRequest, StatRequest, StatResponse,
@@ -474,7 +474,6 @@ pub async fn serve<S: NodeAgent>(
     limits: Limits,
     shutdown: impl Future<Output = ()> + Send,
 ) -> io::Result<()> {
-    let tracker = Tracker::new(limits);
     let routes = tonic::service::Routes::new(NodeAgentServer::with_interceptor(service, RequirePeer(identity.clone())));
     let acceptor = tokio_rustls::TlsAcceptor::from(identity.server_config());
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
@@ -485,57 +484,45 @@ pub async fn serve<S: NodeAgent>(
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
-    tokio::pin!(shutdown);
-    loop {
-        let Some((stream, peer)) = depot_net::accept(&listener, shutdown.as_mut()).await else { break };
-        let Some(conn) = tracker.admit(peer.ip()) else {
-            continue; // every connection is busy: this one is dropped
-        };
-        let _ = stream.set_nodelay(true);
-        let stream = Tracked::new(stream, &conn);
+    // depot_net's loop: admitted through the tracker, dropped when it says so.
+    depot_net::serve_connections(&listener, limits, shutdown, |stream, peer, activity| {
         let (acceptor, routes, builder, watcher) =
             (acceptor.clone(), routes.clone(), builder.clone(), graceful.watcher());
-        tokio::spawn(async move {
-            let activity = conn.activity();
-            let serve = async {
-                let mut tls = match acceptor.accept(stream).await {
-                    Ok(tls) => tls,
-                    Err(err) => {
-                        tracing::info!(%peer, %err, "TLS handshake refused");
-                        return;
-                    }
-                };
-                tls.get_mut().1.set_buffer_limit(Some(TLS_SEND_BUFFER));
-                tracing::debug!(%peer, suite = ?tls.get_ref().1.negotiated_cipher_suite().map(|s| s.suite()), "TLS established");
-                let who = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| PeerIdentity::of(c));
-                let service = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-                    let in_flight = activity.request();
-                    if let Some(who) = &who {
-                        req.extensions_mut().insert(who.clone());
-                    }
-                    let mut routes = routes.clone();
-                    let read_file = req.uri().path().ends_with("/ReadFile");
-                    async move {
-                        let response = routes.call(req).await;
-                        drop(in_flight);
-                        // File bytes go out with each message's prefix in a frame of its own.
-                        if read_file {
-                            response.map(|r| r.map(|b| tonic::body::Body::new(PrefixFrames::new(b))))
-                        } else {
-                            response
-                        }
-                    }
-                });
-                if let Err(err) = watcher.watch(builder.serve_connection(TokioIo::new(tls), service)).await {
-                    tracing::debug!(%peer, %err, "connection ended with an error");
+        async move {
+            let mut tls = match acceptor.accept(stream).await {
+                Ok(tls) => tls,
+                Err(err) => {
+                    tracing::info!(%peer, %err, "TLS handshake refused");
+                    return;
                 }
             };
-            tokio::select! {
-                () = serve => {}
-                why = conn.closed() => tracing::debug!(%peer, ?why, "connection closed by the agent"),
+            tls.get_mut().1.set_buffer_limit(Some(TLS_SEND_BUFFER));
+            tracing::debug!(%peer, suite = ?tls.get_ref().1.negotiated_cipher_suite().map(|s| s.suite()), "TLS established");
+            let who = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| PeerIdentity::of(c));
+            let service = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+                let in_flight = activity.request();
+                if let Some(who) = &who {
+                    req.extensions_mut().insert(who.clone());
+                }
+                let mut routes = routes.clone();
+                let read_file = req.uri().path().ends_with("/ReadFile");
+                async move {
+                    let response = routes.call(req).await;
+                    drop(in_flight);
+                    // File bytes go out with each message's prefix in a frame of its own.
+                    if read_file {
+                        response.map(|r| r.map(|b| tonic::body::Body::new(PrefixFrames::new(b))))
+                    } else {
+                        response
+                    }
+                }
+            });
+            if let Err(err) = watcher.watch(builder.serve_connection(TokioIo::new(tls), service)).await {
+                tracing::debug!(%peer, %err, "connection ended with an error");
             }
-        });
-    }
+        }
+    })
+    .await;
     drop(listener);
     graceful.shutdown().await;
     Ok(())

@@ -13,7 +13,8 @@
 //!   long is closed.
 //!
 //! [`raise_open_file_limit`] lifts the soft `RLIMIT_NOFILE` to the hard limit at start, and
-//! [`accept`] is the accept step every accept loop shares.
+//! [`serve_connections`] is the accept loop every server shares (`depot serve`, the agent's
+//! peer service, the agent's S3 view).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -374,7 +375,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 
 /// The next connection on `listener`, or `None` once `shutdown` has completed. An accept
 /// error (EMFILE and friends) is logged and retried after a short pause instead of spinning.
-pub async fn accept<F: Future<Output = ()>>(
+async fn accept<F: Future<Output = ()>>(
     listener: &TcpListener,
     mut shutdown: Pin<&mut F>,
 ) -> Option<(TcpStream, SocketAddr)> {
@@ -389,6 +390,35 @@ pub async fn accept<F: Future<Output = ()>>(
             },
             () = &mut shutdown => return None,
         }
+    }
+}
+
+/// The accept loop every Depot server shares: accepts on `listener` until `shutdown`
+/// completes, admits each connection through a [`Tracker`] with `limits` (a refused one is
+/// dropped), and spawns `connection(stream, peer, activity)` raced against the tracker's
+/// verdict ([`Conn::closed`]): a connection shed, silent past the header timeout (a stalled
+/// TLS handshake or half a request) or idle too long is dropped mid-whatever. The spawned
+/// tasks outlive this function; the caller drains them (hyper's graceful shutdown).
+pub async fn serve_connections<S, F, Fut>(listener: &TcpListener, limits: Limits, shutdown: S, mut connection: F)
+where
+    S: Future<Output = ()>,
+    F: FnMut(Tracked<TcpStream>, SocketAddr, Activity) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let tracker = Tracker::new(limits);
+    tokio::pin!(shutdown);
+    while let Some((stream, peer)) = accept(listener, shutdown.as_mut()).await {
+        let Some(conn) = tracker.admit(peer.ip()) else {
+            continue; // every connection is busy: this one is dropped
+        };
+        let _ = stream.set_nodelay(true);
+        let serve = connection(Tracked::new(stream, &conn), peer, conn.activity());
+        tokio::spawn(async move {
+            tokio::select! {
+                () = serve => {}
+                why = conn.closed() => tracing::debug!(%peer, ?why, "connection closed by the server"),
+            }
+        });
     }
 }
 

@@ -1,7 +1,7 @@
 //! S3 over HTTP: the s3s service with Depot's configuration, the per-request fixes every
-//! Depot S3 endpoint applies, and a small accept loop for endpoints that serve S3 alone (an
-//! agent's view; `depot serve` has its own loop, which also routes gRPC and `/_depot/`, and
-//! calls [`handle`] for S3 requests).
+//! Depot S3 endpoint applies ([`handle`]), and the one HTTP connection loop ([`serve_http`]):
+//! `depot serve` runs it with a handler that also routes gRPC and `/_depot/`, an agent's view
+//! with [`serve`], S3 alone.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use s3s::config::{S3Config, StaticConfigProvider};
@@ -19,9 +19,6 @@ use tokio::net::TcpListener;
 use crate::auth::OneKey;
 use crate::s3::Depot;
 use crate::stats::Stats;
-
-/// How long a client may take to finish the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The s3s service: `depot` behind SigV4 with one key. `configure` may add hooks (the
 /// coordinator's metrics).
@@ -100,59 +97,139 @@ fn expects_continue_without_body<B>(req: &Request<B>) -> bool {
         && headers.get(http::header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() == b"0")
 }
 
-/// Serves S3 alone on `listener` (HTTP/1.1 and HTTP/2, TLS when given) until `shutdown`
-/// completes, then waits up to `drain` for requests in flight.
-pub async fn serve(
+/// What a connection loop tells its owner (the coordinator's metrics); by default nothing.
+pub trait ConnectionEvents: Send + Sync + 'static {
+    /// A connection was admitted; the returned guard lives as long as the connection.
+    fn opened(&self) -> Box<dyn Send> {
+        Box::new(())
+    }
+
+    /// A TLS handshake failed or did not finish within the header timeout.
+    fn tls_failure(&self) {}
+}
+
+/// No events.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoEvents;
+
+impl ConnectionEvents for NoEvents {}
+
+/// How an HTTP endpoint listens: TLS, the limits against hostile clients, the drain.
+#[derive(Clone)]
+pub struct Listen {
+    /// HTTPS (HTTP/1.1 and HTTP/2 by ALPN) when given.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Connection caps and timeouts (see `depot_net`).
+    pub limits: depot_net::Limits,
+    /// How long requests in flight may finish after the shutdown.
+    pub drain: Duration,
+    /// Told about connections.
+    pub events: Arc<dyn ConnectionEvents>,
+}
+
+/// Serves HTTP/1.1 and HTTP/2 (TLS when [`Listen::tls`] is given) on `listener` until
+/// `shutdown` completes, answering every request with `handler`; then waits up to
+/// [`Listen::drain`] for requests in flight. The accept loop is `depot_net`'s: every
+/// connection is admitted through its tracker (caps shedding the longest-idle connection, a
+/// header timeout that also bounds the TLS handshake, an idle timeout), and HTTP/1 headers must
+/// arrive within the header timeout. `depot serve` and the agents' S3 views both serve this way.
+pub async fn serve_http<H, Fut, B, E>(
     listener: TcpListener,
-    tls: Option<Arc<rustls::ServerConfig>>,
-    s3: S3Service,
-    stats: Arc<Stats>,
+    listen: Listen,
+    handler: H,
     shutdown: impl Future<Output = ()>,
-    drain: Duration,
-) {
+) where
+    H: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Response<B>, E>> + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let Listen { tls, limits, drain, events } = listen;
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);
     let graceful = GracefulShutdown::new();
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
-    tokio::pin!(shutdown);
-    loop {
-        let Some((stream, peer)) = depot_net::accept(&listener, shutdown.as_mut()).await else { break };
-        let _ = stream.set_nodelay(true);
-        let (s3, stats, watcher, acceptor) = (s3.clone(), Arc::clone(&stats), graceful.watcher(), acceptor.clone());
-        tokio::spawn(async move {
+    depot_net::serve_connections(&listener, limits, shutdown, |stream, peer, activity| {
+        let (handler, builder, watcher) = (handler.clone(), builder.clone(), graceful.watcher());
+        let (acceptor, events) = (acceptor.clone(), Arc::clone(&events));
+        async move {
+            let _open = events.opened();
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let (s3, stats) = (s3.clone(), Arc::clone(&stats));
+                let in_flight = activity.request();
+                let answer = handler(req);
                 async move {
-                    let response = handle(&s3, req, |_| {}).await?;
-                    stats.response(response.status());
-                    Ok::<_, s3s::HttpError>(response)
+                    let response = answer.await;
+                    drop(in_flight);
+                    response
                 }
             });
-            let builder = Builder::new(TokioExecutor::new());
             let result = match acceptor {
                 None => watcher.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned()).await,
-                Some(acceptor) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                    Ok(Ok(stream)) => {
-                        watcher.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned()).await
+                Some(acceptor) => {
+                    // Dropped unfinished (a failure, or the header timeout) it counts a failure.
+                    let handshake = Handshake(Some(events));
+                    match acceptor.accept(stream).await {
+                        Ok(stream) => {
+                            handshake.done();
+                            watcher.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned()).await
+                        }
+                        Err(err) => {
+                            tracing::debug!(%peer, %err, "TLS handshake failed");
+                            return;
+                        }
                     }
-                    Ok(Err(err)) => {
-                        tracing::debug!(%peer, %err, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!(%peer, "TLS handshake timed out");
-                        return;
-                    }
-                },
+                }
             };
             if let Err(err) = result {
                 tracing::debug!(%peer, %err, "connection ended with an error");
             }
-        });
-    }
+        }
+    })
+    .await;
     drop(listener);
     tokio::select! {
         () = graceful.shutdown() => {}
         () = tokio::time::sleep(drain) => {
-            tracing::warn!(?drain, "S3 requests still in flight after the drain timeout; stopping anyway");
+            tracing::warn!(?drain, "requests still in flight after the drain timeout; stopping anyway");
         }
     }
+}
+
+/// A TLS handshake under way: dropped before [`Handshake::done`], it reports a failure.
+struct Handshake(Option<Arc<dyn ConnectionEvents>>);
+
+impl Handshake {
+    fn done(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Handshake {
+    fn drop(&mut self) {
+        if let Some(events) = self.0.take() {
+            events.tls_failure();
+        }
+    }
+}
+
+/// Serves S3 alone on `listener` (an agent's view) with [`serve_http`]: every request goes
+/// through [`handle`] and is counted in `stats`.
+pub async fn serve(
+    listener: TcpListener,
+    listen: Listen,
+    s3: S3Service,
+    stats: Arc<Stats>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let handler = move |req: Request<Incoming>| {
+        let (s3, stats) = (s3.clone(), Arc::clone(&stats));
+        async move {
+            let response = handle(&s3, req, |_| {}).await?;
+            stats.response(response.status());
+            Ok::<_, s3s::HttpError>(response)
+        }
+    };
+    serve_http(listener, listen, handler, shutdown).await;
 }

@@ -2,7 +2,8 @@
 //! what is revoked.
 //!
 //! A node joins with the join token and a CSR; it gets a certificate naming it (subject CN and
-//! URI SAN `depot://node/<id>`, its advertised host as DNS/IP SAN) and a node secret for its
+//! URI SAN `depot://node/<id>`, its advertised host and the loopback names `127.0.0.1`, `::1`,
+//! `localhost` as DNS/IP SANs, the last for its S3 view) and a node secret for its
 //! later registry calls. Joined nodes (id, address, newest certificate, hash of the secret) and
 //! revoked serials are kept in `DIR/.depot/cluster/nodes.json`, so a restarted coordinator
 //! (same archive, same CA) still knows them: their heartbeats and renewals go on without the
@@ -333,10 +334,24 @@ impl Cluster {
         };
         params.subject_alt_names.push(SanType::URI(uri.try_into()?));
         if let Some(host) = host {
-            params.subject_alt_names.push(match host.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
+            let mut sans = vec![match host.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
                 Ok(ip) => SanType::IpAddress(ip),
                 Err(_) => SanType::DnsName(host.to_owned().try_into()?),
-            });
+            }];
+            // The names a client on the node's own machine uses for its S3 view (TiKV and BR
+            // reach it at 127.0.0.1). They give no one a way to pose as another node: peers
+            // accept a certificate only if its URI SAN names the node they dialled, and a
+            // loopback name only ever leads to the client's own machine.
+            sans.extend([
+                SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()),
+                SanType::IpAddress(std::net::Ipv6Addr::LOCALHOST.into()),
+                SanType::DnsName("localhost".to_owned().try_into()?),
+            ]);
+            for san in sans {
+                if !params.subject_alt_names.contains(&san) {
+                    params.subject_alt_names.push(san);
+                }
+            }
         }
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = if client_only {

@@ -69,13 +69,17 @@ pub fn run(args: NodesArgs) -> anyhow::Result<()> {
                                 "node_id": n.node_id, "address": n.address, "serial": n.serial,
                                 "certificate_not_after": n.certificate_not_after,
                                 "last_seen_ms": n.last_seen_ms, "live": n.live, "client_only": n.client_only,
+                                "view_endpoint": Some(&n.view_endpoint).filter(|e| !e.is_empty()),
                             })
                         })
                         .collect();
                     println!("{}", serde_json::Value::Array(list));
                     return Ok(());
                 }
-                println!("{:<24} {:<24} {:<22} {:<16} STATE", "NODE", "ADDRESS", "CERTIFICATE EXPIRES", "LAST HEARD");
+                println!(
+                    "{:<24} {:<24} {:<22} {:<16} {:<16} S3 VIEW (on the node)",
+                    "NODE", "ADDRESS", "CERTIFICATE EXPIRES", "LAST HEARD", "STATE"
+                );
                 for n in &nodes {
                     let expires = time::OffsetDateTime::from_unix_timestamp(n.certificate_not_after)
                         .ok()
@@ -91,7 +95,8 @@ pub fn run(args: NodesArgs) -> anyhow::Result<()> {
                         (false, false) => "silent",
                     };
                     let address = if n.address.is_empty() { "-" } else { &n.address };
-                    println!("{:<24} {:<24} {:<22} {:<16} {state}", n.node_id, address, expires, heard);
+                    let view = if n.view_endpoint.is_empty() { "-" } else { &n.view_endpoint };
+                    println!("{:<24} {:<24} {:<22} {:<16} {state:<16} {view}", n.node_id, address, expires, heard);
                 }
                 println!("{} node(s)", nodes.len());
             }

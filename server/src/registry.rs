@@ -219,6 +219,16 @@ impl Registry {
         for job in &mut report.jobs {
             job.missing.truncate(MAX_MISSING);
         }
+        if let Some(view) = &mut report.view {
+            for (text, max) in [(&mut view.bucket, 255), (&mut view.prefix, 1024), (&mut view.ca_bundle, 4096)] {
+                if text.len() > max {
+                    text.clear(); // an honest agent never sends this much
+                }
+            }
+            if view.scheme != "https" {
+                view.scheme = "http".to_owned();
+            }
+        }
         if let Some(heard) = self.live.lock().expect("registry lock").get_mut(node_id) {
             heard.report = Some(report);
         }
@@ -346,6 +356,12 @@ impl RegistryApi for Service {
             .nodes()
             .into_iter()
             .map(|n| NodeRecord {
+                view_endpoint: n
+                    .report
+                    .as_ref()
+                    .and_then(|r| r.view.as_ref())
+                    .map(crate::status::restore::endpoint)
+                    .unwrap_or_default(),
                 live: n.live,
                 last_seen_ms: n.last_seen.map(millis),
                 node_id: n.node_id,
@@ -431,6 +447,7 @@ mod tests {
             version: "0.1.0".into(),
             jobs: (0..40).map(|_| depot_proto::registry::JobReport::default()).collect(),
             holdings: vec![],
+            view: None,
         };
         registry.keep_report("a", report);
 

@@ -9,13 +9,10 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use depot_net::{Limits, Tracked, Tracker};
+use depot_net::Limits;
 use http::{Request, Response};
 use http_body_util::Either;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tower::Service as _;
 
@@ -80,7 +77,8 @@ impl App {
 }
 
 /// Accepts connections on `listener` until `shutdown` completes, then waits up to `drain`
-/// for requests in flight before returning. Hostile clients are held off by `limits` (see
+/// for requests in flight before returning. The loop is the one every Depot HTTP endpoint
+/// runs (`depot_s3::http::serve_http`): hostile clients are held off by `limits` (see
 /// `depot_net`): connection caps shedding the longest-idle first, a header timeout (which
 /// also bounds the TLS handshake), an idle timeout.
 pub async fn run(
@@ -91,78 +89,20 @@ pub async fn run(
     drain: Duration,
     limits: Limits,
 ) {
-    let tracker = Tracker::new(limits);
-    let mut builder = Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);
-    let graceful = GracefulShutdown::new();
-    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
-    tokio::pin!(shutdown);
-    loop {
-        let Some((stream, peer)) = depot_net::accept(&listener, shutdown.as_mut()).await else { break };
-        let Some(conn) = tracker.admit(peer.ip()) else {
-            continue; // every connection is busy: this one is dropped
-        };
-        let _ = stream.set_nodelay(true);
-        let stream = Tracked::new(stream, &conn);
-        let app = app.clone();
-        let watcher = graceful.watcher();
-        let acceptor = acceptor.clone();
-        let builder = builder.clone();
-        let connection = app.metrics.connection();
-        tokio::spawn(async move {
-            let _connection = connection;
-            let metrics = Arc::clone(&app.metrics);
-            let activity = conn.activity();
-            let service = hyper::service::service_fn(move |req| {
-                let in_flight = activity.request();
-                let app = app.clone();
-                async move {
-                    let response = app.handle(req).await;
-                    drop(in_flight);
-                    response
-                }
-            });
-            // Whether a TLS handshake is still under way (a header timeout then counts as a
-            // handshake failure).
-            let handshaking = std::sync::atomic::AtomicBool::new(acceptor.is_some());
-            let serve = async {
-                match acceptor {
-                    None => watcher.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned()).await,
-                    Some(acceptor) => {
-                        let stream = match acceptor.accept(stream).await {
-                            Ok(stream) => stream,
-                            Err(err) => {
-                                metrics.tls_failure();
-                                tracing::debug!(%peer, %err, "TLS handshake failed");
-                                return Ok(());
-                            }
-                        };
-                        handshaking.store(false, std::sync::atomic::Ordering::Relaxed);
-                        watcher.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned()).await
-                    }
-                }
-            };
-            // The header timeout also bounds the TLS handshake.
-            let result = tokio::select! {
-                result = serve => result,
-                why = conn.closed() => {
-                    if handshaking.load(std::sync::atomic::Ordering::Relaxed) {
-                        metrics.tls_failure();
-                    }
-                    tracing::debug!(%peer, ?why, "connection closed by the server");
-                    Ok(())
-                }
-            };
-            if let Err(err) = result {
-                tracing::debug!(%peer, %err, "connection ended with an error");
-            }
-        });
+    let events = Arc::new(MetricsEvents(Arc::clone(&app.metrics)));
+    let listen = depot_s3::http::Listen { tls, limits, drain, events };
+    depot_s3::http::serve_http(listener, listen, move |req| app.clone().handle(req), shutdown).await;
+}
+
+/// Connections and failed TLS handshakes, counted in the metrics.
+struct MetricsEvents(Arc<Metrics>);
+
+impl depot_s3::http::ConnectionEvents for MetricsEvents {
+    fn opened(&self) -> Box<dyn Send> {
+        Box::new(self.0.connection())
     }
-    drop(listener);
-    tokio::select! {
-        () = graceful.shutdown() => {}
-        () = tokio::time::sleep(drain) => {
-            tracing::warn!(?drain, "requests still in flight after the drain timeout; stopping anyway");
-        }
+
+    fn tls_failure(&self) {
+        self.0.tls_failure();
     }
 }

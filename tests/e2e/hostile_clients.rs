@@ -130,3 +130,47 @@ async fn an_agent_serves_its_peers_under_a_connection_flood() {
     let rss_after = rss_kib(agent.pid());
     assert!(rss_after < rss_before + 64 * 1024, "RSS {rss_before} KiB -> {rss_after} KiB");
 }
+
+/// The same flood against an agent's S3 view (`--s3-listen`), which admits through the same
+/// loop and limits as the agent's peer service: half-sent S3 requests and garbage are closed
+/// after the header timeout while a signed GET on a fresh connection succeeds throughout.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agents_s3_view_serves_signed_gets_under_a_connection_flood() {
+    depot_net::raise_open_file_limit().unwrap();
+    let dir = test_dir();
+    let cluster = Cluster::start(dir.path(), "500ms");
+    let file = DataFile::new("1/x.sst", 100_000);
+    file.write_to(&cluster.node_dir("a"));
+    let mut args = LIMITS.to_vec();
+    args.extend(["--s3-listen", "127.0.0.1:0", "--s3-prefix", "backup"]);
+    let agent = cluster.agent("a", &args);
+    let endpoint = agent.s3_endpoint.clone().expect("the ready line names the view");
+    let rss_before = rss_kib(agent.pid());
+    let address = endpoint.trim_start_matches("http://").to_owned();
+    let mut conns =
+        tokio::task::spawn_blocking(move || attack(&address, b"GET /depot-bucket/backup/1/x.s")).await.unwrap();
+    assert!(conns.len() >= STALLED, "the attack connected");
+    let (bucket, key) = (cluster.depot.field("bucket"), "backup/1/x.sst");
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(3) {
+        let t = Instant::now();
+        // A fresh client: a fresh connection every time.
+        let s3 = depot_tests::s3_client(
+            &endpoint,
+            &cluster.depot.field("access_key"),
+            &cluster.depot.field("secret_key"),
+            &cluster.depot.field("region"),
+            None,
+        );
+        let get = s3.get_object().bucket(&bucket).key(key).send();
+        let out = tokio::time::timeout(Duration::from_secs(1), get).await.expect("answered within 1 s").unwrap();
+        assert!(out.body.collect().await.unwrap().into_bytes() == file.data, "a signed GET, byte-exact");
+        assert!(t.elapsed() < Duration::from_secs(1));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let shut = tokio::task::spawn_blocking(move || closed(&mut conns, Duration::from_secs(3)));
+    let shut = shut.await.unwrap();
+    assert_eq!(shut, STALLED + GARBAGE, "every stalled and garbage connection to the view is closed");
+    let rss_after = rss_kib(agent.pid());
+    assert!(rss_after < rss_before + 64 * 1024, "RSS {rss_before} KiB -> {rss_after} KiB");
+}

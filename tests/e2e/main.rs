@@ -8,6 +8,7 @@ mod agent_fetch;
 mod agent_security;
 mod agent_trust;
 mod agent_view;
+mod agent_view_cluster;
 mod hostile_clients;
 mod observability;
 mod s3_contract;

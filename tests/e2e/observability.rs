@@ -170,7 +170,8 @@ fn scene(dir: &std::path::Path, rate: &str) -> Scene {
     let agents = vec![
         cluster.agent("node1", &["--max-rate", rate, "--metrics", "127.0.0.1:0"]),
         cluster.agent("node2", &["--max-rate", rate]),
-        cluster.agent("node3", &[]),
+        // node3 also serves an S3 view: the page shows it and the cluster's restore line.
+        cluster.agent("node3", &["--s3-listen", "127.0.0.1:0", "--s3-prefix", "backup-1"]),
     ];
     let mut cmd = cluster.fetch_command(
         "node3",
@@ -375,6 +376,13 @@ async fn the_status_page_in_a_real_browser_shows_nodes_progress_and_the_missing_
         "the missing file is named:\n{page}"
     );
     assert!(page.contains("backup-1"), "{page}");
+    // node3's S3 view, and the restore line (the only view agrees with itself; the nodes
+    // without one are named).
+    assert!(page.contains("data-view=\"node3\""), "{page}");
+    let command = page.split("id=\"restore-command\">").nth(1).and_then(|c| c.split("</pre>").next());
+    let command = command.unwrap_or_else(|| panic!("no restore command on the page:\n{page}"));
+    assert!(command.starts_with("br restore full --pd \"$PD_ADDR\" --storage \"s3://"), "{command}");
+    assert!(page.contains("without an S3 view: node1, node2"), "{page}");
     // A screenshot for people (and, with DEPOT_SCREENSHOT_TO, for the README).
     let shot = dir.path().join("status-page.png");
     browse(

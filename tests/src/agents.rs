@@ -72,6 +72,17 @@ impl Cluster {
         run(&mut cmd, Duration::from_secs(20))
     }
 
+    /// `depot status --json ARCHIVE`: the status document.
+    ///
+    /// # Panics
+    /// When `depot status` fails.
+    pub fn status_json(&self) -> serde_json::Value {
+        let mut cmd = Command::new(bin("depot"));
+        let out = cmd.args(["status", "--json"]).arg(self.archive()).output().expect("depot status runs");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("a JSON status document")
+    }
+
     /// The archive directory (the bucket's content).
     pub fn archive(&self) -> PathBuf {
         self.dir.join("archive")
@@ -177,6 +188,8 @@ pub struct Agent {
     pub s3_endpoint: Option<String>,
     /// The storage URL its ready line gives BR (with `--s3-listen`).
     pub s3_url: Option<String>,
+    /// The cluster CA its HTTPS view's certificate comes from (with TLS on the view).
+    pub s3_ca: Option<PathBuf>,
     /// Where its stderr goes.
     pub stderr_path: PathBuf,
     /// Lines it printed on stdout after the ready line.
@@ -232,6 +245,7 @@ impl Agent {
             metrics: banner["metrics"].as_str().map(str::to_owned),
             s3_endpoint: banner["s3"]["endpoint"].as_str().map(str::to_owned),
             s3_url: banner["s3"]["url"].as_str().map(str::to_owned),
+            s3_ca: banner["s3"]["ca_file"].as_str().map(PathBuf::from),
             root: root.to_path_buf(),
             stderr_path,
             child,

@@ -45,6 +45,8 @@ pub struct CacheUse {
     pub bytes: u64,
     /// Files evicted since start.
     pub evicted: u64,
+    /// The budget (`--cache-max`); `None`: unbounded.
+    pub max: Option<u64>,
 }
 
 /// Keeps one cached file from eviction while it is read.
@@ -157,7 +159,7 @@ impl Cache {
     /// What the cache holds.
     pub fn usage(&self) -> CacheUse {
         let state = self.lock();
-        CacheUse { files: state.entries.len(), bytes: state.total, evicted: state.evicted }
+        CacheUse { files: state.entries.len(), bytes: state.total, evicted: state.evicted, max: self.max }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -232,7 +234,7 @@ mod tests {
         let cache = Cache::open(dir.path(), Some(100)).unwrap();
         assert!(cache.get("x/1", 10).is_some());
         assert!(cache.get("2", 10).is_some());
-        assert_eq!(cache.usage(), CacheUse { files: 2, bytes: 20, evicted: 0 });
+        assert_eq!(cache.usage(), CacheUse { files: 2, bytes: 20, evicted: 0, max: Some(100) });
         drop(cache);
         let cache = Cache::open(dir.path(), Some(10)).unwrap();
         assert_eq!(cache.usage().files, 1);

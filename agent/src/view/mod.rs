@@ -80,6 +80,8 @@ pub struct ViewStats {
     pub cached: AtomicU64,
     /// Files fetched from peers (or the archive).
     pub fetched: AtomicU64,
+    /// Of those, files read from the archive (no live holder).
+    pub from_archive: AtomicU64,
     /// Bytes fetched.
     pub fetched_bytes: AtomicU64,
     /// Reads of files no one could provide.
@@ -95,6 +97,8 @@ pub struct ViewReport {
     pub cached: u64,
     /// See [`ViewStats::fetched`].
     pub fetched: u64,
+    /// See [`ViewStats::from_archive`].
+    pub from_archive: u64,
     /// See [`ViewStats::fetched_bytes`].
     pub fetched_bytes: u64,
     /// See [`ViewStats::missing`].
@@ -179,6 +183,7 @@ impl View {
             local: get(&self.stats.local),
             cached: get(&self.stats.cached),
             fetched: get(&self.stats.fetched),
+            from_archive: get(&self.stats.from_archive),
             fetched_bytes: get(&self.stats.fetched_bytes),
             missing: get(&self.stats.missing),
             cache: self.cache.usage(),
@@ -322,20 +327,24 @@ impl View {
         }
         let reader = if verified { &self.reader } else { &self.probe };
         let fetched = match reader.fetch(entry).await {
-            Ok(fetched) => Ok(fetched),
+            Ok(fetched) => Ok((fetched, false)),
             Err(err) => match (&self.config.archive, verified) {
                 (Some(archive), true) if !matches!(err, FetchError::UnsafeName(_)) => {
                     tracing::info!(name = entry.name, %err, "no live node gave it; reading the archive");
                     crate::archive::fetch(archive, self.cache.root(), entry, &NoProgress)
                         .await
+                        .map(|fetched| (fetched, true))
                         .map_err(|archive_err| (err, Some(archive_err.to_string())))
                 }
                 _ => Err((err, None)),
             },
         };
         match fetched {
-            Ok(fetched) => {
+            Ok((fetched, from_archive)) => {
                 self.stats.fetched.fetch_add(1, Ordering::Relaxed);
+                if from_archive {
+                    self.stats.from_archive.fetch_add(1, Ordering::Relaxed);
+                }
                 self.stats.fetched_bytes.fetch_add(fetched.size, Ordering::Relaxed);
                 if verified {
                     tracing::info!(

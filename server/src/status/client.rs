@@ -234,6 +234,52 @@ pub fn render(report: &StatusReport) -> String {
             );
         }
     }
+    let views: Vec<_> = report.nodes.iter().filter_map(|n| n.view.as_ref().map(|v| (n, v))).collect();
+    if !views.is_empty() {
+        let _ = writeln!(out, "\nS3 VIEWS ({})", views.len());
+        let _ = writeln!(
+            out,
+            "  {:<16} {:<28} {:>6} {:>6} {:>6} {:>7} {:>9} {:>10}  CACHE (USED / MAX, EVICTED)",
+            "NODE", "ENDPOINT (ON THE NODE)", "LOCAL", "CACHED", "PEERS", "ARCHIVE", "MISSING", "SERVED"
+        );
+        for (n, v) in &views {
+            let max = v.cache_max.map_or_else(|| "unbounded".to_owned(), human_bytes);
+            let _ = writeln!(
+                out,
+                "  {:<16} {:<28} {:>6} {:>6} {:>6} {:>7} {:>9} {:>10}  {} / {max}, {} evicted",
+                n.node_id,
+                v.endpoint,
+                v.local_reads,
+                v.cache_hits,
+                v.peer_reads,
+                v.archive_reads,
+                v.missing,
+                human_bytes(v.bytes_served),
+                human_bytes(v.cache_bytes),
+                v.evictions
+            );
+        }
+    }
+    if let Some(restore) = &report.restore {
+        let _ = writeln!(out, "\nRESTORE WITH NO COPIES (through the S3 views)");
+        match &restore.command {
+            Some(command) => {
+                let _ = writeln!(out, "  every live view agrees; run once, from any node with a view:");
+                let _ = writeln!(out, "  {command}");
+                let _ = writeln!(
+                    out,
+                    "  (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY as `depot serve` printed{})",
+                    if restore.ssl_cert_file.is_some() { "; every TiKV needs the same SSL_CERT_FILE" } else { "" }
+                );
+            }
+            None => {
+                let _ = writeln!(out, "  no single br restore line: the views differ (below)");
+            }
+        }
+        for problem in &restore.problems {
+            let _ = writeln!(out, "  ! {problem}");
+        }
+    }
     let _ = writeln!(out, "\nBACKUPS ({})", report.backups.len());
     if report.backups.is_empty() {
         let _ = writeln!(out, "  none found (a directory with a backupmeta or manifest.jsonl)");

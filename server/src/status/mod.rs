@@ -8,10 +8,12 @@
 //! - [`report`]: the status document.
 //! - [`backups`]: backups found in the archive, checked against their manifests.
 //! - [`client`]: `depot status`, the command-line reader of the document.
+//! - [`restore`]: the cluster's `br restore` line, from the nodes' S3 views.
 
 pub mod backups;
 pub mod client;
 pub mod report;
+pub mod restore;
 
 use std::fs::File;
 use std::os::unix::fs::MetadataExt as _;
@@ -158,7 +160,7 @@ impl StatusService {
                 }
             }
         }
-        StatusReport {
+        let mut report = StatusReport {
             server: ServerStatus {
                 version: env!("CARGO_PKG_VERSION").to_owned(),
                 endpoint: inner.endpoint.clone(),
@@ -178,11 +180,15 @@ impl StatusService {
                         .filter(|_| !n.serial.is_empty())
                         .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok()),
                     jobs: n.report.as_ref().map_or(0, |r| r.jobs.len()),
+                    view: n.report.as_ref().and_then(|r| r.view.as_ref()).map(report::ViewStatus::from),
                 })
                 .collect(),
             backups,
             jobs,
-        }
+            restore: None,
+        };
+        report.restore = restore::advice(&report.nodes);
+        report
     }
 }
 

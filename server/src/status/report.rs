@@ -19,6 +19,25 @@ pub struct StatusReport {
     pub backups: Vec<BackupStatus>,
     /// Jobs reported by the agents, across nodes.
     pub jobs: Vec<JobStatus>,
+    /// The `br restore` line for the nodes' S3 views (`null`: no live node has a view).
+    #[serde(default)]
+    pub restore: Option<RestoreStatus>,
+}
+
+/// How to restore through the nodes' S3 views, with nothing copied first.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RestoreStatus {
+    /// The storage URL every live view answers on its own node (`null` when they differ).
+    pub storage_url: Option<String>,
+    /// The `br restore` command to run once, from any node with a view (`$PD_ADDR`: PD's
+    /// address; `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY` as `depot serve` printed).
+    pub command: Option<String>,
+    /// For HTTPS views: the `SSL_CERT_FILE` BR and every TiKV need, when it is the same path
+    /// on every node (else each node's is in its `view.ca_bundle`).
+    pub ssl_cert_file: Option<String>,
+    /// What needs fixing first: live nodes without a view, views that differ (and on which
+    /// nodes).
+    pub problems: Vec<String>,
 }
 
 /// The coordinator itself.
@@ -51,6 +70,67 @@ pub struct NodeStatus {
     pub certificate_expiry: Option<String>,
     /// Jobs running (or recently ended) on it.
     pub jobs: usize,
+    /// Its S3 view (`--s3-listen`), as its last heartbeat said.
+    #[serde(default)]
+    pub view: Option<ViewStatus>,
+}
+
+/// A node's S3 view: where it answers on that node, and what it served since its agent
+/// started.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ViewStatus {
+    /// `http(s)://127.0.0.1:PORT`: the endpoint a client on that node uses.
+    pub endpoint: String,
+    /// The bucket.
+    pub bucket: String,
+    /// The backup's key prefix (empty or ending in `/`).
+    pub prefix: String,
+    /// HTTPS: the system roots plus the cluster CA on that node (for `SSL_CERT_FILE`).
+    pub ca_bundle: Option<String>,
+    /// Reads answered from the node's own files (hits on local data).
+    pub local_reads: u64,
+    /// Reads answered from the cache of files fetched before.
+    pub cache_hits: u64,
+    /// Files fetched from live peers.
+    pub peer_reads: u64,
+    /// Files read from the archive (no live holder).
+    pub archive_reads: u64,
+    /// Reads of files no one could provide.
+    pub missing: u64,
+    /// GET body bytes sent to clients.
+    pub bytes_served: u64,
+    /// Bytes of the files fetched (peers and archive).
+    pub bytes_fetched: u64,
+    /// Bytes in the cache.
+    pub cache_bytes: u64,
+    /// The cache's budget (`null`: unbounded).
+    pub cache_max: Option<u64>,
+    /// Files in the cache.
+    pub cache_files: u64,
+    /// Files evicted from the cache.
+    pub evictions: u64,
+}
+
+impl From<&depot_proto::registry::ViewReport> for ViewStatus {
+    fn from(v: &depot_proto::registry::ViewReport) -> Self {
+        Self {
+            endpoint: super::restore::endpoint(v),
+            bucket: v.bucket.clone(),
+            prefix: v.prefix.clone(),
+            ca_bundle: Some(v.ca_bundle.clone()).filter(|b| !b.is_empty()),
+            local_reads: v.local_reads,
+            cache_hits: v.cache_hits,
+            peer_reads: v.peer_reads,
+            archive_reads: v.archive_reads,
+            missing: v.missing,
+            bytes_served: v.bytes_served,
+            bytes_fetched: v.bytes_fetched,
+            cache_bytes: v.cache_bytes,
+            cache_max: Some(v.cache_max).filter(|m| *m > 0),
+            cache_files: v.cache_files,
+            evictions: v.evictions,
+        }
+    }
 }
 
 /// One backup in the archive.

@@ -165,7 +165,7 @@ async fn register_nodes(endpoint: &str, join_token: &str, nodes: usize) {
         missing: (0..20).map(|m| format!("1/{m}_missing.sst")).collect(),
         ..JobReport::default()
     };
-    let report = NodeReport { version: "0.1.0".into(), jobs: vec![job("a"), job("b")], holdings: vec![] };
+    let report = NodeReport { version: "0.1.0".into(), jobs: vec![job("a"), job("b")], holdings: vec![], view: None };
     for i in 0..nodes {
         let (node_id, address) = (format!("bench-node-{i:03}"), format!("10.0.{}.{}:7070", i / 250, i % 250 + 1));
         let report = report.clone();
