@@ -15,9 +15,9 @@
 #   small_get_ops_s       the same objects read back
 #   fresh_dir_put_ops_s   5,000 x 4 KiB PUTs at concurrency 32 into new nested directories,
 #                         16 objects each (TiKV writing SSTs into a fresh `<store>/`)
-#   grouped_*             the same two PUT figures against a second server with group commit
-#                         of directory fsyncs on (DEPOT_GROUP_COMMIT=on; off by default), same run
-#   group_commit_gain     grouped_small_put_ops_s / small_put_ops_s
+#   ungrouped_*           the same two PUT figures against a second server with group commit
+#                         of directory fsyncs off (DEPOT_GROUP_COMMIT=off), same run
+#   group_commit_gain     small_put_ops_s / ungrouped_small_put_ops_s
 #   small_put_tmpfs_ops_s the same small PUTs against an archive on tmpfs (fsync is free):
 #                         the CPU-bound ceiling that grouping fsyncs can at best approach
 #   depot_peak_rss_mib    peak RSS (VmHWM) of `depot serve` over the whole run
@@ -141,8 +141,8 @@ echo "get_vs_tcp=$(ratio "$get" "$tcp")"
 echo "put_vs_min_dd_md5=$(ratio "$put" "$floor")"
 
 small=(--large 0 --small-count 5000 --small-size 4096 --concurrency 32)
-default=$("$target/depot-bench" s3 "${s3_args[@]}" "${small[@]}")
-echo "$default"
+grouped=$("$target/depot-bench" s3 "${s3_args[@]}" "${small[@]}")
+echo "$grouped"
 "$target/depot-bench" s3 "${s3_args[@]}" "${small[@]}" --layout fresh | grep put
 # Metrics cost: a scrape (and a status read) with 100 agents registered (target: < 50 ms).
 "$target/depot-bench" scrape --endpoint "$(field endpoint)" --join-token "$(field join_token)" \
@@ -152,7 +152,7 @@ echo "depot_peak_rss_mib=$(awk '/VmHWM/ {printf "%.1f", $2 / 1024}' "/proc/$depo
 # 1 GiB as a multipart upload of 8 MiB parts against the same PUT (mpu_vs_put, Complete's share).
 "$target/depot-bench" mpu "${s3_args[@]}"
 
-# The A/B for group commit: a second server, grouping on, the same PUTs. A third server on
+# The A/B for group commit: a second server, grouping off, the same PUTs. A third server on
 # tmpfs, where an fsync costs nothing, gives the ceiling any fsync grouping could approach
 # (small_put_tmpfs_ops_s): on a 2-core machine the client and server share the CPU.
 side_server() { # NAME ARCHIVE [ENV=VALUE...]: starts `depot serve`; its S3 arguments go to side_args
@@ -171,12 +171,12 @@ side_server() { # NAME ARCHIVE [ENV=VALUE...]: starts `depot serve`; its S3 argu
         side_args+=("--${f/_/-}" "$(python3 -c "import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$work/banner-$name.json" "$f")")
     done
 }
-side_server grouped "$work/archive-grouped" DEPOT_GROUP_COMMIT=on
+side_server ungrouped "$work/archive-ungrouped" DEPOT_GROUP_COMMIT=off
 ab_args=("${side_args[@]}")
-grouped=$("$target/depot-bench" s3 "${ab_args[@]}" "${small[@]}" | grep put)
-echo "grouped_$grouped"
-"$target/depot-bench" s3 "${ab_args[@]}" "${small[@]}" --layout fresh | grep put | sed 's/^/grouped_/'
-echo "group_commit_gain=$(ratio "$(sed -n 's/^small_put_ops_s=//p' <<<"$grouped")" "$(sed -n 's/^small_put_ops_s=//p' <<<"$default")")"
+ungrouped=$("$target/depot-bench" s3 "${ab_args[@]}" "${small[@]}" | grep put)
+echo "ungrouped_$ungrouped"
+"$target/depot-bench" s3 "${ab_args[@]}" "${small[@]}" --layout fresh | grep put | sed 's/^/ungrouped_/'
+echo "group_commit_gain=$(ratio "$(sed -n 's/^small_put_ops_s=//p' <<<"$grouped")" "$(sed -n 's/^small_put_ops_s=//p' <<<"$ungrouped")")"
 tmpfs_archive=$(mktemp -d /dev/shm/depot-bench-tmpfs.XXXXXX)
 trap 'cleanup; rm -rf "$tmpfs_archive"' EXIT
 side_server tmpfs "$tmpfs_archive/archive"

@@ -4,13 +4,10 @@
 //! a power cut only once its directory has been fsynced. Three things here keep that cheap
 //! and correct when many requests run at once:
 //!
-//! - **Group commit** ([`sync_dir`], with `DEPOT_GROUP_COMMIT=on`): concurrent fsyncs of one
-//!   directory share one call. A request's fsync is covered only by a call that *started
-//!   after* the request (its change happened before it asked), so a late-comer waits for the
-//!   next call rather than riding on one already running. Off by default: measured on ext4
-//!   (`scripts/bench.sh`, `group_commit_gain` 0.82–0.89 in four runs), the journal already
-//!   batches concurrent fsyncs into one commit, and waiting in user space for the running
-//!   call only added latency. Kept for file systems where it may pay, and for the A/B.
+//! - **Group commit** ([`sync_dir`]): concurrent fsyncs of one directory share one call. A
+//!   request's fsync is covered only by a call that *started after* the request (its change
+//!   happened before it asked), so a late-comer waits for the next call rather than riding on
+//!   one already running. `DEPOT_GROUP_COMMIT=off` turns grouping off (for A/B benchmarks).
 //! - **A record of directories known durable** ([`ensure_dir`]): a directory's own entry in
 //!   its parent must be durable before anything renamed into it is. Whoever finds a directory
 //!   not in the record — the request that created it, *or a late-comer that found it already
@@ -38,10 +35,10 @@ use crate::durable::CommitError;
 /// correctness).
 const MAX_REMEMBERED: usize = 100_000;
 
-/// Whether concurrent fsyncs of one directory are grouped (`DEPOT_GROUP_COMMIT=on`).
+/// Whether concurrent fsyncs of one directory are grouped (`DEPOT_GROUP_COMMIT=off` says no).
 fn grouping() -> bool {
     static ON: LazyLock<bool> =
-        LazyLock::new(|| matches!(std::env::var("DEPOT_GROUP_COMMIT").as_deref(), Ok("on" | "1" | "true" | "yes")));
+        LazyLock::new(|| !matches!(std::env::var("DEPOT_GROUP_COMMIT").as_deref(), Ok("off" | "0" | "false" | "no")));
     *ON
 }
 
@@ -81,11 +78,6 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     if !grouping() {
         return File::open(dir)?.sync_all();
     }
-    sync_dir_grouped(dir)
-}
-
-/// [`sync_dir`] through the directory's group commit.
-fn sync_dir_grouped(dir: &Path) -> io::Result<()> {
     let group = Arc::clone(lock(&GROUPS).entry(dir.to_path_buf()).or_default());
     let result = group.sync(dir);
     let mut groups = lock(&GROUPS);
@@ -269,7 +261,7 @@ mod tests {
                 let dir = dir.path().to_path_buf();
                 std::thread::spawn(move || {
                     for _ in 0..20 {
-                        sync_dir_grouped(&dir).unwrap();
+                        sync_dir(&dir).unwrap();
                     }
                 })
             })
@@ -279,7 +271,6 @@ mod tests {
         }
         assert!(!lock(&GROUPS).contains_key(dir.path()), "an idle group is dropped");
         let missing = dir.path().join("missing");
-        assert_eq!(sync_dir_grouped(&missing).unwrap_err().kind(), io::ErrorKind::NotFound);
         assert_eq!(sync_dir(&missing).unwrap_err().kind(), io::ErrorKind::NotFound);
     }
 

@@ -3,8 +3,8 @@
 //! A [`TempFile`] is created in the root's `.depot/tmp/` (same file system as the target, so
 //! the final rename is atomic). [`TempFile::commit`] fsyncs the data, makes sure every parent
 //! directory exists *and is durable* up to the root — whichever request created it (see
-//! [`crate::dirsync`]) — renames the file into place and fsyncs the target directory (shared
-//! with concurrent commits when `DEPOT_GROUP_COMMIT=on`), so that after `commit` returns the file survives a power cut and
+//! [`crate::dirsync`]) — renames the file into place and fsyncs the target directory (grouped
+//! with concurrent commits), so that after `commit` returns the file survives a power cut and
 //! before it returns no reader can see it. A `TempFile` dropped without `commit` deletes
 //! itself; one left by a crash is removed by [`Root::sweep_tmp`](crate::Root::sweep_tmp).
 //!

@@ -11,7 +11,7 @@
 //!   leave the root), Depot's private `.depot/` directory, the sweep of leftover temp files.
 //! - [`durable`]: [`TempFile`], the one way Depot writes a file: a temp file in `.depot/tmp/`,
 //!   `fsync`, rename into place, `fsync` of the directory; deleted on drop if never committed.
-//! - [`dirsync`]: directory fsyncs (grouped across concurrent requests when asked), the record of
+//! - [`dirsync`]: directory fsyncs grouped across concurrent requests, the record of
 //!   directories already durable, and durable removal.
 //! - [`writeback`]: [`Writeback`], starting the disk on a large file while it is written, so
 //!   the final fsync has only the tail left; [`flush`]: the `sync_file_range` under it.
