@@ -728,6 +728,12 @@ async fn object_attributes(proto: Proto) {
     assert_eq!(got.storage_class().map(|c| c.as_str()), Some("STANDARD"));
     assert_eq!(got.checksum().and_then(|c| c.checksum_sha256()), put.checksum_sha256());
     assert!(got.object_parts().is_none(), "a PUT object has no parts");
+    // boto3 sends the list as one comma-separated header value.
+    let headers = [("x-amz-object-attributes", "ETag,ObjectSize")];
+    let path = format!("/{bucket}/a?attributes");
+    let resp = raw::send(&depot.target(), Some(&signer(&depot)), "GET", &path, &headers, Payload::Hex(vec![])).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert!(resp.text().contains("<ObjectSize>1000</ObjectSize>") && resp.text().contains("<ETag>"), "{}", resp.text());
 
     let upload = s3.create_multipart_upload().bucket(&bucket).key("m").send().await.unwrap();
     let id = upload.upload_id().unwrap();

@@ -21,7 +21,10 @@ pub async fn get_object_attributes(
     let input = req.input;
     let Opened { fs_meta, path, .. } = s3.storage.open(&input.bucket, &input.key).await?;
     let meta = ObjectMeta::load_or_synthesize(&path, &fs_meta);
-    let wanted = |name: &str| input.object_attributes.iter().any(|a| a.as_str().eq_ignore_ascii_case(name));
+    // One header, `x-amz-object-attributes`: the SDKs send a list, boto3 one comma-separated value.
+    let wanted = |name: &str| {
+        input.object_attributes.iter().flat_map(|a| a.as_str().split(',')).any(|a| a.trim().eq_ignore_ascii_case(name))
+    };
     let mut output =
         GetObjectAttributesOutput { last_modified: Some(Timestamp::from(meta.last_modified())), ..Default::default() };
     if wanted(ObjectAttributes::ETAG) {
