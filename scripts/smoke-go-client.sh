@@ -85,18 +85,12 @@ if [[ -z ${DEPOT_BIN:-} ]]; then
     DEPOT_BIN=${CARGO_TARGET_DIR:-$repo/target}/debug/depot
 fi
 
-field() { python3 -c "import json, sys; v = json.load(open(sys.argv[1]))[sys.argv[2]]; print(v or '')" "$1" "$2"; }
+# shellcheck source=scripts/smoke-lib.sh
+source "$repo/scripts/smoke-lib.sh"
 
 failed=0
 for pass in http https; do
-    tls=off
-    [[ $pass == https ]] && tls=on
-    "$DEPOT_BIN" serve "$tmp/$pass" --listen 127.0.0.1:0 --json --tls "$tls" \
-        --log-file "$tmp/$pass.log" >"$tmp/$pass.json" 2>"$tmp/$pass.stderr" &
-    pids+=($!)
-    for _ in $(seq 100); do [[ -s $tmp/$pass.json ]] && break; sleep 0.05; done
-    banner=$tmp/$pass.json
-    echo "== $pass: $(field "$banner" endpoint)"
+    serve_pass "$pass"
     out=$tmp/$pass.out
     if ! env -u AWS_CA_BUNDLE -u AWS_PROFILE \
         DEPOT_ENDPOINT="$(field "$banner" endpoint)" DEPOT_BUCKET="$(field "$banner" bucket)" \

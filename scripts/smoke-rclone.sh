@@ -41,7 +41,8 @@ if [[ -z ${DEPOT_BIN:-} ]]; then
     DEPOT_BIN=${CARGO_TARGET_DIR:-$repo/target}/debug/depot
 fi
 
-field() { python3 -c "import json, sys; v = json.load(open(sys.argv[1]))[sys.argv[2]]; print(v or '')" "$1" "$2"; }
+# shellcheck source=scripts/smoke-lib.sh
+source "$repo/scripts/smoke-lib.sh"
 
 # The source tree, the same for both passes.
 src=$tmp/src
@@ -59,15 +60,8 @@ fail() {
 }
 
 for pass in http https; do
-    tls=off
-    [[ $pass == https ]] && tls=on
-    "$DEPOT_BIN" serve "$tmp/$pass" --listen 127.0.0.1:0 --json --tls "$tls" \
-        --log-file "$tmp/$pass.log" >"$tmp/$pass.json" 2>"$tmp/$pass.stderr" &
-    pids+=($!)
-    for _ in $(seq 100); do [[ -s $tmp/$pass.json ]] && break; sleep 0.05; done
-    banner=$tmp/$pass.json
+    serve_pass "$pass"
     bucket=$(field "$banner" bucket)
-    echo "== $pass: $(field "$banner" endpoint)"
     # A remote named `depot`, from the environment only; AWS_CA_BUNDLE (which rclone's SDK
     # cannot apply to its own transport) is cleared, as the banner says.
     config=(RCLONE_CONFIG=/dev/null RCLONE_CONFIG_DEPOT_TYPE=s3 RCLONE_CONFIG_DEPOT_PROVIDER=Other

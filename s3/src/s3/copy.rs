@@ -9,7 +9,7 @@ use super::get::Conditions;
 use super::put::{WriteCondition, install, set_checksum_fields, user_metadata};
 use super::{Depot, respond};
 use crate::error::{Error, Result, write_error};
-use crate::meta::{Headers, ObjectMeta};
+use crate::meta::ObjectMeta;
 use crate::storage::Opened;
 
 pub async fn copy_object(s3: &Depot, req: S3Request<CopyObjectInput>) -> Result<S3Response<CopyObjectOutput>> {
@@ -45,14 +45,7 @@ pub async fn copy_object(s3: &Depot, req: S3Request<CopyObjectInput>) -> Result<
         meta.tags = super::tagging::from_header(input.tagging.as_deref())?;
     }
     if replace {
-        meta.headers = Headers {
-            content_type: input.content_type.clone(),
-            content_encoding: Headers::content_encoding_of(input.content_encoding.as_deref()),
-            content_disposition: input.content_disposition.clone(),
-            content_language: input.content_language.clone(),
-            cache_control: input.cache_control.clone(),
-            expires: Headers::expires_of(input.expires.as_ref()),
-        };
+        meta.headers = stored_headers!(input);
         meta.user = user_metadata(input.metadata.clone())?;
     }
 

@@ -6,14 +6,31 @@
 //!
 //! - [`bucket`]: ListBuckets, CreateBucket, DeleteBucket, HeadBucket, GetBucketLocation,
 //!   GetBucketVersioning, GetObjectLockConfiguration.
-//! - [`put`]: PutObject, and [`put::install`], the one commit path of every write.
+//! - [`put`]: PutObject (with conditional writes), and [`put::install`], the one commit path
+//!   of every write.
 //! - [`get`]: GetObject and HeadObject (ranges, conditional requests).
-//! - [`list`]: ListObjects (V1) and ListObjectsV2.
+//! - [`attributes`]: GetObjectAttributes (what HEAD tells, as newer SDKs ask for it).
+//! - [`list`]: ListObjects (V1), ListObjectsV2 and ListObjectVersions.
 //! - [`delete`]: DeleteObject and DeleteObjects.
 //! - [`copy`]: server-side CopyObject.
 //! - [`multipart`]: Create, UploadPart, ListParts, Complete, Abort, ListMultipartUploads.
 //! - [`tagging`]: PutObjectTagging, GetObjectTagging, DeleteObjectTagging.
 //! - [`completion`]: the record that makes a repeated Complete answer the same.
+
+/// The headers S3 stores with an object, from a write request (PutObject, CopyObject with
+/// `REPLACE`, CreateMultipartUpload): their input types share these fields but no trait.
+macro_rules! stored_headers {
+    ($input:expr) => {
+        $crate::meta::Headers {
+            content_type: $input.content_type.clone(),
+            content_encoding: $crate::meta::Headers::content_encoding_of($input.content_encoding.as_deref()),
+            content_disposition: $input.content_disposition.clone(),
+            content_language: $input.content_language.clone(),
+            cache_control: $input.cache_control.clone(),
+            expires: $crate::meta::Headers::expires_of($input.expires.as_ref()),
+        }
+    };
+}
 
 mod attributes;
 mod bucket;

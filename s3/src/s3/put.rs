@@ -10,7 +10,7 @@ use super::{Depot, respond};
 use crate::body::{self, Received};
 use crate::digest::{Algorithm, Expected};
 use crate::error::{Error, Result, write_error};
-use crate::meta::{Headers, ObjectMeta, StoredChecksum};
+use crate::meta::{ObjectMeta, StoredChecksum};
 
 /// S3's limit on user metadata (keys and values together).
 const MAX_USER_METADATA: usize = 2 * 1024;
@@ -30,14 +30,7 @@ pub async fn put_object(s3: &Depot, req: S3Request<PutObjectInput>) -> Result<S3
     condition.check(&path, &input.key)?;
     let expected = Expected::from_headers(&headers)?;
     let mut meta = ObjectMeta {
-        headers: Headers {
-            content_type: input.content_type.clone(),
-            content_encoding: Headers::content_encoding_of(input.content_encoding.as_deref()),
-            content_disposition: input.content_disposition.clone(),
-            content_language: input.content_language.clone(),
-            cache_control: input.cache_control.clone(),
-            expires: Headers::expires_of(input.expires.as_ref()),
-        },
+        headers: stored_headers!(input),
         user: user_metadata(input.metadata)?,
         tags: super::tagging::from_header(input.tagging.as_deref())?,
         ..ObjectMeta::default()
