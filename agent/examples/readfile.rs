@@ -25,13 +25,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let coordinator = Coordinator::new(url, Secret::new(token), None)?;
     let peers = PeerDirectory::new(coordinator, None).peers(true).await?;
     let peer = peers.iter().find(|p| &p.node_id == node).ok_or_else(|| format!("no live node {node}"))?;
-    let mut client = peer.client().ok_or("unusable peer address")?;
     let started = Instant::now();
     let request = ReadFileRequest { path: path.clone(), offset: 0 };
-    let mut stream = client.read_file(request).await?.into_inner();
+    let mut stream = peer.read_file(request).await?;
     let mut bytes = 0u64;
-    while let Some(chunk) = stream.message().await? {
-        bytes += chunk.data.len() as u64;
+    while let Some(chunk) = stream.next().await? {
+        bytes += chunk.len() as u64;
     }
     println!("{bytes} {:.6}", started.elapsed().as_secs_f64());
     Ok(())

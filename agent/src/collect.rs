@@ -542,21 +542,18 @@ impl CollectJob {
         upload: &mut crate::storage::Upload,
         shared: &Shared,
     ) -> Result<(), Broke> {
-        let Some(mut client) = peer.client() else {
-            return Err(Broke::Source("unusable address".into()));
-        };
         if *offset == entry.size {
             return Ok(());
         }
         let request = ReadFileRequest { path: entry.name.clone(), offset: *offset };
-        let mut stream = match tokio::time::timeout(self.timeouts.stall, client.read_file(request)).await {
+        let mut stream = match tokio::time::timeout(self.timeouts.stall, peer.read_file(request)).await {
             Err(_) => return Err(Broke::Source("ReadFile did not start in time".into())),
             Ok(Err(status)) if status.code() == Code::OutOfRange => return Err(Broke::Oversize),
             Ok(Err(status)) => return Err(Broke::Source(status_message(&status))),
-            Ok(Ok(response)) => response.into_inner(),
+            Ok(Ok(stream)) => stream,
         };
         loop {
-            let next = match tokio::time::timeout(self.timeouts.stall, stream.message()).await {
+            let next = match tokio::time::timeout(self.timeouts.stall, stream.next()).await {
                 Err(_) => return Err(Broke::Source(format!("stalled: no data for {:?}", self.timeouts.stall))),
                 Ok(Err(status)) => return Err(Broke::Source(status_message(&status))),
                 Ok(Ok(next)) => next,
@@ -568,16 +565,13 @@ impl CollectJob {
                     Err(Broke::Source(format!("stream ended at byte {} of {}", *offset, entry.size)))
                 };
             };
-            let n = chunk.data.len() as u64;
+            let n = chunk.len() as u64;
             if *offset + n > entry.size {
                 return Err(Broke::Oversize);
             }
             shared.rates.take(&peer.node_id, n).await;
-            hasher.update(&chunk.data);
-            // A copy: the chunk is a slice of the connection's receive buffer, and the upload
-            // holds up to two parts of chunks while they go out; slices would pin those larger
-            // buffers (peak RSS 96 MiB against 55 MiB with copies, 1 GiB + 2,000 files).
-            upload.write(bytes::Bytes::copy_from_slice(&chunk.data)).await.map_err(Broke::Dest)?;
+            hasher.update(&chunk);
+            upload.write(chunk).await.map_err(Broke::Dest)?;
             *offset += n;
             self.progress.advance(n);
         }

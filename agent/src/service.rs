@@ -25,13 +25,16 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 use tower::Service as _;
 
 use crate::auth::{RequirePeer, Standing};
 use crate::digest::DigestCache;
 use crate::identity::{Identity, PeerIdentity};
-use crate::transport::{CONNECTION_WINDOW, MAX_FRAME, PrefixFrames, STREAM_WINDOW, TLS_SEND_BUFFER};
+use crate::transport::{
+    CONNECTION_WINDOW, ChunkFrames, MAX_FRAME, READ_FILE_PATH, STREAM_WINDOW, TLS_SEND_BUFFER, unary_request,
+};
 
 /// Default size of one `ReadFile` chunk. Measured on loopback (see `scripts/bench-agent.sh`):
 /// 1 MiB chunks keep per-message overhead (framing, syscalls, task wake-ups) well under the cost
@@ -474,7 +477,12 @@ pub async fn serve<S: NodeAgent>(
     limits: Limits,
     shutdown: impl Future<Output = ()> + Send,
 ) -> io::Result<()> {
-    let routes = tonic::service::Routes::new(NodeAgentServer::with_interceptor(service, RequirePeer(identity.clone())));
+    let service = Arc::new(service);
+    let require = RequirePeer(identity.clone());
+    let routes = tonic::service::Routes::new(InterceptedService::new(
+        NodeAgentServer::from_arc(Arc::clone(&service)),
+        require.clone(),
+    ));
     let acceptor = tokio_rustls::TlsAcceptor::from(identity.server_config());
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     builder
@@ -488,6 +496,7 @@ pub async fn serve<S: NodeAgent>(
     depot_net::serve_connections(&listener, limits, shutdown, |stream, peer, activity| {
         let (acceptor, routes, builder, watcher) =
             (acceptor.clone(), routes.clone(), builder.clone(), graceful.watcher());
+        let (service, require) = (Arc::clone(&service), require.clone());
         async move {
             let mut tls = match acceptor.accept(stream).await {
                 Ok(tls) => tls,
@@ -504,17 +513,16 @@ pub async fn serve<S: NodeAgent>(
                 if let Some(who) = &who {
                     req.extensions_mut().insert(who.clone());
                 }
-                let mut routes = routes.clone();
-                let read_file = req.uri().path().ends_with("/ReadFile");
+                let (mut routes, service, require) = (routes.clone(), Arc::clone(&service), require.clone());
                 async move {
-                    let response = routes.call(req).await;
-                    drop(in_flight);
-                    // File bytes go out with each message's prefix in a frame of its own.
-                    if read_file {
-                        response.map(|r| r.map(|b| tonic::body::Body::new(PrefixFrames::new(b))))
+                    // ReadFile's chunks are framed here, without tonic's copy of each one.
+                    let response = if req.uri().path() == READ_FILE_PATH {
+                        Ok(read_file_call(&*service, require, req).await.unwrap_or_else(Status::into_http))
                     } else {
-                        response
-                    }
+                        routes.call(req).await
+                    };
+                    drop(in_flight);
+                    response
                 }
             });
             if let Err(err) = watcher.watch(builder.serve_connection(TokioIo::new(tls), service)).await {
@@ -526,6 +534,30 @@ pub async fn serve<S: NodeAgent>(
     drop(listener);
     graceful.shutdown().await;
     Ok(())
+}
+
+/// One `ReadFile` call, answered as tonic's router would (the request decoded, the caller
+/// checked by [`RequirePeer`], the service's `read_file` called) but with the chunks framed by
+/// [`ChunkFrames`], which sends them without copying.
+///
+/// # Errors
+/// The status of a refused or failed call, sent as a trailers-only response.
+async fn read_file_call<S: NodeAgent>(
+    service: &S,
+    mut require: RequirePeer,
+    req: http::Request<hyper::body::Incoming>,
+) -> Result<http::Response<tonic::body::Body>, Status> {
+    use tonic::service::Interceptor as _;
+    let (parts, body) = req.into_parts();
+    let message: ReadFileRequest = unary_request(&parts.headers, body).await?;
+    let metadata = tonic::metadata::MetadataMap::from_headers(parts.headers);
+    let (metadata, extensions, ()) = require.call(Request::from_parts(metadata, parts.extensions, ()))?.into_parts();
+    let (metadata, chunks, _) =
+        service.read_file(Request::from_parts(metadata, extensions, message)).await?.into_parts();
+    let mut response = http::Response::new(tonic::body::Body::new(ChunkFrames::new(Box::pin(chunks))));
+    *response.headers_mut() = metadata.into_headers();
+    response.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
+    Ok(response)
 }
 
 /// Binds `addr` and serves on it in a background task: for tests and embedders. Returns the
@@ -551,6 +583,12 @@ pub async fn spawn<S: NodeAgent>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn read_file_is_answered_on_the_path_tonic_generates() {
+        let generated = format!("/{}/ReadFile", depot_proto::agent::node_agent_server::SERVICE_NAME);
+        assert_eq!(READ_FILE_PATH, generated);
+    }
 
     #[test]
     fn chunk_buffers_are_reused_once_nothing_else_holds_them() {

@@ -4,15 +4,19 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use depot_proto::agent::ReadFileRequest;
 use depot_proto::agent::node_agent_client::NodeAgentClient;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use tokio::time::Instant;
+use tonic::Status;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::identity::Identity;
 use crate::registry::{Coordinator, PeerInfo, RegistryError};
-use crate::transport::{CONNECTION_WINDOW, MAX_FRAME, STREAM_WINDOW, TCP_READ_BUFFER};
+use crate::transport::{
+    CONNECTION_WINDOW, FileBytes, MAX_FRAME, READ_FILE_PATH, STREAM_WINDOW, TCP_READ_BUFFER, unary_call,
+};
 
 /// How long a peer list is reused before asking the coordinator again: short enough that a
 /// new agent is seen quickly, long enough that thousands of concurrent file fetches do not each
@@ -29,8 +33,8 @@ pub struct Peer {
     pub node_id: String,
     /// `host:port` of its service.
     pub address: String,
-    /// A client over the shared connection to it; `None` if its address is unusable.
-    client: Option<PeerClient>,
+    /// The shared connection to it; `None` if its address is unusable.
+    channel: Option<Channel>,
 }
 
 impl Peer {
@@ -38,7 +42,22 @@ impl Peer {
     /// peer's address is unusable.
     #[must_use]
     pub fn client(&self) -> Option<PeerClient> {
-        self.client.clone()
+        let channel = self.channel.clone()?;
+        Some(NodeAgentClient::new(channel).max_decoding_message_size(8 * 1024 * 1024))
+    }
+
+    /// Starts a `ReadFile` stream from this peer. The same call as [`Self::client`]'s
+    /// `read_file`, but the file's bytes arrive as slices of the frames they came in
+    /// ([`FileBytes`]) instead of through tonic's decoder, which copies every one.
+    ///
+    /// # Errors
+    /// The call's status: `NOT_FOUND`, `OUT_OF_RANGE`, a refusal, or a transport error (as
+    /// tonic reports it, so [`crate::peer::is_transient`] reads it the same way).
+    pub async fn read_file(&self, request: ReadFileRequest) -> Result<FileBytes, Status> {
+        use tower::ServiceExt as _;
+        let channel = self.channel.clone().ok_or_else(|| Status::unavailable("unusable peer address"))?;
+        let response = channel.oneshot(unary_call(READ_FILE_PATH, &request)).await;
+        FileBytes::new(response.map_err(|err| Status::from_error(err.into()))?)
     }
 }
 
@@ -126,12 +145,11 @@ impl PeerDirectory {
             .into_iter()
             .filter(|p| self.self_id.as_deref() != Some(p.node_id.as_str()))
             .map(|p| {
-                let client = self
+                let channel = self
                     .channel(&identity, &p.node_id, &p.address)
-                    .map(|channel| NodeAgentClient::new(channel).max_decoding_message_size(8 * 1024 * 1024))
                     .map_err(|err| tracing::warn!(node = p.node_id, address = p.address, %err, "unusable peer address"))
                     .ok();
-                Peer { node_id: p.node_id, address: p.address, client }
+                Peer { node_id: p.node_id, address: p.address, channel }
             })
             .collect();
         let peers = Arc::new(peers);
@@ -239,7 +257,7 @@ mod tests {
     use super::*;
 
     fn peer(id: &str) -> Peer {
-        Peer { node_id: id.into(), address: format!("{id}:1"), client: None }
+        Peer { node_id: id.into(), address: format!("{id}:1"), channel: None }
     }
 
     #[test]

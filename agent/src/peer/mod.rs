@@ -54,6 +54,7 @@ pub use self::partial::Partial;
 use crate::digest::Sha256Digest;
 use crate::manifest::FileEntry;
 use crate::registry::{RegistryError, status_message};
+pub use crate::transport::FileBytes;
 
 /// How often and how patiently transient failures are retried.
 #[derive(Debug, Clone, Copy)]
@@ -585,24 +586,21 @@ impl PeerReader {
 
     /// Streams `name` from `peer` into `partial`, from `partial.len()` on, until `size` bytes.
     async fn transfer(&self, peer: &Peer, name: &str, size: u64, partial: &mut Partial) -> Result<(), TransferFailure> {
-        let Some(mut client) = peer.client() else {
-            return Err(TransferFailure::Broken("unusable address".into()));
-        };
         let offset = partial.len();
         if offset == size && offset > 0 {
             return Ok(());
         }
         // The holder knows who asks from this side's certificate (for its per-peer metrics too).
-        let request = tonic::Request::new(ReadFileRequest { path: name.to_owned(), offset });
-        let mut stream = match tokio::time::timeout(self.timeouts.stall, client.read_file(request)).await {
+        let request = ReadFileRequest { path: name.to_owned(), offset };
+        let mut stream = match tokio::time::timeout(self.timeouts.stall, peer.read_file(request)).await {
             Err(_) => return Err(TransferFailure::Broken("ReadFile did not start in time".into())),
             Ok(Err(status)) if status.code() == Code::NotFound => return Err(TransferFailure::Gone),
             Ok(Err(status)) if status.code() == Code::OutOfRange => return Err(TransferFailure::Oversize),
             Ok(Err(status)) => return Err(TransferFailure::Broken(status_message(&status))),
-            Ok(Ok(response)) => response.into_inner(),
+            Ok(Ok(stream)) => stream,
         };
         loop {
-            let next = match tokio::time::timeout(self.timeouts.stall, stream.message()).await {
+            let next = match tokio::time::timeout(self.timeouts.stall, stream.next()).await {
                 Err(_) => {
                     return Err(TransferFailure::Broken(format!("stalled: no data for {:?}", self.timeouts.stall)));
                 }
@@ -612,11 +610,11 @@ impl PeerReader {
             let Some(chunk) = next else {
                 return Ok(());
             };
-            if partial.len() + chunk.data.len() as u64 > size {
+            if partial.len() + chunk.len() as u64 > size {
                 return Err(TransferFailure::Oversize);
             }
-            let n = chunk.data.len() as u64;
-            partial.append(&self.root, &peer.node_id, chunk.data).await.map_err(TransferFailure::Local)?;
+            let n = chunk.len() as u64;
+            partial.append(&self.root, &peer.node_id, chunk).await.map_err(TransferFailure::Local)?;
             self.progress.advance(n);
         }
     }
