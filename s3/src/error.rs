@@ -116,6 +116,14 @@ pub enum Error {
     /// CompleteMultipartUpload lists parts out of ascending order.
     #[error("the parts must be listed in ascending order of part number")]
     InvalidPartOrder,
+    /// GET/HEAD `partNumber` past the object's last part.
+    #[error("the requested partnumber is not satisfiable: part {part} of an object of {parts} part(s)")]
+    InvalidPartNumber {
+        /// The part asked for.
+        part: i32,
+        /// The object's parts (1 for an object not made by a multipart upload).
+        parts: u32,
+    },
     /// Range starts past the end of the object.
     #[error("the range {range} starts past the end of the object ({size} bytes)")]
     InvalidRange {
@@ -227,6 +235,7 @@ impl Error {
             Self::EntityTooSmall { .. } => (C::EntityTooSmall, StatusCode::BAD_REQUEST),
             Self::InvalidPart { .. } => (C::InvalidPart, StatusCode::BAD_REQUEST),
             Self::InvalidPartOrder => (C::InvalidPartOrder, StatusCode::BAD_REQUEST),
+            Self::InvalidPartNumber { .. } => (custom("InvalidPartNumber"), StatusCode::RANGE_NOT_SATISFIABLE),
             Self::InvalidRange { .. } => (C::InvalidRange, StatusCode::RANGE_NOT_SATISFIABLE),
             Self::PreconditionFailed => (C::PreconditionFailed, StatusCode::PRECONDITION_FAILED),
             Self::NotModified { .. } => (custom("NotModified"), StatusCode::NOT_MODIFIED),

@@ -56,6 +56,57 @@ pub struct ObjectMeta {
     /// Number of parts, for an object made by a multipart upload.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parts: Option<u32>,
+    /// The parts' sizes in order, as runs of `[size, count]` (a fixed-size upload is one or
+    /// two runs), so GET/HEAD with `partNumber` can find a part's bytes. Empty for objects
+    /// written before Depot kept them, or whose sizes vary too much to keep in the record
+    /// ([`PartRuns::MAX_RUNS`]).
+    #[serde(default, skip_serializing_if = "PartRuns::is_empty")]
+    pub part_runs: PartRuns,
+}
+
+/// The sizes of a multipart object's parts, run-length encoded.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct PartRuns(Vec<(u64, u32)>);
+
+impl PartRuns {
+    /// Runs kept at most: ~30 bytes each in the record, which has room for a few KiB.
+    pub const MAX_RUNS: usize = 32;
+
+    /// The runs of `sizes`; empty when they need more than [`Self::MAX_RUNS`].
+    pub fn of(sizes: impl IntoIterator<Item = u64>) -> Self {
+        let mut runs: Vec<(u64, u32)> = Vec::new();
+        for size in sizes {
+            match runs.last_mut() {
+                Some((last, count)) if *last == size => *count += 1,
+                _ => runs.push((size, 1)),
+            }
+            if runs.len() > Self::MAX_RUNS {
+                return Self::default();
+            }
+        }
+        Self(runs)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The byte range of part `number` (1-based, in the order the parts were completed), or
+    /// `None` past the last part or when the sizes were not kept.
+    pub fn range(&self, number: u32) -> Option<std::ops::Range<u64>> {
+        let mut start = 0u64;
+        let mut before = 0u32; // parts ahead of the current run
+        for &(size, count) in &self.0 {
+            if number > before && number <= before + count {
+                let at = start + u64::from(number - before - 1) * size;
+                return Some(at..at + size);
+            }
+            start += size * u64::from(count);
+            before += count;
+        }
+        None
+    }
 }
 
 /// The standard headers S3 stores with an object.
@@ -198,6 +249,26 @@ impl ObjectMeta {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn part_runs_locate_every_part() {
+        let mib = 1u64 << 20;
+        let fixed = PartRuns::of([8 * mib, 8 * mib, 8 * mib, 3]);
+        assert_eq!(fixed.0, [(8 * mib, 3), (3, 1)]);
+        assert_eq!(fixed.range(1), Some(0..8 * mib));
+        assert_eq!(fixed.range(3), Some(16 * mib..24 * mib));
+        assert_eq!(fixed.range(4), Some(24 * mib..24 * mib + 3));
+        assert_eq!(fixed.range(5), None);
+        assert_eq!(fixed.range(0), None);
+        let varied = PartRuns::of([5 * mib, 6 * mib, 6 * mib, 5 * mib]);
+        assert_eq!(varied.range(4), Some(17 * mib..22 * mib));
+        // Too varied to keep: no runs, so no part can be located.
+        let chaos = PartRuns::of((0..100).map(|i| 5 * mib + i));
+        assert!(chaos.is_empty());
+        assert_eq!(chaos.range(1), None);
+        let json = serde_json::to_string(&fixed).unwrap();
+        assert_eq!(json, format!("[[{},3],[3,1]]", 8 * mib));
+    }
 
     #[test]
     fn aws_chunked_is_not_part_of_the_stored_content_encoding() {

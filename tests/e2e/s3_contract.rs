@@ -1140,6 +1140,81 @@ async fn smaller_s3_behaviours(proto: Proto) {
     assert_eq!(err.into_service_error().meta().code(), Some("NoSuchBucket"));
 }
 
+/// GET and HEAD with `partNumber` read one part of a multipart object (as the newer
+/// transfer managers download), part 1 of a plain object is all of it, and a part past the
+/// last one is 416 `InvalidPartNumber`.
+async fn part_number_reads(proto: Proto) {
+    let dir = test_dir();
+    let depot = proto.start(&dir.path().join("archive"), &[]);
+    let s3 = depot.client();
+    let bucket = depot.field("bucket");
+    // Three parts of one size and a shorter last one (assembled in place), and an upload of
+    // varied sizes (concatenated).
+    for (key, sizes) in
+        [("fixed.sst", vec![5 << 20, 5 << 20, 5 << 20, 1 << 20]), ("varied.sst", vec![6 << 20, 5 << 20, 7])]
+    {
+        let parts: Vec<Vec<u8>> = sizes.iter().enumerate().map(|(i, &n)| body(n, i as u8)).collect();
+        let id = s3.create_multipart_upload().bucket(&bucket).key(key).send().await.unwrap().upload_id.unwrap();
+        let mut done = Vec::new();
+        for (i, data) in parts.iter().enumerate() {
+            let n = i as i32 + 1;
+            let up = s3
+                .upload_part()
+                .bucket(&bucket)
+                .key(key)
+                .upload_id(&id)
+                .part_number(n)
+                .body(ByteStream::from(data.clone()))
+                .send()
+                .await
+                .unwrap();
+            done.push(CompletedPart::builder().part_number(n).e_tag(up.e_tag().unwrap()).build());
+        }
+        let upload = CompletedMultipartUpload::builder().set_parts(Some(done)).build();
+        let completed = s3
+            .complete_multipart_upload()
+            .bucket(&bucket)
+            .key(key)
+            .upload_id(&id)
+            .multipart_upload(upload)
+            .send()
+            .await
+            .unwrap();
+        let total: usize = sizes.iter().sum();
+        let mut start = 0;
+        for (i, data) in parts.iter().enumerate() {
+            let n = i as i32 + 1;
+            let got = s3.get_object().bucket(&bucket).key(key).part_number(n).send().await.unwrap();
+            assert_eq!(got.parts_count(), Some(parts.len() as i32), "{key} part {n}");
+            assert_eq!(got.e_tag(), completed.e_tag(), "the whole object's ETag");
+            assert_eq!(got.content_length(), Some(data.len() as i64));
+            let range = format!("bytes {start}-{}/{total}", start + data.len() - 1);
+            assert_eq!(got.content_range(), Some(range.as_str()));
+            assert!(got.body.collect().await.unwrap().into_bytes() == data[..], "{key} part {n}'s bytes");
+            let head = s3.head_object().bucket(&bucket).key(key).part_number(n).send().await.unwrap();
+            assert_eq!(
+                (head.content_length(), head.parts_count()),
+                (Some(data.len() as i64), Some(parts.len() as i32))
+            );
+            start += data.len();
+        }
+        let past = parts.len() as i32 + 1;
+        let err = s3.get_object().bucket(&bucket).key(key).part_number(past).send().await.unwrap_err();
+        assert_eq!(err.raw_response().map(|r| r.status().as_u16()), Some(416));
+        assert_eq!(err.into_service_error().meta().code(), Some("InvalidPartNumber"));
+        let err = s3.get_object().bucket(&bucket).key(key).part_number(1).range("bytes=0-9").send().await.unwrap_err();
+        assert_eq!(err.into_service_error().meta().code(), Some("InvalidRequest"));
+    }
+
+    let data = body(1000, 9);
+    s3.put_object().bucket(&bucket).key("plain").body(ByteStream::from(data.clone())).send().await.unwrap();
+    let got = s3.get_object().bucket(&bucket).key("plain").part_number(1).send().await.unwrap();
+    assert_eq!(got.parts_count(), None);
+    assert!(got.body.collect().await.unwrap().into_bytes() == data[..]);
+    let err = s3.get_object().bucket(&bucket).key("plain").part_number(2).send().await.unwrap_err();
+    assert_eq!(err.into_service_error().meta().code(), Some("InvalidPartNumber"));
+}
+
 /// Every contract test, once per protocol: the same bodies over HTTP/1.1, HTTP/2 over TLS
 /// (ALPN `h2`) and h2c.
 macro_rules! over_each_protocol {
@@ -1178,4 +1253,5 @@ over_each_protocol!(
     directory_markers,
     object_tagging,
     smaller_s3_behaviours,
+    part_number_reads,
 );

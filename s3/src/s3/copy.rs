@@ -67,6 +67,7 @@ pub async fn copy_object(s3: &Depot, req: S3Request<CopyObjectInput>) -> Result<
     if let Some(md5) = md5 {
         meta.etag = hex::encode(md5);
         meta.parts = None;
+        meta.part_runs = crate::meta::PartRuns::default();
     }
     install(temp, meta.clone(), dest_path, input.key, WriteCondition::default()).await?;
     s3.stats.object_written(size);

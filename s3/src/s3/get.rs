@@ -116,20 +116,45 @@ async fn find(s3: &Depot, lookup: &Lookup<'_>) -> Result<Found> {
         Unmet::NotModified => Error::NotModified { etag: meta.etag.clone(), last_modified: meta.last_modified() },
     })?;
     let size = fs_meta.len();
-    if let Some(part) = lookup.part_number
-        && (part != 1 || meta.parts.is_some_and(|n| n > 1))
-    {
-        return Err(Error::InvalidRequest(
-            "reading one part of a multipart object (partNumber) is not supported".into(),
-        ));
-    }
-    let range = match lookup.range {
-        Some(range) => {
+    let range = match (lookup.range, lookup.part_number) {
+        (Some(_), Some(_)) => {
+            return Err(Error::InvalidRequest(
+                "Cannot specify both Range header and partNumber query parameter".into(),
+            ));
+        }
+        (Some(range), None) => {
             Some(range.check(size).map_err(|_| Error::InvalidRange { range: range.to_header_string(), size })?)
         }
-        None => None,
+        (None, Some(part)) => part_range(&meta, part, size)?,
+        (None, None) => None,
     };
     Ok(Found { file, pin, meta, size, range, checksum_wanted: lookup.checksum_wanted })
+}
+
+/// The bytes of part `part` (GET/HEAD `partNumber`): a part of a multipart object as its
+/// record's part sizes place it; part 1 of any other object is all of it, as in S3.
+fn part_range(meta: &ObjectMeta, part: i32, size: u64) -> Result<Option<std::ops::Range<u64>>> {
+    super::multipart::check_part_number(part)?;
+    let number = part.unsigned_abs();
+    let Some(parts) = meta.parts else {
+        return match number {
+            1 if size == 0 => Ok(None),
+            1 => Ok(Some(0..size)),
+            _ => Err(Error::InvalidPartNumber { part, parts: 1 }),
+        };
+    };
+    if number > parts {
+        return Err(Error::InvalidPartNumber { part, parts });
+    }
+    match meta.part_runs.range(number) {
+        Some(range) if range.is_empty() && size == 0 => Ok(None),
+        // An empty last part of a non-empty object: no Content-Range can name it.
+        Some(range) if range.is_empty() => Err(Error::InvalidRequest(format!("part {part} is empty"))),
+        Some(range) if range.end <= size => Ok(Some(range)),
+        _ => Err(Error::InvalidRequest(format!(
+            "this object's part sizes were not recorded (it was completed by an older Depot), so part {part} cannot be located: read it with a Range instead"
+        ))),
+    }
 }
 
 /// The conditional headers of a read (If-Match, ...) or of a copy's source

@@ -23,7 +23,7 @@ use super::{Depot, respond};
 use crate::body::{self, Received};
 use crate::digest::{Algorithm, Expected};
 use crate::error::{Error, Result, write_error};
-use crate::meta::{Headers, ObjectMeta, StoredChecksum};
+use crate::meta::{Headers, ObjectMeta, PartRuns, StoredChecksum};
 use crate::uploads::{self, MIN_PART, PartRecord, PartSink, Placement};
 /// S3's part number range.
 const MAX_PART_NUMBER: i32 = 10_000;
@@ -70,7 +70,7 @@ impl Depot {
     }
 }
 
-fn check_part_number(part: i32) -> Result<()> {
+pub(super) fn check_part_number(part: i32) -> Result<()> {
     if (1..=MAX_PART_NUMBER).contains(&part) {
         Ok(())
     } else {
@@ -353,6 +353,7 @@ pub async fn complete_multipart_upload(
     let temp = s3.archive.temp_file()?;
     let full_object = if composite { None } else { Some(algorithm.unwrap_or(Algorithm::Crc64Nvme)) };
     let (at, idle) = (dir.clone(), closing.idle());
+    let part_runs = PartRuns::of(chosen.iter().map(|p| p.size));
     let assembled = tokio::task::spawn_blocking(move || {
         let full = match full_object {
             Some(algorithm) => uploads::combined_crc(&at, &chosen, algorithm)?.map(|value| (algorithm, value)),
@@ -405,6 +406,7 @@ pub async fn complete_multipart_upload(
         tags: upload.tags,
         checksum: Some(checksum.clone()),
         parts: Some(n as u32),
+        part_runs,
         ..ObjectMeta::default()
     };
     install(file, meta, path.clone(), input.key.clone(), WriteCondition::default()).await?;
