@@ -117,8 +117,8 @@ pub enum Error {
     #[error("the parts must be listed in ascending order of part number")]
     InvalidPartOrder,
     /// GET/HEAD `partNumber` past the object's last part.
-    #[error("the requested partnumber is not satisfiable: part {part} of an object of {parts} part(s)")]
-    InvalidPartNumber {
+    #[error("part {part} does not exist: the object has {parts} part(s)")]
+    NoSuchPart {
         /// The part asked for.
         part: i32,
         /// The object's parts (1 for an object not made by a multipart upload).
@@ -235,7 +235,7 @@ impl Error {
             Self::EntityTooSmall { .. } => (C::EntityTooSmall, StatusCode::BAD_REQUEST),
             Self::InvalidPart { .. } => (C::InvalidPart, StatusCode::BAD_REQUEST),
             Self::InvalidPartOrder => (C::InvalidPartOrder, StatusCode::BAD_REQUEST),
-            Self::InvalidPartNumber { .. } => (custom("InvalidPartNumber"), StatusCode::RANGE_NOT_SATISFIABLE),
+            Self::NoSuchPart { .. } => (C::InvalidPart, StatusCode::BAD_REQUEST),
             Self::InvalidRange { .. } => (C::InvalidRange, StatusCode::RANGE_NOT_SATISFIABLE),
             Self::PreconditionFailed => (C::PreconditionFailed, StatusCode::PRECONDITION_FAILED),
             Self::NotModified { .. } => (custom("NotModified"), StatusCode::NOT_MODIFIED),

@@ -1142,7 +1142,7 @@ async fn smaller_s3_behaviours(proto: Proto) {
 
 /// GET and HEAD with `partNumber` read one part of a multipart object (as the newer
 /// transfer managers download), part 1 of a plain object is all of it, and a part past the
-/// last one is 416 `InvalidPartNumber`.
+/// last one is 400 `InvalidPart`.
 async fn part_number_reads(proto: Proto) {
     let dir = test_dir();
     let depot = proto.start(&dir.path().join("archive"), &[]);
@@ -1200,8 +1200,8 @@ async fn part_number_reads(proto: Proto) {
         }
         let past = parts.len() as i32 + 1;
         let err = s3.get_object().bucket(&bucket).key(key).part_number(past).send().await.unwrap_err();
-        assert_eq!(err.raw_response().map(|r| r.status().as_u16()), Some(416));
-        assert_eq!(err.into_service_error().meta().code(), Some("InvalidPartNumber"));
+        assert_eq!(err.raw_response().map(|r| r.status().as_u16()), Some(400));
+        assert_eq!(err.into_service_error().meta().code(), Some("InvalidPart"));
         let err = s3.get_object().bucket(&bucket).key(key).part_number(1).range("bytes=0-9").send().await.unwrap_err();
         assert_eq!(err.into_service_error().meta().code(), Some("InvalidRequest"));
     }
@@ -1212,7 +1212,7 @@ async fn part_number_reads(proto: Proto) {
     assert_eq!(got.parts_count(), None);
     assert!(got.body.collect().await.unwrap().into_bytes() == data[..]);
     let err = s3.get_object().bucket(&bucket).key("plain").part_number(2).send().await.unwrap_err();
-    assert_eq!(err.into_service_error().meta().code(), Some("InvalidPartNumber"));
+    assert_eq!(err.into_service_error().meta().code(), Some("InvalidPart"));
 }
 
 /// Every contract test, once per protocol: the same bodies over HTTP/1.1, HTTP/2 over TLS

@@ -140,11 +140,11 @@ fn part_range(meta: &ObjectMeta, part: i32, size: u64) -> Result<Option<std::ops
         return match number {
             1 if size == 0 => Ok(None),
             1 => Ok(Some(0..size)),
-            _ => Err(Error::InvalidPartNumber { part, parts: 1 }),
+            _ => Err(Error::NoSuchPart { part, parts: 1 }),
         };
     };
     if number > parts {
-        return Err(Error::InvalidPartNumber { part, parts });
+        return Err(Error::NoSuchPart { part, parts });
     }
     match meta.part_runs.range(number) {
         Some(range) if range.is_empty() && size == 0 => Ok(None),
