@@ -63,7 +63,16 @@ where
     if close {
         response.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
     }
-    if let Ok(id) = http::HeaderValue::try_from(request_id()) {
+    let id = request_id();
+    // An error's XML names the request too (`<RequestId>`), as S3's does.
+    if response.status().as_u16() >= 400
+        && let Some(xml) = response.body().bytes()
+        && let Some(named) = with_request_id(&xml, &id)
+    {
+        response.headers_mut().insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(named.len()));
+        *response.body_mut() = <s3s::Body as From<bytes::Bytes>>::from(named);
+    }
+    if let Ok(id) = http::HeaderValue::try_from(id) {
         // Every S3 answer names its request; SDKs put it in their errors and logs.
         response.headers_mut().insert("x-amz-id-2", id.clone());
         response.headers_mut().insert("x-amz-request-id", id);
@@ -85,6 +94,17 @@ fn request_id() -> String {
     static PREFIX: LazyLock<u32> = LazyLock::new(rand::random);
     static NEXT: AtomicU32 = AtomicU32::new(0);
     format!("{:08X}{:08X}", *PREFIX, NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// An S3 error document with `<RequestId>id</RequestId>` added at its end; `None` when `xml`
+/// is not one or already names its request.
+fn with_request_id(xml: &[u8], id: &str) -> Option<bytes::Bytes> {
+    let text = std::str::from_utf8(xml).ok()?;
+    let end = text.rfind("</Error>")?;
+    if !text.contains("<Error>") || text.contains("<RequestId>") {
+        return None;
+    }
+    Some(format!("{}<RequestId>{id}</RequestId>{}", &text[..end], &text[end..]).into())
 }
 
 /// An empty body sent with `Expect: 100-continue` is answered without a `100 Continue`

@@ -522,6 +522,11 @@ async fn item11_errors_as_s3_xml_and_bodyless_head_404(proto: Proto) {
     assert!(resp.text().contains("<Code>NoSuchKey</Code>"), "{}", resp.text());
     let id = resp.headers.get("x-amz-request-id").expect("every answer names its request").to_str().unwrap();
     assert!(id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+    assert!(
+        resp.text().contains(&format!("<RequestId>{id}</RequestId>")),
+        "the body names the request: {}",
+        resp.text()
+    );
     if let Some(length) = resp.headers.get("content-length") {
         assert_eq!(length.to_str().unwrap(), resp.body.len().to_string(), "an error's Content-Length is its body's");
     }
@@ -1138,6 +1143,35 @@ async fn smaller_s3_behaviours(proto: Proto) {
     let multi = proto.start(&dir.path().join("multi"), &["--multi-bucket"]);
     let err = multi.client().delete_object().bucket("no-such-bucket").key("k").send().await.unwrap_err();
     assert_eq!(err.into_service_error().meta().code(), Some("NoSuchBucket"));
+
+    // ListBuckets pages by name (max-buckets, continuation-token, prefix) and names the owner.
+    let m3 = multi.client();
+    for name in ["b-1", "b-2", "b-3", "c-1"] {
+        m3.create_bucket().bucket(name).send().await.unwrap();
+    }
+    let (mut names, mut token) = (Vec::new(), None);
+    loop {
+        let page =
+            m3.list_buckets().max_buckets(2).prefix("b-").set_continuation_token(token.clone()).send().await.unwrap();
+        assert!(page.owner().and_then(|o| o.id()).is_some_and(|id| id.len() == 64), "{:?}", page.owner());
+        names.extend(page.buckets().iter().filter_map(|b| b.name().map(str::to_owned)));
+        token = page.continuation_token().map(str::to_owned);
+        if token.is_none() {
+            break;
+        }
+    }
+    assert_eq!(names, ["b-1", "b-2", "b-3"]);
+    assert_eq!(m3.list_buckets().send().await.unwrap().buckets().len(), 4, "no max-buckets: all of them");
+
+    // Listings name each object's owner: V1 always, V2 with fetch-owner.
+    let owner = m3.list_buckets().send().await.unwrap().owner().cloned().unwrap();
+    m3.put_object().bucket("c-1").key("k").body(ByteStream::from_static(b"v")).send().await.unwrap();
+    let v1 = m3.list_objects().bucket("c-1").send().await.unwrap();
+    assert_eq!(v1.contents()[0].owner(), Some(&owner));
+    let v2 = m3.list_objects_v2().bucket("c-1").send().await.unwrap();
+    assert_eq!(v2.contents()[0].owner(), None);
+    let v2 = m3.list_objects_v2().bucket("c-1").fetch_owner(true).send().await.unwrap();
+    assert_eq!(v2.contents()[0].owner(), Some(&owner));
 }
 
 /// GET and HEAD with `partNumber` read one part of a multipart object (as the newer

@@ -6,18 +6,46 @@ use s3s::{S3Request, S3Response};
 use super::{Depot, respond};
 use crate::error::{Error, Result};
 
-pub async fn list_buckets(s3: &Depot, _req: S3Request<ListBucketsInput>) -> Result<S3Response<ListBucketsOutput>> {
-    let buckets = s3
-        .archive
-        .buckets()?
+pub async fn list_buckets(s3: &Depot, req: S3Request<ListBucketsInput>) -> Result<S3Response<ListBucketsOutput>> {
+    let owner = super::owner(&req);
+    let input = req.input;
+    // Pages by name (`max-buckets`, `continuation-token`: the last name given), as S3 does
+    // since 2024; without `max-buckets`, every bucket in one answer.
+    let after = match &input.continuation_token {
+        Some(token) => Some(
+            super::list::decode_token(token)
+                .ok_or_else(|| Error::InvalidArgument("the continuation token is not one this server issued".into()))?,
+        ),
+        None => None,
+    };
+    let max = match input.max_buckets {
+        Some(n) if !(1..=10_000).contains(&n) => {
+            return Err(Error::InvalidArgument(format!("max-buckets {n} is outside 1..=10000")));
+        }
+        Some(n) => n as usize,
+        None => usize::MAX,
+    };
+    let prefix = input.prefix.clone().unwrap_or_default();
+    let mut names = s3.archive.buckets()?;
+    names.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut matching = names
         .into_iter()
-        .map(|(name, created)| Bucket {
+        .filter(|(name, _)| name.starts_with(&prefix) && after.as_ref().is_none_or(|a| name > a))
+        .peekable();
+    let mut buckets = Vec::new();
+    while buckets.len() < max
+        && let Some((name, created)) = matching.next()
+    {
+        buckets.push(Bucket {
             name: Some(name),
             creation_date: Some(Timestamp::from(created)),
             bucket_region: Some(s3.region.clone()),
-        })
-        .collect();
-    Ok(respond(ListBucketsOutput { buckets: Some(buckets), ..Default::default() }))
+        });
+    }
+    let more = matching.peek().is_some();
+    let last = buckets.last().and_then(|b| b.name.as_deref());
+    let continuation_token = last.filter(|_| more).map(super::list::encode_token);
+    Ok(respond(ListBucketsOutput { buckets: Some(buckets), owner, continuation_token, prefix: input.prefix }))
 }
 
 pub async fn create_bucket(s3: &Depot, req: S3Request<CreateBucketInput>) -> Result<S3Response<CreateBucketOutput>> {

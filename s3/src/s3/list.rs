@@ -42,6 +42,16 @@ async fn run(s3: &Depot, bucket: &str, query: Query) -> Result<Page> {
     s3.storage.list(bucket, query).await
 }
 
+/// A continuation token: the last name a page gave, encoded so it stays opaque.
+pub(super) fn encode_token(last: &str) -> String {
+    TOKEN.encode(last)
+}
+
+/// The last name a continuation token holds; `None` for a token this server did not issue.
+pub(super) fn decode_token(token: &str) -> Option<String> {
+    TOKEN.decode(token).ok().and_then(|bytes| String::from_utf8(bytes).ok())
+}
+
 fn max_keys(requested: Option<i32>) -> Result<usize> {
     match requested {
         Some(n) if n < 0 => Err(Error::InvalidRequest("max-keys cannot be negative".into())),
@@ -50,7 +60,7 @@ fn max_keys(requested: Option<i32>) -> Result<usize> {
     }
 }
 
-fn contents(page: &Page, enc: &Encoder) -> (Vec<Object>, Vec<CommonPrefix>) {
+fn contents(page: &Page, enc: &Encoder, owner: Option<&Owner>) -> (Vec<Object>, Vec<CommonPrefix>) {
     let objects = page
         .objects
         .iter()
@@ -60,6 +70,7 @@ fn contents(page: &Page, enc: &Encoder) -> (Vec<Object>, Vec<CommonPrefix>) {
             e_tag: Some(ETag::Strong(o.etag.clone())),
             last_modified: Some(Timestamp::from(o.last_modified)),
             storage_class: Some(ObjectStorageClass::from_static(ObjectStorageClass::STANDARD)),
+            owner: owner.cloned(),
             ..Default::default()
         })
         .collect();
@@ -68,6 +79,8 @@ fn contents(page: &Page, enc: &Encoder) -> (Vec<Object>, Vec<CommonPrefix>) {
 }
 
 pub async fn list_objects(s3: &Depot, req: S3Request<ListObjectsInput>) -> Result<S3Response<ListObjectsOutput>> {
+    // V1 names each object's owner, as S3 does.
+    let owner = super::owner(&req);
     let input = req.input;
     let enc = Encoder::new(input.encoding_type.as_ref())?;
     let query = Query {
@@ -77,7 +90,7 @@ pub async fn list_objects(s3: &Depot, req: S3Request<ListObjectsInput>) -> Resul
         max_keys: max_keys(input.max_keys)?,
     };
     let page = run(s3, &input.bucket, query).await?;
-    let (objects, prefixes) = contents(&page, &enc);
+    let (objects, prefixes) = contents(&page, &enc, owner.as_ref());
     Ok(respond(ListObjectsOutput {
         name: Some(input.bucket),
         prefix: Some(enc.apply(input.prefix.unwrap_or_default())),
@@ -98,14 +111,13 @@ pub async fn list_objects_v2(
     s3: &Depot,
     req: S3Request<ListObjectsV2Input>,
 ) -> Result<S3Response<ListObjectsV2Output>> {
+    // V2 names owners only when asked (`fetch-owner=true`), as S3 does.
+    let owner = super::owner(&req).filter(|_| req.input.fetch_owner == Some(true));
     let input = req.input;
     let enc = Encoder::new(input.encoding_type.as_ref())?;
     // The continuation token is the last key or prefix returned, encoded so it stays opaque.
     let after = match &input.continuation_token {
-        Some(token) => TOKEN
-            .decode(token)
-            .ok()
-            .and_then(|bytes| String::from_utf8(bytes).ok())
+        Some(token) => decode_token(token)
             .ok_or_else(|| Error::InvalidRequest("the continuation token is not one this server issued".into()))?,
         None => input.start_after.clone().unwrap_or_default(),
     };
@@ -116,7 +128,7 @@ pub async fn list_objects_v2(
         max_keys: max_keys(input.max_keys)?,
     };
     let page = run(s3, &input.bucket, query).await?;
-    let (objects, prefixes) = contents(&page, &enc);
+    let (objects, prefixes) = contents(&page, &enc, owner.as_ref());
     let key_count = (objects.len() + prefixes.len()) as i32;
     Ok(respond(ListObjectsV2Output {
         name: Some(input.bucket),
@@ -125,7 +137,7 @@ pub async fn list_objects_v2(
         key_count: Some(key_count),
         continuation_token: input.continuation_token,
         is_truncated: Some(page.truncated),
-        next_continuation_token: page.truncated.then(|| page.last.as_ref().map(|l| TOKEN.encode(l))).flatten(),
+        next_continuation_token: page.truncated.then(|| page.last.as_deref().map(encode_token)).flatten(),
         // An empty `delimiter=` is no delimiter, and S3 does not echo it.
         delimiter: input.delimiter.filter(|d| !d.is_empty()).map(|d| enc.apply(d)),
         encoding_type: input.encoding_type,
@@ -143,6 +155,7 @@ pub async fn list_object_versions(
     s3: &Depot,
     req: S3Request<ListObjectVersionsInput>,
 ) -> Result<S3Response<ListObjectVersionsOutput>> {
+    let owner = super::owner(&req);
     let input = req.input;
     let enc = Encoder::new(input.encoding_type.as_ref())?;
     let key_marker = input.key_marker.clone().filter(|m| !m.is_empty());
@@ -165,7 +178,7 @@ pub async fn list_object_versions(
         max_keys: max_keys(input.max_keys)?,
     };
     let page = run(s3, &input.bucket, query).await?;
-    let (objects, prefixes) = contents(&page, &enc);
+    let (objects, prefixes) = contents(&page, &enc, owner.as_ref());
     let versions = objects
         .into_iter()
         .map(|o| ObjectVersion {
@@ -173,6 +186,7 @@ pub async fn list_object_versions(
             size: o.size,
             e_tag: o.e_tag,
             last_modified: o.last_modified,
+            owner: o.owner,
             is_latest: Some(true),
             version_id: Some(NULL_VERSION.into()),
             storage_class: Some(ObjectVersionStorageClass::from_static(ObjectVersionStorageClass::STANDARD)),

@@ -95,6 +95,17 @@ impl Depot {
 }
 
 /// Wraps an output in a default response.
+/// The owner S3 names in listings: the caller's credential, as one account. Its ID is
+/// canonical-user shaped (64 hex digits, a SHA-256 of the access key: stable, and no secret).
+fn owner<T>(req: &S3Request<T>) -> Option<Owner> {
+    use sha2::Digest as _;
+    let access_key = &req.credentials.as_ref()?.access_key;
+    Some(Owner {
+        id: Some(hex::encode(sha2::Sha256::digest(format!("depot:{access_key}")))),
+        display_name: Some(access_key.clone()),
+    })
+}
+
 fn respond<T>(output: T) -> S3Response<T> {
     S3Response::new(output)
 }
