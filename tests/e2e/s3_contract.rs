@@ -753,8 +753,21 @@ async fn object_attributes(proto: Proto) {
     s3.complete_multipart_upload().bucket(&bucket).key("m").upload_id(id).multipart_upload(done).send().await.unwrap();
     let got = s3.get_object_attributes().bucket(&bucket).key("m").object_attributes(ObjectAttributes::ObjectParts);
     let got = got.send().await.unwrap();
-    assert_eq!(got.object_parts().and_then(|p| p.total_parts_count()), Some(2));
+    let listed = got.object_parts().unwrap();
+    assert_eq!(listed.total_parts_count(), Some(2));
+    let sizes: Vec<_> = listed.parts().iter().map(|p| (p.part_number(), p.size())).collect();
+    assert_eq!(sizes, [(Some(1), Some(5 * 1024 * 1024)), (Some(2), Some(10))]);
+    assert_eq!(listed.is_truncated(), Some(false));
     assert_eq!(got.object_size(), None, "only what was asked for");
+    // Paged by max-parts and part-number-marker.
+    let page = s3.get_object_attributes().bucket(&bucket).key("m").object_attributes(ObjectAttributes::ObjectParts);
+    let page = page.max_parts(1).send().await.unwrap();
+    let page = page.object_parts().unwrap();
+    assert_eq!((page.parts().len(), page.is_truncated(), page.next_part_number_marker()), (1, Some(true), Some("1")));
+    let rest = s3.get_object_attributes().bucket(&bucket).key("m").object_attributes(ObjectAttributes::ObjectParts);
+    let rest = rest.part_number_marker("1").send().await.unwrap();
+    let numbers: Vec<_> = rest.object_parts().unwrap().parts().iter().map(|p| p.part_number()).collect();
+    assert_eq!(numbers, [Some(2)]);
     let err = s3.get_object_attributes().bucket(&bucket).key("nope").object_attributes(ObjectAttributes::Etag);
     let err = err.send().await.unwrap_err();
     assert_eq!(err.raw_response().map(|r| r.status().as_u16()), Some(404));

@@ -1,9 +1,9 @@
 //! GetObjectAttributes: what HEAD tells, in the shape newer SDKs ask for it (their checksum
 //! helpers and transfer managers call it after an upload).
 //!
-//! Parts are reported by count only: a multipart object's record keeps how many parts made
-//! it, not each part's size and checksum, so `ObjectParts` carries `TotalPartsCount` and no
-//! part list — as S3 does for an object uploaded without checksums.
+//! A multipart object's record keeps its parts' sizes (not their checksums), so `ObjectParts`
+//! lists each part's number and size, paged by `max-parts` and `part-number-marker`; an object
+//! completed before the sizes were kept reports `TotalPartsCount` only.
 
 use s3s::dto::*;
 use s3s::{S3Request, S3Response};
@@ -47,8 +47,43 @@ pub async fn get_object_attributes(
     if wanted(ObjectAttributes::OBJECT_PARTS)
         && let Some(parts) = meta.parts
     {
-        output.object_parts =
-            Some(GetObjectAttributesParts { total_parts_count: Some(parts as i32), ..Default::default() });
+        output.object_parts = Some(object_parts(&meta, parts, input.part_number_marker, input.max_parts));
     }
     Ok(respond(output))
+}
+
+/// S3's default and largest `max-parts`.
+const MAX_PARTS: i32 = 1000;
+
+/// The page of parts after `marker`, at most `max` of them.
+fn object_parts(meta: &ObjectMeta, parts: u32, marker: Option<i32>, max: Option<i32>) -> GetObjectAttributesParts {
+    let max = max.unwrap_or(MAX_PARTS).clamp(0, MAX_PARTS);
+    let mut page = GetObjectAttributesParts {
+        total_parts_count: Some(parts as i32),
+        part_number_marker: marker,
+        max_parts: Some(max),
+        is_truncated: Some(false),
+        ..Default::default()
+    };
+    if meta.part_runs.range(1).is_none() {
+        return page; // sizes not kept: the count alone
+    }
+    let first = marker.unwrap_or(0).max(0).unsigned_abs() + 1;
+    let listed: Vec<ObjectPart> = (first..=parts)
+        .take(max.unsigned_abs() as usize)
+        .filter_map(|n| {
+            let range = meta.part_runs.range(n)?;
+            Some(ObjectPart {
+                part_number: Some(n as i32),
+                size: Some((range.end - range.start) as i64),
+                ..Default::default()
+            })
+        })
+        .collect();
+    let last = listed.last().and_then(|p| p.part_number);
+    let truncated = last.is_some_and(|l| (l as u32) < parts);
+    page.is_truncated = Some(truncated);
+    page.next_part_number_marker = if truncated { last } else { None };
+    page.parts = Some(listed);
+    page
 }
