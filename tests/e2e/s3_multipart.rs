@@ -354,9 +354,8 @@ async fn upload_part_copy(proto: depot_tests::Proto) {
     let listed = s3.list_parts().bucket("mpu").key("copied").upload_id(&id).send().await.unwrap();
     let sizes: Vec<i64> = listed.parts().iter().map(|p| p.size().unwrap()).collect();
     assert_eq!(sizes, [5 * MIB as i64, 6 * MIB as i64, small.len() as i64]);
-    let done = complete(&s3, "copied", &id, &[(1, &e1), (2, r2.e_tag().unwrap()), (3, r3.e_tag().unwrap())])
-        .await
-        .unwrap();
+    let done =
+        complete(&s3, "copied", &id, &[(1, &e1), (2, r2.e_tag().unwrap()), (3, r3.e_tag().unwrap())]).await.unwrap();
     let whole = [&p1[..], range, &small].concat();
     assert_eq!(get_bytes(&s3, "mpu", "copied").await, whole, "byte-exact");
     let md5s = [md5_of(&p1), md5_of(range), md5_of(&small)].concat();
