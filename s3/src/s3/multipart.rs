@@ -25,7 +25,6 @@ use crate::body::{self, Received};
 use crate::digest::{Algorithm, Expected};
 use crate::error::{Error, Result, write_error};
 use crate::meta::{Headers, ObjectMeta, StoredChecksum};
-use crate::storage::Opened;
 use crate::uploads::{self, MIN_PART, PartRecord, PartSink, Placement};
 /// S3's part number range.
 const MAX_PART_NUMBER: i32 = 10_000;
@@ -230,7 +229,8 @@ pub async fn upload_part_copy(
     let wanted = input.copy_source_range.as_deref().map(copy_source_range).transpose()?;
     let (src_bucket, src_key) = super::copy::source_of(&input.copy_source)?;
     let (dir, upload) = s3.upload(&input.upload_id, &input.bucket, &input.key)?;
-    let Opened { file: source, fs_meta, path: src_path, pin } = s3.storage.open(src_bucket, src_key).await?;
+    let crate::storage::Opened { file: source, fs_meta, path: src_path, pin } =
+        s3.storage.open(src_bucket, src_key).await?;
     let src_meta = ObjectMeta::load_or_synthesize(&src_path, &fs_meta);
     super::copy::check_source(&src_meta, &copy_conditions!(input))?;
     let size = fs_meta.len();
