@@ -300,8 +300,9 @@ fn copy_source_range(value: &str) -> Result<(u64, u64)> {
 
 /// Bytes read from the source per chunk of an UploadPartCopy. Measured with boto3's managed
 /// copy of 512 MiB (10 parts at once into one assembly file, ext4 in a VM): with 1 MiB chunks
-/// the server's system time grew from 0.25 s to 3 s over four back-to-back copies (the
-/// kernel's copy into the page cache and ext4's inode lock), with 128 KiB it stays ~0.25 s.
+/// the server's system time grew from 0.25 s to 3 s over four back-to-back copies (most of it
+/// the kernel's copy into the page cache, `copy_folio_from_iter_atomic`); with 128 KiB it
+/// stays ~0.25 s.
 const COPY_CHUNK: usize = 128 * 1024;
 
 /// `len` bytes of `file` from `offset` as a body for [`body::receive`], read by a blocking
