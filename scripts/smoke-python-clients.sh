@@ -9,7 +9,7 @@
 #          and without it the TLS handshake must fail (boto3, urllib, aws CLI).
 # Each pass (scripts/smoke_python_clients.py) checks, with the SDKs' default checksum behaviour:
 #   boto3    put/get byte-exact (small, empty, 20 MiB via upload_file/download_file = multipart
-#            and ranged concurrent GETs), head_object (Content-Type, user metadata), keys with
+#            and ranged concurrent GETs; copy() of it = UploadPartCopy), head_object (Content-Type, user metadata), keys with
 #            spaces/'+'/'%'/non-ASCII, list_objects_v2 (MaxKeys, Prefix+Delimiter paging,
 #            StartAfter, encoding-type=url), list_objects v1 (Marker/NextMarker), copy_object,
 #            delete_object (204, also missing), delete_objects, ranged GET (206 + Content-Range),
@@ -17,7 +17,8 @@
 #            ObjectLockConfigurationNotFoundError, presigned GET via urllib (default + SigV4,
 #            tampered -> 403), wrong secret -> SignatureDoesNotMatch, concurrent PUT/DELETE of
 #            keys sharing directories (no 5xx);
-#   aws CLI  s3 cp 20 MiB up/down (multipart, sha256 equal), s3 sync a tree up and back (and
+#   aws CLI  s3 cp 20 MiB up/down (multipart, sha256 equal), s3 cp + mv of it between S3 paths
+#            (UploadPartCopy), s3 sync a tree up and back (and
 #            again: no-op), a PUT after an empty PUT on one connection (the CLI's botocore),
 #            s3 ls --recursive, s3api put-object/get-object/head-object, s3 rm --recursive;
 #   server   no 5xx in its debug log (besides the concurrency check's); exits 0 on SIGTERM.

@@ -275,6 +275,17 @@ class Smoke:
             expect(len(ranged) >= 3, f"download_file sent {len(ranged)} ranged GETs, expected >= 3")
             expect(sha256_file(out) == big_sha, "downloaded file differs from the uploaded one (sha256)")
 
+        def managed_copy_big():
+            # boto3's managed copy (s3transfer) is CreateMultipartUpload + UploadPartCopy above
+            # its 8 MiB threshold, as `aws s3 cp/mv/sync` between S3 paths are.
+            mark = len(self.sent)
+            self.s3.copy({"Bucket": self.bucket, "Key": "boto3/big.bin"}, self.bucket, "boto3/big copy.bin")
+            copies = len(self.ops_sent(mark, "UploadPartCopy"))
+            expect(copies >= 3, f"copy sent {copies} UploadPartCopy requests for {BIG_SIZE} bytes, expected >= 3")
+            out = self.work / "big.copy.out"
+            self.s3.download_file(self.bucket, "boto3/big copy.bin", str(out))
+            expect(sha256_file(out) == big_sha, "the copy differs from its source (sha256)")
+
         def put_list_keys():
             for key in LIST_KEYS:
                 self.put(key, key.encode("utf-8"))
@@ -553,6 +564,7 @@ class Smoke:
             f"boto3 upload_file/download_file {BIG_SIZE // MIB} MiB (multipart, ranged gets)",
             upload_download_big,
         )
+        self.check(f"boto3 managed copy {BIG_SIZE // MIB} MiB (UploadPartCopy), sha256 equal", managed_copy_big)
         self.check("boto3 put/get keys with spaces, '+', '%', non-ASCII", put_list_keys)
         self.check("boto3 list_objects_v2 paging MaxKeys=3 (encoding-type=url)", list_v2_flat_paging)
         self.check("boto3 list_objects_v2 Prefix+Delimiter paging MaxKeys=2", list_v2_delimiter_paging)
@@ -677,6 +689,21 @@ class Smoke:
             expect(out.stat().st_size == BIG_SIZE, f"downloaded {out.stat().st_size} bytes, not {BIG_SIZE}")
             expect(sha256_file(out) == big_sha, "downloaded file differs from the uploaded one (sha256)")
 
+        def cp_mv_between_s3_paths():
+            def copies():
+                return sum(1 for r in self.server_ops() if r["client"] == "aws-cli" and r["op"] == "UploadPartCopy")
+
+            before = copies()
+            self.aws("s3", "cp", "--no-progress", f"{s3url}/cli/big file.bin", f"{s3url}/cli/big copy.bin")
+            self.aws("s3", "mv", "--no-progress", f"{s3url}/cli/big copy.bin", f"{s3url}/cli/big moved.bin")
+            if self.server_log:
+                n = copies() - before
+                expect(n >= 6, f"the server logged {n} UploadPartCopy requests from the CLI's cp and mv")
+            expect(self.keys_under("cli/big copy") == [], "`aws s3 mv` left its source")
+            out = self.work / "big.moved.out"
+            self.aws("s3", "cp", "--no-progress", f"{s3url}/cli/big moved.bin", str(out))
+            expect(sha256_file(out) == big_sha, "the copied and moved object differs from the original (sha256)")
+
         tree = self.work / "tree"
         # No empty file here: see empty_then_put below for why that is checked on its own.
         files = {
@@ -704,7 +731,7 @@ class Smoke:
             p = self.aws("s3", "ls", "--recursive", f"{s3url}/cli/")
             keys = sorted(line.split(None, 3)[3] for line in p.stdout.splitlines() if line.strip())
             keys = [k for k in keys if not k.startswith("cli/probe/")]  # written by empty_then_put
-            expected = sorted(["cli/big file.bin"] + [f"cli/tree/{rel}" for rel in files])
+            expected = sorted(["cli/big file.bin", "cli/big moved.bin"] + [f"cli/tree/{rel}" for rel in files])
             expect(keys == expected, f"listed {keys!r}, expected {expected!r}")
 
         def s3api_put_get_head():
@@ -775,6 +802,10 @@ class Smoke:
             expect(left == [], f"still listed after rm --recursive: {left!r}")
 
         self.check(f"aws s3 cp {BIG_SIZE // MIB} MiB up and down (multipart), sha256 equal", cp_big)
+        self.check(
+            f"aws s3 cp + mv {BIG_SIZE // MIB} MiB between S3 paths (UploadPartCopy), sha256 equal",
+            cp_mv_between_s3_paths,
+        )
         self.check("aws s3 sync a tree up and back (and a second sync is a no-op)", sync_up_down)
         self.check("aws CLI's botocore: PUT after an empty PUT on one connection (no stall)", empty_then_put)
         self.check("aws s3 ls --recursive", ls_recursive)

@@ -184,6 +184,12 @@ impl Expected {
         Ok(expected)
     }
 
+    /// Nothing to check, only `algorithm` to compute (besides CRC64-NVME): for bytes Depot
+    /// reads itself, an UploadPartCopy's source, stored with the upload's checksum.
+    pub fn computing(algorithm: Option<Algorithm>) -> Self {
+        Self { algorithm, ..Self::default() }
+    }
+
     /// The checksum algorithm in use, if the client named one.
     pub fn algorithm(&self) -> Option<Algorithm> {
         self.algorithm

@@ -132,6 +132,17 @@ pub enum Error {
         /// The object's size.
         size: u64,
     },
+    /// An UploadPartCopy's `x-amz-copy-source-range` reaches past the end of its source.
+    #[error(
+        "the x-amz-copy-source-range {range} does not lie within the source object ({size} bytes): \
+         first and last must both be below {size}"
+    )]
+    CopyRangeOutside {
+        /// The header as received.
+        range: String,
+        /// The source's size.
+        size: u64,
+    },
     /// If-Match / If-Unmodified-Since failed.
     #[error("a precondition (If-Match or If-Unmodified-Since) did not hold")]
     PreconditionFailed,
@@ -239,6 +250,7 @@ impl Error {
             Self::InvalidRange { .. } => (C::InvalidRange, StatusCode::RANGE_NOT_SATISFIABLE),
             Self::PreconditionFailed => (C::PreconditionFailed, StatusCode::PRECONDITION_FAILED),
             Self::NotModified { .. } => (custom("NotModified"), StatusCode::NOT_MODIFIED),
+            Self::CopyRangeOutside { .. } => (C::InvalidRange, StatusCode::RANGE_NOT_SATISFIABLE),
             Self::InvalidTag(_) => (C::InvalidTag, StatusCode::BAD_REQUEST),
             Self::TooManyTags { .. } => (custom("BadRequest"), StatusCode::BAD_REQUEST),
             Self::SingleBucket(_) => (C::NotImplemented, StatusCode::NOT_IMPLEMENTED),

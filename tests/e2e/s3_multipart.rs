@@ -283,3 +283,171 @@ async fn abandoned_uploads_expire_with_a_log_line() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("plain seconds"), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+fn md5_of(data: &[u8]) -> [u8; 16] {
+    use md5::Digest as _;
+    md5::Md5::digest(data).into()
+}
+
+/// The S3 code, HTTP status and message of a refused UploadPartCopy.
+fn refusal(
+    result: Result<
+        aws_sdk_s3::operation::upload_part_copy::UploadPartCopyOutput,
+        aws_sdk_s3::error::SdkError<aws_sdk_s3::operation::upload_part_copy::UploadPartCopyError>,
+    >,
+) -> (String, u16, String) {
+    use aws_sdk_s3::error::ProvideErrorMetadata as _;
+    let err = result.expect_err("the request was refused");
+    let status = err.raw_response().map_or(0, |r| r.status().as_u16());
+    (err.code().unwrap_or_default().to_owned(), status, err.message().unwrap_or_default().to_owned())
+}
+
+/// UploadPartCopy (boto3's managed copy and `aws s3 cp s3://… s3://…` above 8 MiB, s3-tests'
+/// `test_multipart_copy_*`): parts copied from a range of an object and from a whole one are
+/// stored as uploaded parts are; refusals are S3's.
+async fn upload_part_copy(proto: depot_tests::Proto) {
+    let dir = test_dir();
+    let archive = dir.path().join("archive");
+    let depot = proto.start(&archive, &FIXED);
+    let s3 = depot.client();
+    let (big, small) = (body(7 * MIB + 3, 11), body(3 * MIB + 5, 12));
+    for (key, data) in [("src/big one", &big), ("src/small", &small)] {
+        s3.put_object().bucket("mpu").key(key).body(ByteStream::from(data.clone())).send().await.unwrap();
+    }
+    let small_etag = s3.head_object().bucket("mpu").key("src/small").send().await.unwrap().e_tag().unwrap().to_owned();
+
+    // Part 1 uploaded, part 2 a 6 MiB range of a key with a space (URL-encoded, `?versionId=null`),
+    // part 3 the whole small object, with a copy condition that holds.
+    let id = create(&s3, "copied").await;
+    let p1 = body(5 * MIB, 13);
+    let e1 = part(&s3, "copied", &id, 1, &p1).await;
+    let (first, last) = (1000, 1000 + 6 * MIB - 1);
+    let c2 = s3
+        .upload_part_copy()
+        .bucket("mpu")
+        .key("copied")
+        .upload_id(&id)
+        .part_number(2)
+        .copy_source("mpu/src/big%20one?versionId=null")
+        .copy_source_range(format!("bytes={first}-{last}"))
+        .send()
+        .await
+        .unwrap();
+    let c3 = s3
+        .upload_part_copy()
+        .bucket("mpu")
+        .key("copied")
+        .upload_id(&id)
+        .part_number(3)
+        .copy_source("/mpu/src/small")
+        .copy_source_if_match(&small_etag)
+        .send()
+        .await
+        .unwrap();
+    let range = &big[first..=last];
+    let (r2, r3) = (c2.copy_part_result().unwrap(), c3.copy_part_result().unwrap());
+    assert_eq!(r2.e_tag(), Some(format!("\"{}\"", hex::encode(md5_of(range))).as_str()), "the MD5 of the range");
+    assert_eq!(r3.e_tag(), Some(small_etag.as_str()), "a whole copy's ETag is its source's MD5");
+    assert!(r2.last_modified().is_some() && r3.last_modified().is_some());
+    assert!(c2.copy_source_version_id().is_none(), "no versioning, no version id");
+
+    let listed = s3.list_parts().bucket("mpu").key("copied").upload_id(&id).send().await.unwrap();
+    let sizes: Vec<i64> = listed.parts().iter().map(|p| p.size().unwrap()).collect();
+    assert_eq!(sizes, [5 * MIB as i64, 6 * MIB as i64, small.len() as i64]);
+    let done =
+        complete(&s3, "copied", &id, &[(1, &e1), (2, r2.e_tag().unwrap()), (3, r3.e_tag().unwrap())]).await.unwrap();
+    let whole = [&p1[..], range, &small].concat();
+    assert_eq!(get_bytes(&s3, "mpu", "copied").await, whole, "byte-exact");
+    let md5s = [md5_of(&p1), md5_of(range), md5_of(&small)].concat();
+    assert_eq!(done.e_tag(), Some(format!("\"{}-3\"", hex::encode(md5_of(&md5s))).as_str()));
+    let head = s3.head_object().bucket("mpu").key("copied").checksum_mode(ChecksumMode::Enabled).send().await.unwrap();
+    assert_eq!(head.checksum_crc64_nvme(), Some(crc64nvme_b64(&whole).as_str()), "the parts' CRCs were recorded");
+
+    // An upload with a COMPOSITE CRC32: the copied part gets one, and Complete takes it.
+    let id = s3
+        .create_multipart_upload()
+        .bucket("mpu")
+        .key("crc32")
+        .checksum_algorithm(ChecksumAlgorithm::Crc32)
+        .send()
+        .await
+        .unwrap()
+        .upload_id()
+        .unwrap()
+        .to_owned();
+    let copied = s3
+        .upload_part_copy()
+        .bucket("mpu")
+        .key("crc32")
+        .upload_id(&id)
+        .part_number(1)
+        .copy_source("mpu/src/small")
+        .copy_source_range("bytes=0-99")
+        .send()
+        .await
+        .unwrap();
+    let result = copied.copy_part_result().unwrap();
+    assert_eq!(result.checksum_crc32(), Some(crc32_b64(&small[..100]).as_str()));
+    let only = CompletedPart::builder()
+        .part_number(1)
+        .e_tag(result.e_tag().unwrap())
+        .checksum_crc32(result.checksum_crc32().unwrap())
+        .build();
+    s3.complete_multipart_upload()
+        .bucket("mpu")
+        .key("crc32")
+        .upload_id(&id)
+        .multipart_upload(CompletedMultipartUpload::builder().parts(only).build())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(get_bytes(&s3, "mpu", "crc32").await, &small[..100]);
+
+    // Refusals, each leaving no part behind.
+    let id = create(&s3, "refused").await;
+    let copy = |source: &str| {
+        s3.upload_part_copy().bucket("mpu").key("refused").upload_id(&id).part_number(1).copy_source(source)
+    };
+    let past = format!("bytes=0-{}", small.len());
+    let (code, status, message) = refusal(copy("mpu/src/small").copy_source_range(&past).send().await);
+    assert_eq!((code.as_str(), status), ("InvalidRange", 416), "s3-tests' test_multipart_copy_invalid_range");
+    assert!(message.contains(&past) && message.contains(&small.len().to_string()), "{message}");
+    for bad in ["0-2", "bytes=0", "bytes=hello-world", "bytes=0-bar", "bytes=hello-", "bytes=0-2,3-5", "bytes=-5"] {
+        let (code, status, message) = refusal(copy("mpu/src/small").copy_source_range(bad).send().await);
+        assert_eq!((code.as_str(), status), ("InvalidArgument", 400), "{bad}");
+        assert!(message.contains("x-amz-copy-source-range") && message.contains("bytes=first-last"), "{message}");
+    }
+    let (code, status, _) = refusal(copy("mpu/src/missing").send().await);
+    assert_eq!((code.as_str(), status), ("NoSuchKey", 404));
+    let (code, status, _) = refusal(copy("mpu/src/small").copy_source_if_match("\"0123456789abcdef\"").send().await);
+    assert_eq!((code.as_str(), status), ("PreconditionFailed", 412));
+    let (code, status, _) = refusal(copy("mpu/src/small").copy_source_if_none_match(&small_etag).send().await);
+    assert_eq!((code.as_str(), status), ("PreconditionFailed", 412), "a copy has no 304");
+    let (code, status, _) = refusal(copy("mpu/src/small?versionId=3HL4kqtJlcpXroDTDmJ").send().await);
+    assert_eq!((code.as_str(), status), ("InvalidArgument", 400), "a version Depot does not have");
+    let (code, status, _) = refusal(copy("mpu/src/small").part_number(10_001).send().await);
+    assert_eq!((code.as_str(), status), ("InvalidRequest", 400), "as UploadPart");
+    let unknown = "0123456789abcdef0123456789abcdef";
+    let (code, status, _) = refusal(copy("mpu/src/small").upload_id(unknown).send().await);
+    assert_eq!((code.as_str(), status), ("NoSuchUpload", 404));
+    let listed = s3.list_parts().bucket("mpu").key("refused").upload_id(&id).send().await.unwrap();
+    assert!(listed.parts().is_empty(), "{:?}", listed.parts());
+    assert_eq!(std::fs::read_dir(archive.join(".depot/tmp")).unwrap().count(), 0, "no temp file left");
+}
+
+mod upload_part_copy {
+    #[tokio::test]
+    async fn h1() {
+        super::upload_part_copy(depot_tests::Proto::H1).await;
+    }
+
+    #[tokio::test]
+    async fn h2() {
+        super::upload_part_copy(depot_tests::Proto::H2).await;
+    }
+
+    #[tokio::test]
+    async fn h2c() {
+        super::upload_part_copy(depot_tests::Proto::H2c).await;
+    }
+}

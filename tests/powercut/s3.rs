@@ -200,7 +200,9 @@ struct Upload {
     finished: bool,
 }
 
-/// Create, parts (one writer uploads two, the first of 5 MiB), then Complete or Abort. After
+/// Create, parts (one writer uploads two, the first of 5 MiB; odd writers copy every other
+/// upload's part from an object with UploadPartCopy, and leave half of those uploads open),
+/// then Complete or Abort. After
 /// a cut: an acknowledged upload is listed with its acknowledged parts until it is completed
 /// or aborted; a completed or aborted one is never listed; a completed object is whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -264,24 +266,47 @@ async fn multipart_writer(
         let id = created.upload_id().unwrap().to_owned();
         uploads.lock().unwrap().insert(id.clone(), Upload { key: key.clone(), ..Default::default() });
         let sizes: Vec<usize> = if w == 0 && i % 4 == 0 { vec![5 << 20, 10_000] } else { vec![size(w, i) + 1] };
+        // Odd writers copy every other upload's part from an object they PUT (UploadPartCopy).
+        let source = (w % 2 == 1 && i % 2 == 0).then(|| format!("mpu/c{cycle}/w{w}/{i}/src"));
         let mut whole = Vec::new();
         let mut parts = Vec::new();
         for (n, size) in sizes.iter().enumerate() {
             let number = n as i32 + 1;
             let data = payload(&key, n, *size);
             whole.extend_from_slice(&data);
-            let sent = client
-                .upload_part()
-                .bucket(BUCKET)
-                .key(&key)
-                .upload_id(&id)
-                .part_number(number)
-                .body(data.into())
-                .send()
-                .await;
-            let Ok(sent) = sent else { return };
+            let e_tag = if let Some(source) = &source {
+                if !put(&client, ledger, source, data).await {
+                    return;
+                }
+                let sent = client
+                    .upload_part_copy()
+                    .bucket(BUCKET)
+                    .key(&key)
+                    .upload_id(&id)
+                    .part_number(number)
+                    .copy_source(format!("{BUCKET}/{source}"))
+                    .send()
+                    .await;
+                let Ok(sent) = sent else { return };
+                sent.copy_part_result.and_then(|r| r.e_tag)
+            } else {
+                let sent = client
+                    .upload_part()
+                    .bucket(BUCKET)
+                    .key(&key)
+                    .upload_id(&id)
+                    .part_number(number)
+                    .body(data.into())
+                    .send()
+                    .await;
+                let Ok(sent) = sent else { return };
+                sent.e_tag
+            };
             uploads.lock().unwrap().get_mut(&id).unwrap().acked_parts.insert(number);
-            parts.push(CompletedPart::builder().part_number(number).set_e_tag(sent.e_tag).build());
+            parts.push(CompletedPart::builder().part_number(number).set_e_tag(e_tag).build());
+        }
+        if source.is_some() && i % 4 == 0 {
+            continue; // left open: its copied part must still be listed after the cut
         }
         uploads.lock().unwrap().get_mut(&id).unwrap().finishing = true;
         let acked = if i % 3 == 2 {

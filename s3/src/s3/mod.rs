@@ -13,7 +13,8 @@
 //! - [`list`]: ListObjects (V1), ListObjectsV2 and ListObjectVersions.
 //! - [`delete`]: DeleteObject and DeleteObjects.
 //! - [`copy`]: server-side CopyObject.
-//! - [`multipart`]: Create, UploadPart, ListParts, Complete, Abort, ListMultipartUploads.
+//! - [`multipart`]: Create, UploadPart, UploadPartCopy, ListParts, Complete, Abort,
+//!   ListMultipartUploads.
 //! - [`tagging`]: PutObjectTagging, GetObjectTagging, DeleteObjectTagging.
 //! - [`completion`]: the record that makes a repeated Complete answer the same.
 
@@ -28,6 +29,19 @@ macro_rules! stored_headers {
             content_language: $input.content_language.clone(),
             cache_control: $input.cache_control.clone(),
             expires: $crate::meta::Headers::expires_of($input.expires.as_ref()),
+        }
+    };
+}
+
+/// The `x-amz-copy-source-if-*` conditions of a copy (CopyObject, UploadPartCopy): their input
+/// types share these fields but no trait.
+macro_rules! copy_conditions {
+    ($input:expr) => {
+        $crate::s3::get::Conditions {
+            if_match: $input.copy_source_if_match.as_ref(),
+            if_none_match: $input.copy_source_if_none_match.as_ref(),
+            if_modified_since: $input.copy_source_if_modified_since.as_ref(),
+            if_unmodified_since: $input.copy_source_if_unmodified_since.as_ref(),
         }
     };
 }
@@ -144,6 +158,7 @@ delegate! {
     copy_object => copy, CopyObjectInput, CopyObjectOutput;
     create_multipart_upload => multipart, CreateMultipartUploadInput, CreateMultipartUploadOutput;
     upload_part => multipart, UploadPartInput, UploadPartOutput;
+    upload_part_copy => multipart, UploadPartCopyInput, UploadPartCopyOutput;
     list_parts => multipart, ListPartsInput, ListPartsOutput;
     complete_multipart_upload => multipart, CompleteMultipartUploadInput, CompleteMultipartUploadOutput;
     abort_multipart_upload => multipart, AbortMultipartUploadInput, AbortMultipartUploadOutput;

@@ -6,7 +6,8 @@
 //! Abort removes them, and `--multipart-expiry` sweeps the abandoned ones.
 
 use std::io::{self, Write};
-use std::path::PathBuf;
+use std::os::unix::fs::FileExt as _;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -150,17 +151,8 @@ pub async fn upload_part(s3: &Depot, req: S3Request<UploadPartInput>) -> Result<
     body::check_declared_length(input.content_length)?;
     let expected = Expected::from_headers(&headers)?;
 
-    // In place when the part fits the upload's shape, else a temp file of its own.
     let declared = input.content_length.and_then(|l| u64::try_from(l).ok());
-    let (uploads, id, at) = (Arc::clone(&s3.uploads), input.upload_id.clone(), dir.clone());
-    let region = tokio::task::spawn_blocking(move || uploads.begin_part(&id, &at, number, declared))
-        .await
-        .map_err(blocking_error)?
-        .map_err(|e| write_error(&input.key, dir.clone(), e))?;
-    let sink = match region {
-        Some(region) => PartSink::InPlace(region),
-        None => PartSink::Separate(s3.archive.temp_file()?),
-    };
+    let sink = part_sink(s3, &input.upload_id, &dir, number, declared, &input.key).await?;
     let sink_path = sink.path(&dir);
     let Received { file, size, digests } =
         body::receive(input.body, sink, expected.hasher(), &input.key, &sink_path).await?;
@@ -176,10 +168,7 @@ pub async fn upload_part(s3: &Depot, req: S3Request<UploadPartInput>) -> Result<
         modified: SystemTime::now(),
     };
     let etag = record.etag.clone();
-    let key = input.key.clone();
-    tokio::task::spawn_blocking(move || uploads::store_part(&dir, file, record).map_err(|e| write_error(&key, dir, e)))
-        .await
-        .map_err(blocking_error)??;
+    store(dir, file, record, &input.key).await?;
 
     let mut output = UploadPartOutput { e_tag: Some(ETag::Strong(etag)), ..Default::default() };
     if let Some(algorithm) = expected.algorithm() {
@@ -193,6 +182,158 @@ pub async fn upload_part(s3: &Depot, req: S3Request<UploadPartInput>) -> Result<
         }
     }
     Ok(respond(output))
+}
+
+/// Where part `number` of the upload in `dir` is written: its slot of the assembly file when
+/// it fits the upload's shape (`declared` length known), else a temp file of its own.
+async fn part_sink(
+    s3: &Depot,
+    upload_id: &str,
+    dir: &Path,
+    number: i32,
+    declared: Option<u64>,
+    key: &str,
+) -> Result<PartSink> {
+    let (uploads, id, at) = (Arc::clone(&s3.uploads), upload_id.to_owned(), dir.to_path_buf());
+    let region = tokio::task::spawn_blocking(move || uploads.begin_part(&id, &at, number, declared))
+        .await
+        .map_err(blocking_error)?
+        .map_err(|e| write_error(key, dir.to_path_buf(), e))?;
+    Ok(match region {
+        Some(region) => PartSink::InPlace(region),
+        None => PartSink::Separate(s3.archive.temp_file()?),
+    })
+}
+
+/// Makes a received part durable and records it (before its 200).
+async fn store(dir: PathBuf, sink: PartSink, record: PartRecord, key: &str) -> Result<()> {
+    let key = key.to_owned();
+    tokio::task::spawn_blocking(move || uploads::store_part(&dir, sink, record).map_err(|e| write_error(&key, dir, e)))
+        .await
+        .map_err(blocking_error)?
+}
+
+/// UploadPartCopy: part `N` is a range of an existing object (all of it without
+/// `x-amz-copy-source-range`). The source is read as GET and CopyObject read it (through the
+/// storage, with CopyObject's `x-amz-copy-source-if-*` checks) and its bytes go through the
+/// same pipeline as an UploadPart's body ([`body::receive`]: the part's slot or its own file,
+/// MD5, CRC64-NVME and the upload's checksum), so the part is stored, recorded and durable
+/// exactly as an uploaded one, before the 200.
+pub async fn upload_part_copy(
+    s3: &Depot,
+    req: S3Request<UploadPartCopyInput>,
+) -> Result<S3Response<UploadPartCopyOutput>> {
+    let input = req.input;
+    let number = input.part_number;
+    check_part_number(number)?;
+    let wanted = input.copy_source_range.as_deref().map(copy_source_range).transpose()?;
+    let (src_bucket, src_key) = super::copy::source_of(&input.copy_source)?;
+    let (dir, upload) = s3.upload(&input.upload_id, &input.bucket, &input.key)?;
+    let crate::storage::Opened { file: source, fs_meta, path: src_path, pin } =
+        s3.storage.open(src_bucket, src_key).await?;
+    let src_meta = ObjectMeta::load_or_synthesize(&src_path, &fs_meta);
+    super::copy::check_source(&src_meta, &copy_conditions!(input))?;
+    let size = fs_meta.len();
+    let (offset, len) = match wanted {
+        None => (0, size),
+        Some((first, last)) if last < size => (first, last - first + 1),
+        Some(_) => {
+            let range = input.copy_source_range.clone().unwrap_or_default();
+            return Err(Error::CopyRangeOutside { range, size });
+        }
+    };
+    if len > body::MAX_BODY {
+        return Err(Error::InvalidRequest(format!(
+            "the copy source is {len} bytes; a part can be at most 5 GiB: copy it in parts of at most 5 GiB \
+             each with x-amz-copy-source-range"
+        )));
+    }
+
+    let algorithm = upload.checksum_algorithm.as_deref().and_then(Algorithm::from_name);
+    let expected = Expected::computing(algorithm);
+    let sink = part_sink(s3, &input.upload_id, &dir, number, Some(len), &input.key).await?;
+    let sink_path = sink.path(&dir);
+    let (bytes, reader) = read_range(source, pin, offset, len);
+    let received = body::receive(Some(bytes), sink, expected.hasher(), &input.key, &sink_path).await;
+    // A failed read of the source is the server's error, not a short body from a client.
+    reader.await.map_err(blocking_error)?.map_err(Error::io(&src_path))?;
+    let Received { file, size: copied, digests } = received?;
+    let record = PartRecord {
+        number,
+        size: copied,
+        etag: digests.etag(),
+        checksum: expected.verify(&digests, None)?,
+        crc64nvme: digests.base64(Algorithm::Crc64Nvme).expect("always computed"),
+        at: Placement::File { name: String::new() }, // set by store_part
+        modified: SystemTime::now(),
+    };
+    let mut result = CopyPartResult {
+        e_tag: Some(ETag::Strong(record.etag.clone())),
+        last_modified: Some(Timestamp::from(record.modified)),
+        ..Default::default()
+    };
+    if let Some(algorithm) = algorithm {
+        let value = Some(record.checksum.value.clone());
+        match algorithm {
+            Algorithm::Crc32 => result.checksum_crc32 = value,
+            Algorithm::Crc32c => result.checksum_crc32c = value,
+            Algorithm::Crc64Nvme => result.checksum_crc64nvme = value,
+            Algorithm::Sha1 => result.checksum_sha1 = value,
+            Algorithm::Sha256 => result.checksum_sha256 = value,
+        }
+    }
+    store(dir, file, record, &input.key).await?;
+    Ok(respond(UploadPartCopyOutput { copy_part_result: Some(result), ..Default::default() }))
+}
+
+/// Parses `x-amz-copy-source-range` as S3 accepts it: one closed range `bytes=first-last`
+/// (zero-based, inclusive, `first <= last`); no open or suffix range, no list.
+fn copy_source_range(value: &str) -> Result<(u64, u64)> {
+    match s3s::dto::Range::parse(value) {
+        Ok(s3s::dto::Range::Int { first, last: Some(last) }) => Ok((first, last)),
+        _ => Err(Error::InvalidArgument(format!(
+            "the x-amz-copy-source-range {value:?} is not of the form bytes=first-last, where first and last \
+             are the zero-based offsets of the first and last bytes to copy (e.g. bytes=0-5242879)"
+        ))),
+    }
+}
+
+/// Bytes read from the source per chunk of an UploadPartCopy. Measured with boto3's managed
+/// copy of 512 MiB (10 parts at once into one assembly file, ext4 in a VM): with 1 MiB chunks
+/// the server's system time grew from 0.25 s to 3 s over four back-to-back copies (most of it
+/// the kernel's copy into the page cache, `copy_folio_from_iter_atomic`); with 128 KiB it
+/// stays ~0.25 s.
+const COPY_CHUNK: usize = 128 * 1024;
+
+/// `len` bytes of `file` from `offset` as a body for [`body::receive`], read by a blocking
+/// thread a few chunks ahead; the thread's result says whether the source could be read.
+fn read_range(
+    file: std::fs::File,
+    pin: Option<Box<dyn Send + Sync>>,
+    offset: u64,
+    len: u64,
+) -> (StreamingBlob, tokio::task::JoinHandle<io::Result<()>>) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<io::Result<bytes::Bytes>>(2);
+    let reader = tokio::task::spawn_blocking(move || {
+        let _pin = pin; // a view's cache keeps the file until it is read
+        let mut at = offset;
+        let end = offset + len;
+        while at < end {
+            let mut chunk = vec![0; (end - at).min(COPY_CHUNK as u64) as usize];
+            // On an error the body just ends; the caller reports this error instead.
+            file.read_exact_at(&mut chunk, at).map_err(|err| match err.kind() {
+                io::ErrorKind::UnexpectedEof => io::Error::other("the copy source shrank while being read"),
+                _ => err,
+            })?;
+            at += chunk.len() as u64;
+            if tx.blocking_send(Ok(bytes::Bytes::from(chunk))).is_err() {
+                return Ok(()); // the receiver stopped: its own error is reported
+            }
+        }
+        Ok(())
+    });
+    let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    (StreamingBlob::wrap(stream), reader)
 }
 
 /// The parts of an upload, by number.
