@@ -26,13 +26,9 @@ set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 gocode=/usr/share/gocode/src
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/depot-smoke-go.XXXXXX")
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true; done
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
+# shellcheck source=scripts/smoke-lib.sh
+source "$repo/scripts/smoke-lib.sh"
+smoke_workdir go
 
 if ! command -v go >/dev/null || [[ ! -d $gocode/github.com/aws/aws-sdk-go ]]; then
     echo "installing golang-go and golang-github-aws-aws-sdk-go-dev (apt-get)" >&2
@@ -85,8 +81,6 @@ if [[ -z ${DEPOT_BIN:-} ]]; then
     DEPOT_BIN=${CARGO_TARGET_DIR:-$repo/target}/debug/depot
 fi
 
-# shellcheck source=scripts/smoke-lib.sh
-source "$repo/scripts/smoke-lib.sh"
 
 failed=0
 for pass in http https; do

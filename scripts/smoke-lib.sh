@@ -1,6 +1,18 @@
-# Shared by the client smoke scripts (sourced, not run): the banner reader and one
-# `depot serve` per pass. Expects $DEPOT_BIN, $tmp and the array pids (killed by the
-# caller's cleanup).
+# Shared by the client smoke scripts (sourced, not run): their work directory, the banner
+# reader and one `depot serve` per pass. serve_pass expects $DEPOT_BIN and smoke_workdir's
+# $tmp and pids.
+
+# smoke_workdir NAME: a fresh work directory in $tmp and an empty array pids; at exit every
+# process in pids is stopped and the directory removed.
+smoke_workdir() {
+    tmp=$(mktemp -d "${TMPDIR:-/tmp}/depot-smoke-$1.XXXXXX")
+    pids=()
+    trap smoke_cleanup EXIT
+}
+smoke_cleanup() {
+    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true; done
+    rm -rf "$tmp"
+}
 
 # field BANNER NAME: one field of a `depot serve --json` banner ('' for null).
 field() { python3 -c "import json, sys; v = json.load(open(sys.argv[1]))[sys.argv[2]]; print(v or '')" "$1" "$2"; }

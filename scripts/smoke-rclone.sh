@@ -18,13 +18,9 @@
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/depot-smoke-rclone.XXXXXX")
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true; done
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
+# shellcheck source=scripts/smoke-lib.sh
+source "$repo/scripts/smoke-lib.sh"
+smoke_workdir rclone
 
 if ! command -v rclone >/dev/null; then
     echo "installing rclone (apt-get)" >&2
@@ -41,8 +37,6 @@ if [[ -z ${DEPOT_BIN:-} ]]; then
     DEPOT_BIN=${CARGO_TARGET_DIR:-$repo/target}/debug/depot
 fi
 
-# shellcheck source=scripts/smoke-lib.sh
-source "$repo/scripts/smoke-lib.sh"
 
 # The source tree, the same for both passes.
 src=$tmp/src

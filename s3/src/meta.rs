@@ -88,7 +88,8 @@ impl PartRuns {
         Self(runs)
     }
 
-    fn is_empty(&self) -> bool {
+    /// Whether the sizes were not kept.
+    pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 

@@ -18,6 +18,12 @@ async fn create(s3: &aws_sdk_s3::Client, key: &str) -> String {
     s3.create_multipart_upload().bucket("mpu").key(key).send().await.unwrap().upload_id().unwrap().to_owned()
 }
 
+/// An upload with a CRC32 checksum, `FULL_OBJECT` or (`None`) the default `COMPOSITE`.
+async fn create_crc32(s3: &aws_sdk_s3::Client, key: &str, kind: Option<ChecksumType>) -> String {
+    let create = s3.create_multipart_upload().bucket("mpu").key(key).checksum_algorithm(ChecksumAlgorithm::Crc32);
+    create.set_checksum_type(kind).send().await.unwrap().upload_id().unwrap().to_owned()
+}
+
 async fn part(s3: &aws_sdk_s3::Client, key: &str, id: &str, n: i32, data: &[u8]) -> String {
     let up = s3
         .upload_part()
@@ -127,18 +133,7 @@ async fn re_uploaded_parts_other_sizes_and_subsets_are_concatenated() {
     assert_eq!(head.checksum_crc64_nvme(), Some(crc64nvme_b64(&whole).as_str()));
 
     // A FULL_OBJECT CRC32 upload of parts of varying sizes: the whole object's CRC32.
-    let id = s3
-        .create_multipart_upload()
-        .bucket("mpu")
-        .key("crc32")
-        .checksum_algorithm(ChecksumAlgorithm::Crc32)
-        .checksum_type(ChecksumType::FullObject)
-        .send()
-        .await
-        .unwrap()
-        .upload_id()
-        .unwrap()
-        .to_owned();
+    let id = create_crc32(&s3, "crc32", Some(ChecksumType::FullObject)).await;
     let sizes = [5 * MIB + 3, 7 * MIB, 12_345];
     let mut refs = Vec::new();
     let mut whole = Vec::new();
@@ -364,17 +359,7 @@ async fn upload_part_copy(proto: depot_tests::Proto) {
     assert_eq!(head.checksum_crc64_nvme(), Some(crc64nvme_b64(&whole).as_str()), "the parts' CRCs were recorded");
 
     // An upload with a COMPOSITE CRC32: the copied part gets one, and Complete takes it.
-    let id = s3
-        .create_multipart_upload()
-        .bucket("mpu")
-        .key("crc32")
-        .checksum_algorithm(ChecksumAlgorithm::Crc32)
-        .send()
-        .await
-        .unwrap()
-        .upload_id()
-        .unwrap()
-        .to_owned();
+    let id = create_crc32(&s3, "crc32", None).await;
     let copied = s3
         .upload_part_copy()
         .bucket("mpu")

@@ -65,7 +65,7 @@ fn object_parts(meta: &ObjectMeta, parts: u32, marker: Option<i32>, max: Option<
         is_truncated: Some(false),
         ..Default::default()
     };
-    if meta.part_runs.range(1).is_none() {
+    if meta.part_runs.is_empty() {
         return page; // sizes not kept: the count alone
     }
     let first = marker.unwrap_or(0).max(0).unsigned_abs() + 1;

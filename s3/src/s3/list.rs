@@ -112,7 +112,7 @@ pub async fn list_objects_v2(
     req: S3Request<ListObjectsV2Input>,
 ) -> Result<S3Response<ListObjectsV2Output>> {
     // V2 names owners only when asked (`fetch-owner=true`), as S3 does.
-    let owner = super::owner(&req).filter(|_| req.input.fetch_owner == Some(true));
+    let owner = if req.input.fetch_owner == Some(true) { super::owner(&req) } else { None };
     let input = req.input;
     let enc = Encoder::new(input.encoding_type.as_ref())?;
     // The continuation token is the last key or prefix returned, encoded so it stays opaque.

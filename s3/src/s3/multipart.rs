@@ -19,7 +19,7 @@ use s3s::{S3Request, S3Response};
 use serde::{Deserialize, Serialize};
 
 use super::completion::{self, Completion};
-use super::put::{WriteCondition, install, user_metadata};
+use super::put::{ChecksumFields as _, WriteCondition, install, user_metadata};
 use super::{Depot, respond};
 use crate::body::{self, Received};
 use crate::digest::{Algorithm, Expected};
@@ -172,14 +172,7 @@ pub async fn upload_part(s3: &Depot, req: S3Request<UploadPartInput>) -> Result<
 
     let mut output = UploadPartOutput { e_tag: Some(ETag::Strong(etag)), ..Default::default() };
     if let Some(algorithm) = expected.algorithm() {
-        let value = Some(checksum.value);
-        match algorithm {
-            Algorithm::Crc32 => output.checksum_crc32 = value,
-            Algorithm::Crc32c => output.checksum_crc32c = value,
-            Algorithm::Crc64Nvme => output.checksum_crc64nvme = value,
-            Algorithm::Sha1 => output.checksum_sha1 = value,
-            Algorithm::Sha256 => output.checksum_sha256 = value,
-        }
+        *output.field(algorithm) = Some(checksum.value);
     }
     Ok(respond(output))
 }
@@ -273,14 +266,7 @@ pub async fn upload_part_copy(
         ..Default::default()
     };
     if let Some(algorithm) = algorithm {
-        let value = Some(record.checksum.value.clone());
-        match algorithm {
-            Algorithm::Crc32 => result.checksum_crc32 = value,
-            Algorithm::Crc32c => result.checksum_crc32c = value,
-            Algorithm::Crc64Nvme => result.checksum_crc64nvme = value,
-            Algorithm::Sha1 => result.checksum_sha1 = value,
-            Algorithm::Sha256 => result.checksum_sha256 = value,
-        }
+        *result.field(algorithm) = Some(record.checksum.value.clone());
     }
     store(dir, file, record, &input.key).await?;
     Ok(respond(UploadPartCopyOutput { copy_part_result: Some(result), ..Default::default() }))

@@ -171,16 +171,16 @@ pub fn user_metadata(metadata: Option<Metadata>) -> Result<std::collections::BTr
     Ok(map)
 }
 
-/// Anything with the five `checksum_*` fields and `checksum_type` of S3 outputs.
+/// Anything with the five `checksum_*` fields of S3 outputs (and most with `checksum_type`).
 pub trait ChecksumFields {
     /// The field for `algorithm`.
     fn field(&mut self, algorithm: Algorithm) -> &mut Option<String>;
-    /// The `checksum_type` field.
-    fn kind(&mut self) -> &mut Option<ChecksumType>;
+    /// The `checksum_type` field, where the output has one (a part's does not).
+    fn kind(&mut self) -> Option<&mut Option<ChecksumType>>;
 }
 
 macro_rules! checksum_fields {
-    ($($ty:ty),*) => {$(
+    ($($ty:ty => |$this:ident| $kind:expr),* $(,)?) => {$(
         impl ChecksumFields for $ty {
             fn field(&mut self, algorithm: Algorithm) -> &mut Option<String> {
                 match algorithm {
@@ -191,26 +191,31 @@ macro_rules! checksum_fields {
                     Algorithm::Sha256 => &mut self.checksum_sha256,
                 }
             }
-            fn kind(&mut self) -> &mut Option<ChecksumType> {
-                &mut self.checksum_type
+            fn kind(&mut self) -> Option<&mut Option<ChecksumType>> {
+                let $this = self;
+                $kind
             }
         }
     )*};
 }
 
 checksum_fields!(
-    PutObjectOutput,
-    GetObjectOutput,
-    HeadObjectOutput,
-    CopyObjectResult,
-    CompleteMultipartUploadOutput,
-    Checksum
+    PutObjectOutput => |o| Some(&mut o.checksum_type),
+    GetObjectOutput => |o| Some(&mut o.checksum_type),
+    HeadObjectOutput => |o| Some(&mut o.checksum_type),
+    CopyObjectResult => |o| Some(&mut o.checksum_type),
+    CompleteMultipartUploadOutput => |o| Some(&mut o.checksum_type),
+    Checksum => |o| Some(&mut o.checksum_type),
+    UploadPartOutput => |_o| None,
+    CopyPartResult => |_o| None,
 );
 
 /// Fills the checksum fields of an output from a stored checksum.
 pub fn set_checksum_fields(checksum: &StoredChecksum, output: &mut impl ChecksumFields) {
     if let Some(algorithm) = Algorithm::from_name(&checksum.algorithm) {
         *output.field(algorithm) = Some(checksum.value.clone());
-        *output.kind() = Some(ChecksumType::from(checksum.kind.clone()));
+        if let Some(kind) = output.kind() {
+            *kind = Some(ChecksumType::from(checksum.kind.clone()));
+        }
     }
 }
