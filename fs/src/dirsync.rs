@@ -177,14 +177,19 @@ pub(crate) fn ensure_dir(dir: &Path, stop: Option<&Path>) -> Result<(), CommitEr
     if !existing {
         match std::fs::create_dir(dir) {
             Ok(()) => {}
-            // A concurrent writer made it first: it is a late-comer's directory now too.
-            Err(err) if err.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => {}
-            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
-                return Err(CommitError::Conflict {
-                    path: dir.to_path_buf(),
-                    what: "a file, so nothing can be stored under it (a name cannot be both a file and a prefix)",
-                });
-            }
+            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => match std::fs::metadata(dir) {
+                // A concurrent writer made it first: it is a late-comer's directory now too.
+                Ok(meta) if meta.is_dir() => {}
+                Ok(_) => {
+                    return Err(CommitError::Conflict {
+                        path: dir.to_path_buf(),
+                        what: "a file, so nothing can be stored under it (a name cannot be both a file and a prefix)",
+                    });
+                }
+                // Made and pruned again (left empty) by concurrent requests in between: a
+                // `NotFound` the caller retries on, not a conflict.
+                Err(err) => return Err(CommitError::io(dir)(err)),
+            },
             Err(err) => return Err(CommitError::io(dir)(err)),
         }
     }
