@@ -12,6 +12,8 @@
 //! empty directory made for a write that was never acknowledged (S3 shows no empty
 //! directories; the next write into it reuses it, a delete under it prunes it), and a
 //! renamed file's old entry in `.depot/tmp/` (swept).
+//!
+//! A large file that a commit replaces is freed after the commit returns ([`crate::release`]).
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -21,6 +23,7 @@ use rand::Rng;
 
 use crate::dirsync::{ensure_dir, sync_dir};
 use crate::name::STATE_DIR;
+use crate::release;
 
 /// A file being written in `.depot/tmp/`; see the module docs.
 #[derive(Debug)]
@@ -148,15 +151,21 @@ impl TempFile {
                 Err(CommitError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => continue,
                 result => result?,
             }
+            // A large file replaced is freed after the answer, not inside the rename.
+            let replaced = release::hold_if_large(dest);
             let err = match std::fs::rename(&self.path, dest) {
                 Ok(()) => {
                     self.committed = true;
-                    return match sync_dir(parent) {
+                    let synced = match sync_dir(parent) {
                         // The new file was deleted (and its directory pruned) by a concurrent
                         // delete of the same name: the write itself happened.
                         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
                         result => result.map_err(CommitError::io(parent)),
                     };
+                    if let Some(old) = replaced {
+                        release::release_later(old);
+                    }
+                    return synced;
                 }
                 Err(err) => err,
             };

@@ -13,6 +13,8 @@
 //!   `fsync`, rename into place, `fsync` of the directory; deleted on drop if never committed.
 //! - [`dirsync`]: directory fsyncs grouped across concurrent requests, the record of
 //!   directories already durable, and durable removal.
+//! - [`release`]: freeing a replaced or deleted large file after the answer, not inside the
+//!   `rename` or `unlink` that drops its name.
 //! - [`writeback`]: [`Writeback`], starting the disk on a large file while it is written, so
 //!   the final fsync has only the tail left; [`flush`]: the `sync_file_range` under it.
 #![deny(unsafe_code)]
@@ -22,6 +24,7 @@ pub mod dirsync;
 pub mod durable;
 pub mod flush;
 pub mod name;
+pub mod release;
 pub mod root;
 pub mod writeback;
 
