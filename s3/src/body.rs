@@ -9,6 +9,7 @@
 //! records it; see [`crate::uploads`]).
 
 use std::io::{self, IoSlice, Write};
+use std::path::PathBuf;
 
 use bytes::Bytes;
 use depot_fs::{TempFile, Writeback};
@@ -21,8 +22,10 @@ use crate::error::{Error, Result, write_error};
 /// S3's limit for one PUT or one part.
 pub const MAX_BODY: u64 = 5 * 1024 * 1024 * 1024;
 
-/// Bytes handed to the writer at once.
+/// Bytes handed to the writer and the MD5 thread at once.
 const BATCH_BYTES: usize = 1024 * 1024;
+/// The first batch's size; each next one doubles, up to [`BATCH_BYTES`].
+const FIRST_BATCH_BYTES: usize = 64 * 1024;
 /// Chunks handed to the writer at once (below the kernel's `IOV_MAX` of 1024).
 const BATCH_CHUNKS: usize = 256;
 /// Batches in flight between the network and the writer.
@@ -80,28 +83,49 @@ pub fn check_declared_length(length: Option<i64>) -> Result<()> {
 pub async fn receive<S: Sink>(
     body: Option<StreamingBlob>,
     file: S,
-    mut hasher: BodyHasher,
+    hasher: BodyHasher,
     key: &str,
     path: &std::path::Path,
 ) -> Result<Received<S>> {
-    let temp_path = path.to_path_buf();
+    let path = path.to_path_buf();
+    receive_with(body, move || Ok((file, path)), hasher, key).await
+}
+
+/// [`receive`] into the sink that `open` makes (with its path, for errors). `open` runs on the
+/// writer thread, so setting the sink up (a part's slot: the upload's files read, the assembly
+/// opened) overlaps with receiving and hashing the first bytes instead of delaying them.
+///
+/// # Errors
+/// As [`receive`], and `open`'s error.
+pub async fn receive_with<S: Sink>(
+    body: Option<StreamingBlob>,
+    open: impl FnOnce() -> Result<(S, PathBuf)> + Send + 'static,
+    mut hasher: BodyHasher,
+    key: &str,
+) -> Result<Received<S>> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Bytes>>(QUEUE);
-    let writer = tokio::task::spawn_blocking(move || -> io::Result<S> {
-        let mut file = file;
-        let mut early = Writeback::new();
-        let mut total = 0u64;
-        while let Some(batch) = rx.blocking_recv() {
-            file.write_batch(&batch)?;
-            let bytes = batch.iter().map(|b| b.len() as u64).sum();
-            total += bytes;
-            early.written(file.file(), bytes);
-        }
-        if total >= TAIL_FLUSH_MIN {
-            // The network is done before the MD5 thread (MD5 is the slowest of the three):
-            // writing the tail out now overlaps it with that hashing, and the caller's fsync
-            // has only the journal commit left. Best effort: the caller's fsync must succeed.
-            let _ = depot_fs::flush::write_out(file.file());
-        }
+    let owned_key = key.to_owned();
+    let writer = tokio::task::spawn_blocking(move || -> Result<S> {
+        let (mut file, path) = open()?;
+        let mut written = || -> io::Result<()> {
+            let mut early = Writeback::new();
+            let mut total = 0u64;
+            while let Some(batch) = rx.blocking_recv() {
+                file.write_batch(&batch)?;
+                let bytes = batch.iter().map(|b| b.len() as u64).sum();
+                total += bytes;
+                early.written(file.file(), bytes);
+            }
+            if total >= TAIL_FLUSH_MIN {
+                // The network is done before the MD5 thread (MD5 is the slowest of the three):
+                // writing the tail out now overlaps it with that hashing, and the caller's
+                // fsync has only the journal commit left. Best effort: the caller's fsync must
+                // succeed.
+                let _ = depot_fs::flush::write_out(file.file());
+            }
+            Ok(())
+        };
+        written().map_err(|e| write_error(&owned_key, path, e))?;
         Ok(file)
     });
 
@@ -111,6 +135,10 @@ pub async fn receive<S: Sink>(
     if let Some(mut body) = body {
         let mut batch = Vec::new();
         let mut batch_bytes = 0;
+        // The first batches are small, so MD5 (the slowest of the three) starts on the first
+        // bytes rather than after a whole batch has arrived: a sequential client waits for each
+        // part's MD5, so every millisecond it starts late is a millisecond per part.
+        let mut batch_limit = FIRST_BATCH_BYTES;
         while let Some(chunk) = body.next().await {
             let chunk = match chunk {
                 Ok(chunk) => chunk,
@@ -127,8 +155,9 @@ pub async fn receive<S: Sink>(
             hasher.update(&chunk);
             batch_bytes += chunk.len();
             batch.push(chunk);
-            if batch_bytes >= BATCH_BYTES || batch.len() >= BATCH_CHUNKS {
+            if batch_bytes >= batch_limit || batch.len() >= BATCH_CHUNKS {
                 batch_bytes = 0;
+                batch_limit = (batch_limit * 2).min(BATCH_BYTES);
                 md5.feed(batch.clone()).await;
                 if tx.send(std::mem::take(&mut batch)).await.is_err() {
                     break; // the writer failed; its error is reported below
@@ -142,10 +171,9 @@ pub async fn receive<S: Sink>(
     }
     drop(tx);
     let md5 = md5.finish().await;
-    let written = writer.await.map_err(|e| Error::io(&temp_path)(io::Error::other(e)))?;
+    let written = writer.await.map_err(|e| Error::io("<writer task>")(io::Error::other(e)))?;
     outcome?;
-    let file = written.map_err(|e| write_error(key, temp_path, e))?;
-    Ok(Received { file, size, digests: hasher.finalize(md5) })
+    Ok(Received { file: written?, size, digests: hasher.finalize(md5) })
 }
 
 /// Bodies from this size on write their tail out as soon as the network is done (overlapping

@@ -152,10 +152,8 @@ pub async fn upload_part(s3: &Depot, req: S3Request<UploadPartInput>) -> Result<
     let expected = Expected::from_headers(&headers)?;
 
     let declared = input.content_length.and_then(|l| u64::try_from(l).ok());
-    let sink = part_sink(s3, &input.upload_id, &dir, number, declared, &input.key).await?;
-    let sink_path = sink.path(&dir);
-    let Received { file, size, digests } =
-        body::receive(input.body, sink, expected.hasher(), &input.key, &sink_path).await?;
+    let sink = part_sink(s3, &input.upload_id, &dir, number, declared, &input.key);
+    let Received { file, size, digests } = body::receive_with(input.body, sink, expected.hasher(), &input.key).await?;
     let trailers = trailing_headers.and_then(|t| t.take());
     let checksum = expected.verify(&digests, trailers.as_ref())?;
     let record = PartRecord {
@@ -177,25 +175,28 @@ pub async fn upload_part(s3: &Depot, req: S3Request<UploadPartInput>) -> Result<
     Ok(respond(output))
 }
 
-/// Where part `number` of the upload in `dir` is written: its slot of the assembly file when
-/// it fits the upload's shape (`declared` length known), else a temp file of its own.
-async fn part_sink(
+/// Where part `number` of the upload in `dir` is written, made by the writer thread of
+/// [`body::receive_with`]: its slot of the assembly file when it fits the upload's shape
+/// (`declared` length known), else a temp file of its own; with its path, for errors.
+fn part_sink(
     s3: &Depot,
     upload_id: &str,
     dir: &Path,
     number: i32,
     declared: Option<u64>,
     key: &str,
-) -> Result<PartSink> {
-    let (uploads, id, at) = (Arc::clone(&s3.uploads), upload_id.to_owned(), dir.to_path_buf());
-    let region = tokio::task::spawn_blocking(move || uploads.begin_part(&id, &at, number, declared))
-        .await
-        .map_err(blocking_error)?
-        .map_err(|e| write_error(key, dir.to_path_buf(), e))?;
-    Ok(match region {
-        Some(region) => PartSink::InPlace(region),
-        None => PartSink::Separate(s3.archive.temp_file()?),
-    })
+) -> impl FnOnce() -> Result<(PartSink, PathBuf)> + Send + 'static {
+    let (uploads, archive) = (Arc::clone(&s3.uploads), Arc::clone(&s3.archive));
+    let (id, dir, key) = (upload_id.to_owned(), dir.to_path_buf(), key.to_owned());
+    move || {
+        let region = uploads.begin_part(&id, &dir, number, declared).map_err(|e| write_error(&key, dir.clone(), e))?;
+        let sink = match region {
+            Some(region) => PartSink::InPlace(region),
+            None => PartSink::Separate(archive.temp_file()?),
+        };
+        let path = sink.path(&dir);
+        Ok((sink, path))
+    }
 }
 
 /// Makes a received part durable and records it (before its 200).
@@ -244,10 +245,9 @@ pub async fn upload_part_copy(
 
     let algorithm = upload.checksum_algorithm.as_deref().and_then(Algorithm::from_name);
     let expected = Expected::computing(algorithm);
-    let sink = part_sink(s3, &input.upload_id, &dir, number, Some(len), &input.key).await?;
-    let sink_path = sink.path(&dir);
+    let sink = part_sink(s3, &input.upload_id, &dir, number, Some(len), &input.key);
     let (bytes, reader) = read_range(source, pin, offset, len);
-    let received = body::receive(Some(bytes), sink, expected.hasher(), &input.key, &sink_path).await;
+    let received = body::receive_with(Some(bytes), sink, expected.hasher(), &input.key).await;
     // A failed read of the source is the server's error, not a short body from a client.
     reader.await.map_err(blocking_error)?.map_err(Error::io(&src_path))?;
     let Received { file, size: copied, digests } = received?;
