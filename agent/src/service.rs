@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use depot_fs::{NameRule, Root, UnsafeName};
 use depot_net::Limits;
 use depot_proto::agent::node_agent_server::{NodeAgent, NodeAgentServer};
@@ -377,25 +377,19 @@ fn stream_file(mut opened: Opened, chunk_size: usize, rate: Option<&RateLimit>, 
         }
         let want = usize::try_from(opened.remaining).map_or(chunk_size, |r| r.min(chunk_size));
         let mut data = buffers.take(want);
-        let mut filled = 0;
-        while filled < want {
-            match opened.file.read(&mut data[filled..]) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-                Err(source) => {
-                    let err = ServiceError::Io { name: name.to_owned(), source };
-                    let _ = tx.blocking_send(Err(err.into()));
-                    return;
-                }
-            }
+        // `read_to_end` reads into the buffer's spare capacity as it is (a file's reads need no
+        // zeroed memory first), retrying interrupted reads.
+        if let Err(source) = (&mut opened.file).take(want as u64).read_to_end(&mut data) {
+            let err = ServiceError::Io { name: name.to_owned(), source };
+            let _ = tx.blocking_send(Err(err.into()));
+            return;
         }
+        let filled = data.len();
         if filled == 0 {
             // Truncated while being read: the receiver sees a short file and rejects it.
             tracing::warn!(name, "file shrank while being read");
             return;
         }
-        data.truncate(filled);
         let data = buffers.sent(data);
         opened.remaining -= filled as u64;
         if let Some(rate) = rate {
@@ -415,9 +409,9 @@ fn stream_file(mut opened: Opened, chunk_size: usize, rate: Option<&RateLimit>, 
     }
 }
 
-/// Chunk buffers of one `ReadFile` stream, reused once tonic has encoded (copied) and dropped
-/// them: a fresh buffer must be zeroed before `read` may fill it (a 1 MiB `memset` per chunk
-/// was ~5% of the serving agent's CPU per byte sent), a reused one is overwritten as it is.
+/// Chunk buffers of one `ReadFile` stream, reused once the connection has written (and
+/// dropped) them: a fresh 1 MiB allocation per chunk costs the allocator's zeroed pages, a
+/// reused buffer is read into as it is.
 #[derive(Default)]
 struct Buffers {
     /// Chunks sent, oldest first; each is reusable once this is its only reference.
@@ -425,27 +419,31 @@ struct Buffers {
 }
 
 impl Buffers {
-    /// Chunks kept for reuse: those queued (`READ_AHEAD_CHUNKS`), one being encoded, spare.
-    const KEPT: usize = READ_AHEAD_CHUNKS + 2;
+    /// References kept: those queued (`READ_AHEAD_CHUNKS`) and a few being framed or written
+    /// (HTTP/2 holds a chunk until the window lets it out).
+    const KEPT: usize = READ_AHEAD_CHUNKS + 4;
 
-    /// A buffer of `len` bytes to read into.
-    fn take(&mut self, len: usize) -> BytesMut {
-        if let Some(oldest) = self.sent.pop_front() {
-            match oldest.try_into_mut() {
-                Ok(mut reused) => {
-                    reused.resize(len, 0);
+    /// An empty buffer with room for `len` bytes: a released one if any, else a new one.
+    fn take(&mut self, len: usize) -> Vec<u8> {
+        if let Some(free) = self.sent.iter().position(Bytes::is_unique) {
+            let released = self.sent.remove(free).expect("position is in range");
+            if let Ok(reused) = released.try_into_mut() {
+                let mut reused = Vec::from(reused);
+                if reused.capacity() >= len {
+                    reused.clear();
                     return reused;
                 }
-                Err(still_sent) if self.sent.len() + 1 < Self::KEPT => self.sent.push_front(still_sent),
-                Err(_) => {} // dropped: held elsewhere too long to wait for
             }
         }
-        BytesMut::zeroed(len)
+        if self.sent.len() >= Self::KEPT {
+            self.sent.pop_front(); // held elsewhere too long to wait for
+        }
+        Vec::with_capacity(len)
     }
 
     /// `data` is being sent: keeps a reference to reuse it later.
-    fn sent(&mut self, data: BytesMut) -> Bytes {
-        let data = data.freeze();
+    fn sent(&mut self, data: Vec<u8>) -> Bytes {
+        let data = Bytes::from(data);
         self.sent.push_back(data.clone());
         data
     }
@@ -594,22 +592,28 @@ mod tests {
     fn chunk_buffers_are_reused_once_nothing_else_holds_them() {
         let mut buffers = Buffers::default();
         let mut first = buffers.take(1000);
-        first[..3].copy_from_slice(b"abc");
+        assert!(first.is_empty() && first.capacity() >= 1000);
+        first.extend_from_slice(&[7; 1000]);
         let first = buffers.sent(first);
         let address = first.as_ptr();
-        // Still held (queued or being encoded): a new buffer, and the held one is not touched.
-        let second = buffers.take(1000);
+        // Still held (queued or being framed): a new buffer, and the held one is not touched.
+        let mut second = buffers.take(1000);
         assert_ne!(second.as_ptr(), address);
-        assert_eq!(&first[..3], b"abc");
+        second.extend_from_slice(&[8; 1000]);
+        assert_eq!(first[..], [7; 1000]);
         let second = buffers.sent(second);
-        drop((first, second));
-        // Released: the same memory, sized as asked (a short last chunk too).
-        let reused = buffers.take(10);
-        assert_eq!((reused.as_ptr(), reused.len()), (address, 10));
+        drop(first);
+        // Released (the second is still held): the same memory, emptied, with room as asked.
+        let reused = buffers.take(1000);
+        assert_eq!((reused.as_ptr(), reused.len()), (address, 0));
+        assert!(reused.capacity() >= 1000);
+        assert_eq!(second[..], [8; 1000]);
+        drop(second);
         // Never more than KEPT references, however long the receiver holds its chunks.
         let mut held = Vec::new();
         for _ in 0..10 {
-            let buffer = buffers.take(100);
+            let mut buffer = buffers.take(100);
+            buffer.push(1);
             held.push(buffers.sent(buffer));
         }
         assert!(buffers.sent.len() <= Buffers::KEPT);
