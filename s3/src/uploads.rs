@@ -442,11 +442,12 @@ fn commit_error(err: CommitError) -> io::Error {
     }
 }
 
-/// Makes a received part durable and records it (`record.at` is filled in here). Blocking.
+/// Makes a received part of upload `id` (kept in `dir`) durable and records it (`record.at` is
+/// filled in here). Blocking.
 ///
 /// # Errors
 /// The I/O error; the part is then not stored (an earlier record of the number stays).
-pub fn store_part(dir: &Path, sink: PartSink, mut record: PartRecord) -> io::Result<()> {
+pub fn store_part(uploads: &Uploads, id: &str, dir: &Path, sink: PartSink, mut record: PartRecord) -> io::Result<()> {
     match sink {
         PartSink::InPlace(region) => {
             if region.written != region.len {
@@ -463,7 +464,14 @@ pub fn store_part(dir: &Path, sink: PartSink, mut record: PartRecord) -> io::Res
         PartSink::Separate(temp) => {
             let name = format!("{:05}-{:016x}.data", record.number, rand::rng().random::<u64>());
             temp.commit(&dir.join(&name)).map_err(commit_error)?;
-            let previous = records(dir)?.into_iter().find(|p| p.number == record.number);
+            // The data file of the number's latest record, if any, goes once this one is
+            // recorded. The index says whether there is one without reading the log, which is
+            // read in full only then: part 10,000 costs what part 1 does.
+            let previous = if uploads.has_record(id, dir, record.number)? {
+                records(dir)?.into_iter().find(|p| p.number == record.number)
+            } else {
+                None
+            };
             record.at = Placement::File { name };
             append_record(dir, &record)?;
             if let Some(PartRecord { at: Placement::File { name }, .. }) = previous {
@@ -719,6 +727,41 @@ mod tests {
         assert_eq!(records(dir.path()).unwrap().iter().map(|r| r.number).collect::<Vec<_>>(), [1, 3]);
         uploads.forget("u");
         assert!(uploads.has_record("u", dir.path(), 1).unwrap(), "read again after forget");
+    }
+
+    #[test]
+    fn a_part_stored_again_replaces_the_data_file_of_its_last_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let uploads = Uploads::new(dir.path().to_path_buf());
+        let store = |number: i32, bytes: &[u8]| {
+            let mut temp = TempFile::create_in(dir.path()).unwrap();
+            temp.write_all(bytes).unwrap();
+            let at = Placement::File { name: String::new() };
+            store_part(&uploads, "u", dir.path(), PartSink::Separate(temp), record(number, bytes.len() as u64, at))
+                .unwrap();
+        };
+        let data_files = || {
+            let mut names: Vec<String> = std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .filter(|n| n.ends_with(".data"))
+                .collect();
+            names.sort();
+            names
+        };
+        for round in 0..3u8 {
+            store(1, &[round; 3]);
+            store(2, &[9; 5]);
+        }
+        let files = data_files();
+        assert_eq!(files.len(), 2, "one data file per part number: {files:?}");
+        let parts = records(dir.path()).unwrap();
+        for part in &parts {
+            let Placement::File { name } = &part.at else { panic!("stored in a file of its own") };
+            assert!(files.contains(name), "{name} is the recorded file");
+        }
+        let Placement::File { name } = &parts[0].at else { unreachable!() };
+        assert_eq!(std::fs::read(dir.path().join(name)).unwrap(), [2; 3], "the last upload's bytes");
     }
 
     #[test]

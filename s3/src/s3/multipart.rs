@@ -166,7 +166,7 @@ pub async fn upload_part(s3: &Depot, req: S3Request<UploadPartInput>) -> Result<
         modified: SystemTime::now(),
     };
     let etag = record.etag.clone();
-    store(dir, file, record, &input.key).await?;
+    store(s3, &input.upload_id, dir, file, record, &input.key).await?;
 
     let mut output = UploadPartOutput { e_tag: Some(ETag::Strong(etag)), ..Default::default() };
     if let Some(algorithm) = expected.algorithm() {
@@ -199,12 +199,14 @@ fn part_sink(
     }
 }
 
-/// Makes a received part durable and records it (before its 200).
-async fn store(dir: PathBuf, sink: PartSink, record: PartRecord, key: &str) -> Result<()> {
-    let key = key.to_owned();
-    tokio::task::spawn_blocking(move || uploads::store_part(&dir, sink, record).map_err(|e| write_error(&key, dir, e)))
-        .await
-        .map_err(blocking_error)?
+/// Makes a received part of upload `id` durable and records it (before its 200).
+async fn store(s3: &Depot, id: &str, dir: PathBuf, sink: PartSink, record: PartRecord, key: &str) -> Result<()> {
+    let (uploads, id, key) = (Arc::clone(&s3.uploads), id.to_owned(), key.to_owned());
+    tokio::task::spawn_blocking(move || {
+        uploads::store_part(&uploads, &id, &dir, sink, record).map_err(|e| write_error(&key, dir, e))
+    })
+    .await
+    .map_err(blocking_error)?
 }
 
 /// UploadPartCopy: part `N` is a range of an existing object (all of it without
@@ -268,7 +270,7 @@ pub async fn upload_part_copy(
     if let Some(algorithm) = algorithm {
         *result.field(algorithm) = Some(record.checksum.value.clone());
     }
-    store(dir, file, record, &input.key).await?;
+    store(s3, &input.upload_id, dir, file, record, &input.key).await?;
     Ok(respond(UploadPartCopyOutput { copy_part_result: Some(result), ..Default::default() }))
 }
 
