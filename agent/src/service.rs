@@ -377,9 +377,7 @@ fn stream_file(mut opened: Opened, chunk_size: usize, rate: Option<&RateLimit>, 
         }
         let want = usize::try_from(opened.remaining).map_or(chunk_size, |r| r.min(chunk_size));
         let mut data = buffers.take(want);
-        // `read_to_end` reads into the buffer's spare capacity as it is (a file's reads need no
-        // zeroed memory first), retrying interrupted reads.
-        if let Err(source) = (&mut opened.file).take(want as u64).read_to_end(&mut data) {
+        if let Err(source) = read_chunk(&opened.file, &mut data, want) {
             let err = ServiceError::Io { name: name.to_owned(), source };
             let _ = tx.blocking_send(Err(err.into()));
             return;
@@ -409,9 +407,28 @@ fn stream_file(mut opened: Opened, chunk_size: usize, rate: Option<&RateLimit>, 
     }
 }
 
+/// Reads up to `want` bytes of `file` (fewer at its end) into `data`, which is empty, straight
+/// into its spare capacity: a file's reads need no zeroed memory first.
+fn read_chunk(file: &File, data: &mut Vec<u8>, want: usize) -> io::Result<()> {
+    if data.capacity() != want {
+        // More room than wanted (a short last chunk into a reused buffer): std's reader stops
+        // at `want` (in a few growing reads).
+        return file.take(want as u64).read_to_end(data).map(drop);
+    }
+    // One `read` a chunk; the capacity is exactly `want`, so it never reads past it.
+    while data.len() < want {
+        match rustix::io::read(file, rustix::buffer::spare_capacity(data)) {
+            Ok(0) => break,
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(errno) => return Err(errno.into()),
+        }
+    }
+    Ok(())
+}
+
 /// Chunk buffers of one `ReadFile` stream, reused once the connection has written (and
-/// dropped) them: a fresh 1 MiB allocation per chunk costs the allocator's zeroed pages, a
-/// reused buffer is read into as it is.
+/// dropped) them: a fresh 1 MiB allocation per chunk costs the allocator fresh pages (page
+/// faults); a reused buffer is read into as it is.
 #[derive(Default)]
 struct Buffers {
     /// Chunks sent, oldest first; each is reusable once this is its only reference.
@@ -586,6 +603,28 @@ mod tests {
     fn read_file_is_answered_on_the_path_tonic_generates() {
         let generated = format!("/{}/ReadFile", depot_proto::agent::node_agent_server::SERVICE_NAME);
         assert_eq!(READ_FILE_PATH, generated);
+    }
+
+    #[test]
+    fn a_chunk_is_read_up_to_what_is_wanted_and_no_further() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let bytes: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &bytes).unwrap();
+        let file = File::open(&path).unwrap();
+        // Exactly the room wanted, then more room than wanted (a reused buffer), then the end.
+        let mut exact = Vec::with_capacity(4000);
+        read_chunk(&file, &mut exact, 4000).unwrap();
+        assert_eq!(exact, bytes[..4000]);
+        let mut roomy = Vec::with_capacity(8000);
+        read_chunk(&file, &mut roomy, 3000).unwrap();
+        assert_eq!(roomy, bytes[4000..7000], "stops at what is wanted though there is room");
+        let mut last = Vec::with_capacity(5000);
+        read_chunk(&file, &mut last, 5000).unwrap();
+        assert_eq!(last, bytes[7000..], "a file shorter than wanted gives what it has");
+        let mut none = Vec::with_capacity(100);
+        read_chunk(&file, &mut none, 100).unwrap();
+        assert!(none.is_empty());
     }
 
     #[test]

@@ -162,9 +162,7 @@ impl TempFile {
                         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
                         result => result.map_err(CommitError::io(parent)),
                     };
-                    if let Some(old) = replaced {
-                        release::release_later(old);
-                    }
+                    drop(replaced); // only now: after the directory fsync
                     return synced;
                 }
                 Err(err) => err,

@@ -23,15 +23,13 @@ fn delete_key(bucket: &Bucket, key: &str) -> Result<()> {
         Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => return Ok(()),
         Err(e) => return Err(Error::io(&path)(e)),
     }
-    // A large file is freed after the answer (see depot_fs::release), not inside the unlink.
-    let held = depot_fs::release::hold_if_large(&path);
+    // A large file is freed after the answer (see depot_fs::release), not inside the unlink:
+    // held until this function returns, after the directory fsync and the prune.
+    let _held = depot_fs::release::hold_if_large(&path);
     match std::fs::remove_file(&path) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(Error::io(&path)(e)),
-    }
-    if let Some(old) = held {
-        depot_fs::release::release_later(old);
     }
     if let Some(parent) = path.parent() {
         match depot_fs::sync_dir(parent) {

@@ -212,7 +212,7 @@ async fn store(s3: &Depot, id: &str, dir: PathBuf, sink: PartSink, record: PartR
 /// UploadPartCopy: part `N` is a range of an existing object (all of it without
 /// `x-amz-copy-source-range`). The source is read as GET and CopyObject read it (through the
 /// storage, with CopyObject's `x-amz-copy-source-if-*` checks) and its bytes go through the
-/// same pipeline as an UploadPart's body ([`body::receive`]: the part's slot or its own file,
+/// same pipeline as an UploadPart's body ([`body::receive_with`]: the part's slot or its own file,
 /// MD5, CRC64-NVME and the upload's checksum), so the part is stored, recorded and durable
 /// exactly as an uploaded one, before the 200.
 pub async fn upload_part_copy(
@@ -293,7 +293,7 @@ fn copy_source_range(value: &str) -> Result<(u64, u64)> {
 /// stays ~0.25 s.
 const COPY_CHUNK: usize = 128 * 1024;
 
-/// `len` bytes of `file` from `offset` as a body for [`body::receive`], read by a blocking
+/// `len` bytes of `file` from `offset` as a body for [`body::receive_with`], read by a blocking
 /// thread a few chunks ahead; the thread's result says whether the source could be read.
 fn read_range(
     file: std::fs::File,
