@@ -1,10 +1,10 @@
 //! Receiving a request body into a temp file, hashing it on the way.
 //!
 //! The network side (this task) computes the cheap checksums of each chunk and hands batches
-//! (64 KiB first, doubling to 1 MiB) to a blocking writer thread and to an MD5 thread (the ETag) over small
-//! bounded channels — the same reference-counted chunks, not copies — so receiving, hashing
-//! and writing overlap, a PUT runs at the pace of the slowest of the three, and at most a few
-//! MiB per upload are in memory. Nothing reaches the object's path here: the caller checks
+//! (64 KiB first, doubling to 1 MiB) to a blocking writer thread and to an MD5 thread (the
+//! ETag) over small bounded channels — the same reference-counted chunks, not copies — so
+//! receiving, hashing and writing overlap, a PUT runs at the pace of the slowest of the three,
+//! and at most a few MiB per upload are in memory. Nothing reaches the object's path here: the caller checks
 //! the digests and then commits the [`TempFile`] (or, for a multipart part written in place,
 //! records it; see [`crate::uploads`]).
 
