@@ -30,6 +30,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard};
 
 use crate::durable::CommitError;
+use crate::release::{Held, hold_if_large};
 
 /// Beyond this many remembered directories the record starts over (costing fsyncs, never
 /// correctness).
@@ -244,6 +245,12 @@ pub fn remove_file_durably(path: &Path) -> io::Result<()> {
 /// The I/O error removing it or syncing its parent.
 pub fn remove_dir_durably(dir: &Path) -> io::Result<()> {
     forget(dir, true);
+    // Its large files (an upload's assembly or parts) are freed after the removal is durable,
+    // not inside it (see `crate::release`): held until this returns.
+    let _held: Vec<Held> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries.flatten().filter_map(|entry| hold_if_large(&entry.path())).collect(),
+        Err(_) => Vec::new(), // missing, or not readable: `remove_dir_all` says which
+    };
     match std::fs::remove_dir_all(dir) {
         Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(()),
         result => result?,
@@ -277,6 +284,19 @@ mod tests {
         assert!(!lock(&GROUPS).contains_key(dir.path()), "an idle group is dropped");
         let missing = dir.path().join("missing");
         assert_eq!(sync_dir(&missing).unwrap_err().kind(), io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn a_directory_with_large_files_is_removed_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let upload = dir.path().join("upload");
+        std::fs::create_dir(&upload).unwrap();
+        let big = std::fs::File::create(upload.join("assembly")).unwrap();
+        big.set_len(crate::release::DEFER_FROM_BYTES * 2).unwrap();
+        std::fs::write(upload.join("parts.log"), b"{}").unwrap();
+        remove_dir_durably(&upload).unwrap();
+        assert!(!upload.exists());
+        remove_dir_durably(&upload).unwrap(); // missing: not an error
     }
 
     #[test]

@@ -14,7 +14,7 @@
 //! - [`dirsync`]: directory fsyncs grouped across concurrent requests, the record of
 //!   directories already durable, and durable removal.
 //! - [`release`]: freeing a replaced or deleted large file after the answer, not inside the
-//!   `rename` or `unlink` that drops its name.
+//!   `rename`, `unlink` or directory removal that drops its name.
 //! - [`writeback`]: [`Writeback`], starting the disk on a large file while it is written, so
 //!   the final fsync has only the tail left; [`flush`]: the `sync_file_range` under it.
 #![deny(unsafe_code)]
