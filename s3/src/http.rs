@@ -52,6 +52,7 @@ where
 {
     let close = expects_continue_without_body(&req) && req.version() < http::Version::HTTP_2;
     let head = req.method() == http::Method::HEAD;
+    let attributes = req.method() == http::Method::GET && is_attributes_query(req.uri().query());
     let mut response = match crate::prechecks::refusal(&req) {
         Some(refused) => crate::prechecks::response(&refused),
         None => {
@@ -71,6 +72,14 @@ where
     {
         response.headers_mut().insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(named.len()));
         *response.body_mut() = <s3s::Body as From<bytes::Bytes>>::from(named);
+    }
+    if attributes
+        && response.status().is_success()
+        && let Some(xml) = response.body().bytes()
+        && let Some(bare) = unquoted_etag(&xml)
+    {
+        response.headers_mut().insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(bare.len()));
+        *response.body_mut() = <s3s::Body as From<bytes::Bytes>>::from(bare);
     }
     if let Ok(id) = http::HeaderValue::try_from(id) {
         // Every S3 answer names its request; SDKs put it in their errors and logs.
@@ -105,6 +114,21 @@ fn with_request_id(xml: &[u8], id: &str) -> Option<bytes::Bytes> {
         return None;
     }
     Some(format!("{}<RequestId>{id}</RequestId>{}", &text[..end], &text[end..]).into())
+}
+
+/// Whether a GET is GetObjectAttributes (`?attributes`).
+fn is_attributes_query(query: Option<&str>) -> bool {
+    query.is_some_and(|q| form_urlencoded::parse(q.as_bytes()).any(|(key, _)| key == "attributes"))
+}
+
+/// GetObjectAttributes' `<ETag>` without the quotes s3s's serializer puts around every ETag:
+/// S3 answers this one operation with the bare value (AWS's CLI examples, ceph/s3-tests), and
+/// clients compare it as it comes. `None` when there is no quoted ETag.
+fn unquoted_etag(xml: &[u8]) -> Option<bytes::Bytes> {
+    let text = std::str::from_utf8(xml).ok()?;
+    let open = text.find("<ETag>\"")? + "<ETag>".len();
+    let close = open + 1 + text[open + 1..].find("\"</ETag>")?;
+    Some(format!("{}{}{}", &text[..open], &text[open + 1..close], &text[close + 1..]).into())
 }
 
 /// An empty body sent with `Expect: 100-continue` is answered without a `100 Continue`
