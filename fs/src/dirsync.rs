@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard};
 
 use crate::durable::CommitError;
-use crate::release::{Held, hold_if_large};
+use crate::release::{self, Held, hold_if_large};
 
 /// Beyond this many remembered directories the record starts over (costing fsyncs, never
 /// correctness).
@@ -246,9 +246,12 @@ pub fn remove_file_durably(path: &Path) -> io::Result<()> {
 pub fn remove_dir_durably(dir: &Path) -> io::Result<()> {
     forget(dir, true);
     // Its large files (an upload's assembly or parts) are freed after the removal is durable,
-    // not inside it (see `crate::release`): held until this returns.
+    // not inside it (see `crate::release`): held until this returns. No more than the release
+    // thread takes at once: an upload of 10,000 large parts must not hold 10,000 descriptors.
     let _held: Vec<Held> = match std::fs::read_dir(dir) {
-        Ok(entries) => entries.flatten().filter_map(|entry| hold_if_large(&entry.path())).collect(),
+        Ok(entries) => {
+            entries.flatten().filter_map(|entry| hold_if_large(&entry.path())).take(release::QUEUE).collect()
+        }
         Err(_) => Vec::new(), // missing, or not readable: `remove_dir_all` says which
     };
     match std::fs::remove_dir_all(dir) {

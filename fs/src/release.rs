@@ -21,7 +21,7 @@ pub const DEFER_FROM_BYTES: u64 = 16 * 1024 * 1024;
 /// Files waiting for the release thread at most; beyond this one is freed in place (by the
 /// request that dropped it), so a burst of large deletes cannot pile up open files and
 /// space still to be returned.
-const QUEUE: usize = 16;
+pub(crate) const QUEUE: usize = 16;
 
 /// An open handle to a large file whose name is about to go: dropped, it is closed on the
 /// release thread ([`release_later`]). Keep it until the name is gone and its directory is

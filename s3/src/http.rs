@@ -123,9 +123,12 @@ fn is_attributes_query(query: Option<&str>) -> bool {
 
 /// GetObjectAttributes' `<ETag>` without the quotes s3s's serializer puts around every ETag:
 /// S3 answers this one operation with the bare value (AWS's CLI examples, ceph/s3-tests), and
-/// clients compare it as it comes. `None` when there is no quoted ETag.
+/// clients compare it as it comes. `None` for any other document, or one without a quoted ETag.
 fn unquoted_etag(xml: &[u8]) -> Option<bytes::Bytes> {
     let text = std::str::from_utf8(xml).ok()?;
+    if !text.contains("<GetObjectAttributesResponse") {
+        return None;
+    }
     let open = text.find("<ETag>\"")? + "<ETag>".len();
     let close = open + 1 + text[open + 1..].find("\"</ETag>")?;
     Some(format!("{}{}{}", &text[..open], &text[open + 1..close], &text[close + 1..]).into())
