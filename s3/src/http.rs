@@ -65,21 +65,19 @@ where
         response.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
     }
     let id = request_id();
-    // An error's XML names the request too (`<RequestId>`), as S3's does.
-    if response.status().as_u16() >= 400
-        && let Some(xml) = response.body().bytes()
-        && let Some(named) = with_request_id(&xml, &id)
-    {
-        response.headers_mut().insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(named.len()));
-        *response.body_mut() = <s3s::Body as From<bytes::Bytes>>::from(named);
-    }
-    if attributes
-        && response.status().is_success()
-        && let Some(xml) = response.body().bytes()
-        && let Some(bare) = unquoted_etag(&xml)
-    {
-        response.headers_mut().insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(bare.len()));
-        *response.body_mut() = <s3s::Body as From<bytes::Bytes>>::from(bare);
+    // Where S3's XML differs from s3s's: an error names its request too (`<RequestId>`), and
+    // GetObjectAttributes' ETag is bare.
+    let status = response.status();
+    let rewritten = if status.as_u16() >= 400 {
+        response.body().bytes().and_then(|xml| with_request_id(&xml, &id))
+    } else if attributes && status.is_success() {
+        response.body().bytes().and_then(|xml| unquoted_etag(&xml))
+    } else {
+        None
+    };
+    if let Some(xml) = rewritten {
+        response.headers_mut().insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(xml.len()));
+        *response.body_mut() = <s3s::Body as From<bytes::Bytes>>::from(xml);
     }
     if let Ok(id) = http::HeaderValue::try_from(id) {
         // Every S3 answer names its request; SDKs put it in their errors and logs.

@@ -235,6 +235,46 @@ impl Uploads {
         Ok(Some(Region { file, offset, len, written: 0, _claim: claim }))
     }
 
+    /// Makes a received part of upload `id` (kept in `dir`) durable and records it (`record.at` is
+    /// filled in here). Blocking.
+    ///
+    /// # Errors
+    /// The I/O error; the part is then not stored (an earlier record of the number stays).
+    pub fn store_part(&self, id: &str, dir: &Path, sink: PartSink, mut record: PartRecord) -> io::Result<()> {
+        match sink {
+            PartSink::InPlace(region) => {
+                if region.written != region.len {
+                    return Err(io::Error::other(format!(
+                        "the part ended after {} of its declared {} bytes",
+                        region.written, region.len
+                    )));
+                }
+                region.file.sync_data()?;
+                record.at = Placement::Assembly { offset: region.offset };
+                append_record(dir, &record)
+                // `region` (and its claim) is dropped only now, after the record exists.
+            }
+            PartSink::Separate(temp) => {
+                let name = format!("{:05}-{:016x}.data", record.number, rand::rng().random::<u64>());
+                temp.commit(&dir.join(&name)).map_err(commit_error)?;
+                // The data file of the number's latest record, if any, goes once this one is
+                // recorded. The index says whether there is one without reading the log, which is
+                // read in full only then: part 10,000 costs what part 1 does.
+                let previous = if self.has_record(id, dir, record.number)? {
+                    records(dir)?.into_iter().find(|p| p.number == record.number)
+                } else {
+                    None
+                };
+                record.at = Placement::File { name };
+                append_record(dir, &record)?;
+                if let Some(PartRecord { at: Placement::File { name }, .. }) = previous {
+                    let _ = std::fs::remove_file(dir.join(name));
+                }
+                Ok(())
+            }
+        }
+    }
+
     /// Takes upload `id` for Complete: `None` when another Complete holds it. The answer says
     /// whether the assembly may be renamed (no part is being written into it).
     pub fn begin_complete(self: &Arc<Self>, id: &str) -> Option<Closing> {
@@ -439,46 +479,6 @@ fn commit_error(err: CommitError) -> io::Error {
     match err {
         CommitError::Io { source, .. } => source,
         conflict @ CommitError::Conflict { .. } => io::Error::other(conflict.to_string()),
-    }
-}
-
-/// Makes a received part of upload `id` (kept in `dir`) durable and records it (`record.at` is
-/// filled in here). Blocking.
-///
-/// # Errors
-/// The I/O error; the part is then not stored (an earlier record of the number stays).
-pub fn store_part(uploads: &Uploads, id: &str, dir: &Path, sink: PartSink, mut record: PartRecord) -> io::Result<()> {
-    match sink {
-        PartSink::InPlace(region) => {
-            if region.written != region.len {
-                return Err(io::Error::other(format!(
-                    "the part ended after {} of its declared {} bytes",
-                    region.written, region.len
-                )));
-            }
-            region.file.sync_data()?;
-            record.at = Placement::Assembly { offset: region.offset };
-            append_record(dir, &record)
-            // `region` (and its claim) is dropped only now, after the record exists.
-        }
-        PartSink::Separate(temp) => {
-            let name = format!("{:05}-{:016x}.data", record.number, rand::rng().random::<u64>());
-            temp.commit(&dir.join(&name)).map_err(commit_error)?;
-            // The data file of the number's latest record, if any, goes once this one is
-            // recorded. The index says whether there is one without reading the log, which is
-            // read in full only then: part 10,000 costs what part 1 does.
-            let previous = if uploads.has_record(id, dir, record.number)? {
-                records(dir)?.into_iter().find(|p| p.number == record.number)
-            } else {
-                None
-            };
-            record.at = Placement::File { name };
-            append_record(dir, &record)?;
-            if let Some(PartRecord { at: Placement::File { name }, .. }) = previous {
-                let _ = std::fs::remove_file(dir.join(name));
-            }
-            Ok(())
-        }
     }
 }
 
@@ -737,7 +737,8 @@ mod tests {
             let mut temp = TempFile::create_in(dir.path()).unwrap();
             temp.write_all(bytes).unwrap();
             let at = Placement::File { name: String::new() };
-            store_part(&uploads, "u", dir.path(), PartSink::Separate(temp), record(number, bytes.len() as u64, at))
+            uploads
+                .store_part("u", dir.path(), PartSink::Separate(temp), record(number, bytes.len() as u64, at))
                 .unwrap();
         };
         let data_files = || {

@@ -710,7 +710,7 @@ async fn conditional_requests(proto: Proto) {
 
 /// GetObjectAttributes: ETag (unquoted), size, storage class, checksum, parts count.
 async fn object_attributes(proto: Proto) {
-    use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, ObjectAttributes};
+    use aws_sdk_s3::types::{ChecksumAlgorithm, ObjectAttributes};
     let dir = test_dir();
     let depot = proto.start(&dir.path().join("archive"), &[]);
     let s3 = depot.client();
@@ -748,17 +748,8 @@ async fn object_attributes(proto: Proto) {
         );
     }
 
-    let upload = s3.create_multipart_upload().bucket(&bucket).key("m").send().await.unwrap();
-    let id = upload.upload_id().unwrap();
-    let mut parts = Vec::new();
-    for n in 1..=2 {
-        let len = if n == 1 { 5 * 1024 * 1024 } else { 10 };
-        let part = s3.upload_part().bucket(&bucket).key("m").upload_id(id).part_number(n);
-        let part = part.body(ByteStream::from(body(len, n as u8))).send().await.unwrap();
-        parts.push(CompletedPart::builder().part_number(n).e_tag(part.e_tag().unwrap()).build());
-    }
-    let done = CompletedMultipartUpload::builder().set_parts(Some(parts)).build();
-    s3.complete_multipart_upload().bucket(&bucket).key("m").upload_id(id).multipart_upload(done).send().await.unwrap();
+    let (id, parts) = upload_parts(&s3, &bucket, "m", &[body(5 * 1024 * 1024, 1), body(10, 2)]).await;
+    complete_upload(&s3, &bucket, "m", &id, parts).await;
     let got = s3.get_object_attributes().bucket(&bucket).key("m").object_attributes(ObjectAttributes::ObjectParts);
     let got = got.send().await.unwrap();
     let listed = got.object_parts().unwrap();
@@ -815,6 +806,37 @@ async fn list_object_versions(proto: Proto) {
     assert_eq!(err.into_service_error().meta().code(), Some("InvalidArgument"));
 }
 
+/// A new multipart upload of `key` with `parts` as parts 1..=N: its id and the parts as
+/// Complete names them (ETags as UploadPart answered), in order. Complete is the caller's.
+async fn upload_parts(
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+    parts: &[Vec<u8>],
+) -> (String, Vec<CompletedPart>) {
+    let id = s3.create_multipart_upload().bucket(bucket).key(key).send().await.unwrap().upload_id.unwrap();
+    let mut uploaded = Vec::new();
+    for (i, data) in parts.iter().enumerate() {
+        let n = i as i32 + 1;
+        let part = s3.upload_part().bucket(bucket).key(key).upload_id(&id).part_number(n);
+        let part = part.body(ByteStream::from(data.clone())).send().await.unwrap();
+        uploaded.push(CompletedPart::builder().part_number(n).e_tag(part.e_tag().unwrap()).build());
+    }
+    (id, uploaded)
+}
+
+/// CompleteMultipartUpload of `parts`.
+async fn complete_upload(
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+    id: &str,
+    parts: Vec<CompletedPart>,
+) -> aws_sdk_s3::operation::complete_multipart_upload::CompleteMultipartUploadOutput {
+    let upload = CompletedMultipartUpload::builder().set_parts(Some(parts)).build();
+    s3.complete_multipart_upload().bucket(bucket).key(key).upload_id(id).multipart_upload(upload).send().await.unwrap()
+}
+
 fn md5_hex(data: &[u8]) -> String {
     use md5::Digest as _;
     hex::encode(md5::Md5::digest(data))
@@ -842,32 +864,12 @@ async fn etags_are_md5_as_in_s3(proto: Proto) {
     assert_eq!(empty.e_tag(), Some("\"d41d8cd98f00b204e9800998ecf8427e\""));
 
     let parts = [body(5 * 1024 * 1024, 1), body(777, 2)];
-    let id = s3.create_multipart_upload().bucket(&bucket).key("multi").send().await.unwrap().upload_id.unwrap();
-    let mut completed = Vec::new();
-    for (i, part) in parts.iter().enumerate() {
-        let n = i as i32 + 1;
-        let up = s3
-            .upload_part()
-            .bucket(&bucket)
-            .key("multi")
-            .upload_id(&id)
-            .part_number(n)
-            .body(ByteStream::from(part.clone()))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(up.e_tag(), Some(quoted(&md5_hex(part)).as_str()), "part {n}");
-        completed.push(CompletedPart::builder().part_number(n).e_tag(up.e_tag().unwrap()).build());
+    let (id, completed) = upload_parts(&s3, &bucket, "multi", &parts).await;
+    for (part, data) in completed.iter().zip(&parts) {
+        let n = part.part_number().unwrap();
+        assert_eq!(part.e_tag(), Some(quoted(&md5_hex(data)).as_str()), "part {n}");
     }
-    let done = s3
-        .complete_multipart_upload()
-        .bucket(&bucket)
-        .key("multi")
-        .upload_id(&id)
-        .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(completed)).build())
-        .send()
-        .await
-        .unwrap();
+    let done = complete_upload(&s3, &bucket, "multi", &id, completed).await;
     let joined: Vec<u8> = parts.iter().flat_map(|p| hex::decode(md5_hex(p)).unwrap()).collect();
     let multi_etag = format!("{}-2", md5_hex(&joined));
     assert_eq!(done.e_tag(), Some(quoted(&multi_etag).as_str()));
@@ -1209,32 +1211,8 @@ async fn part_number_reads(proto: Proto) {
         [("fixed.sst", vec![5 << 20, 5 << 20, 5 << 20, 1 << 20]), ("varied.sst", vec![6 << 20, 5 << 20, 7])]
     {
         let parts: Vec<Vec<u8>> = sizes.iter().enumerate().map(|(i, &n)| body(n, i as u8)).collect();
-        let id = s3.create_multipart_upload().bucket(&bucket).key(key).send().await.unwrap().upload_id.unwrap();
-        let mut done = Vec::new();
-        for (i, data) in parts.iter().enumerate() {
-            let n = i as i32 + 1;
-            let up = s3
-                .upload_part()
-                .bucket(&bucket)
-                .key(key)
-                .upload_id(&id)
-                .part_number(n)
-                .body(ByteStream::from(data.clone()))
-                .send()
-                .await
-                .unwrap();
-            done.push(CompletedPart::builder().part_number(n).e_tag(up.e_tag().unwrap()).build());
-        }
-        let upload = CompletedMultipartUpload::builder().set_parts(Some(done)).build();
-        let completed = s3
-            .complete_multipart_upload()
-            .bucket(&bucket)
-            .key(key)
-            .upload_id(&id)
-            .multipart_upload(upload)
-            .send()
-            .await
-            .unwrap();
+        let (id, done) = upload_parts(&s3, &bucket, key, &parts).await;
+        let completed = complete_upload(&s3, &bucket, key, &id, done).await;
         let total: usize = sizes.iter().sum();
         let mut start = 0;
         for (i, data) in parts.iter().enumerate() {

@@ -203,7 +203,7 @@ fn part_sink(
 async fn store(s3: &Depot, id: &str, dir: PathBuf, sink: PartSink, record: PartRecord, key: &str) -> Result<()> {
     let (uploads, id, key) = (Arc::clone(&s3.uploads), id.to_owned(), key.to_owned());
     tokio::task::spawn_blocking(move || {
-        uploads::store_part(&uploads, &id, &dir, sink, record).map_err(|e| write_error(&key, dir, e))
+        uploads.store_part(&id, &dir, sink, record).map_err(|e| write_error(&key, dir, e))
     })
     .await
     .map_err(blocking_error)?
