@@ -4,9 +4,12 @@
 //! (64 KiB first, doubling to 1 MiB) to a blocking writer thread and to an MD5 thread (the
 //! ETag) over small bounded channels — the same reference-counted chunks, not copies — so
 //! receiving, hashing and writing overlap, a PUT runs at the pace of the slowest of the three,
-//! and at most a few MiB per upload are in memory. Nothing reaches the object's path here: the caller checks
-//! the digests and then commits the [`TempFile`] (or, for a multipart part written in place,
-//! records it; see [`crate::uploads`]).
+//! and at most a few MiB per upload are in memory. A body that ends within its first batch
+//! (64 KiB: most small objects) skips all that: it is hashed and written in one blocking call
+//! ([`Whole`]; a PutObject installs it in the same call), since two threads, their channels
+//! and their wake-ups cost more than hashing a few KiB. Nothing reaches the object's path
+//! here: the caller checks the digests and then commits the [`TempFile`] (or, for a multipart
+//! part written in place, records it; see [`crate::uploads`]).
 
 use std::io::{self, IoSlice, Write};
 use std::path::PathBuf;
@@ -73,36 +76,117 @@ pub fn check_declared_length(length: Option<i64>) -> Result<()> {
     }
 }
 
-/// Streams `body` into `file`, hashing it with `hasher`. `key` names the object in errors,
-/// `path` the file in I/O errors.
+/// Streams `body` into the sink that `open` makes (with its path, for errors), hashing it
+/// with `hasher`: [`start`], then [`Start::receive`]. `key` names the object in errors.
 ///
 /// # Errors
 /// A body error (digest or signature mismatch found by s3s, early end), [`Error::EntityTooLarge`],
-/// or a write error (a full disk is [`Error::DiskFull`]). The sink is dropped on error (a
-/// temp file deletes itself).
-pub async fn receive<S: Sink>(
-    body: Option<StreamingBlob>,
-    file: S,
-    hasher: BodyHasher,
-    key: &str,
-    path: &std::path::Path,
-) -> Result<Received<S>> {
-    let path = path.to_path_buf();
-    receive_with(body, move || Ok((file, path)), hasher, key).await
-}
-
-/// [`receive`] into the sink that `open` makes (with its path, for errors). `open` runs on the
-/// writer thread, so setting the sink up (a part's slot: the upload's files read, the assembly
-/// opened) overlaps with receiving and hashing the first bytes instead of delaying them.
-///
-/// # Errors
-/// As [`receive`], and `open`'s error.
+/// `open`'s error, or a write error (a full disk is [`Error::DiskFull`]). The sink is dropped
+/// on error (a temp file deletes itself).
 pub async fn receive_with<S: Sink>(
     body: Option<StreamingBlob>,
     open: impl FnOnce() -> Result<(S, PathBuf)> + Send + 'static,
-    mut hasher: BodyHasher,
+    hasher: BodyHasher,
     key: &str,
 ) -> Result<Received<S>> {
+    start(body, hasher).await?.receive(open, key).await
+}
+
+/// A body's first batch, read and given to the hasher.
+pub enum Start {
+    /// The body ended within it.
+    Whole(Whole),
+    /// More follows.
+    Longer(Head),
+}
+
+/// The first batch of a body longer than that.
+pub struct Head {
+    rest: StreamingBlob,
+    first: Vec<Bytes>,
+    size: u64,
+    hasher: BodyHasher,
+}
+
+/// A body that ended within its first batch, so small that one blocking call can hash it,
+/// write it and install it: the writer and MD5 threads of a longer body, their channels and
+/// their thread hops cost more than hashing a few KiB.
+pub struct Whole {
+    chunks: Vec<Bytes>,
+    size: u64,
+    hasher: BodyHasher,
+}
+
+impl Whole {
+    /// The body's chunks, size and digests (the MD5 computed now: call it off the runtime).
+    #[must_use]
+    pub fn finish(self) -> (Vec<Bytes>, u64, Digests) {
+        let md5 = crate::digest::md5_of(&self.chunks);
+        (self.chunks, self.size, self.hasher.finalize(Some(md5)))
+    }
+}
+
+/// Reads `body` up to its first batch ([`FIRST_BATCH_BYTES`]), giving it to `hasher`.
+///
+/// # Errors
+/// A body error (see [`receive_with`]).
+pub async fn start(body: Option<StreamingBlob>, mut hasher: BodyHasher) -> Result<Start> {
+    let mut first = Vec::new();
+    let mut size = 0u64;
+    let Some(mut rest) = body else {
+        return Ok(Start::Whole(Whole { chunks: first, size, hasher }));
+    };
+    while size < FIRST_BATCH_BYTES as u64 && first.len() < BATCH_CHUNKS {
+        match rest.next().await {
+            None => return Ok(Start::Whole(Whole { chunks: first, size, hasher })),
+            Some(Ok(chunk)) => {
+                size += chunk.len() as u64;
+                hasher.update(&chunk);
+                first.push(chunk);
+            }
+            Some(Err(err)) => return Err(body_error(&*err, size)),
+        }
+    }
+    Ok(Start::Longer(Head { rest, first, size, hasher }))
+}
+
+impl Start {
+    /// Streams the whole body into the sink `open` makes. `open` runs on a blocking thread,
+    /// so setting the sink up (a temp file created, or a part's slot: the upload's files read,
+    /// the assembly opened) neither blocks the runtime nor delays hashing: for a longer body
+    /// it overlaps with the MD5 of the first batch and receiving the rest.
+    ///
+    /// # Errors
+    /// As [`receive_with`].
+    pub async fn receive<S: Sink>(
+        self,
+        open: impl FnOnce() -> Result<(S, PathBuf)> + Send + 'static,
+        key: &str,
+    ) -> Result<Received<S>> {
+        let whole = match self {
+            Start::Longer(head) => return pipeline(head, open, key).await,
+            Start::Whole(whole) => whole,
+        };
+        let key = key.to_owned();
+        tokio::task::spawn_blocking(move || -> Result<Received<S>> {
+            let (mut file, path) = open()?;
+            let (chunks, size, digests) = whole.finish();
+            file.write_batch(&chunks).map_err(|e| write_error(&key, path, e))?;
+            Ok(Received { file, size, digests })
+        })
+        .await
+        .map_err(|e| Error::io("<writer task>")(io::Error::other(e)))?
+    }
+}
+
+/// [`Start::receive`] for a body longer than its first batch: the writer and MD5 threads, fed
+/// over bounded channels.
+async fn pipeline<S: Sink>(
+    head: Head,
+    open: impl FnOnce() -> Result<(S, PathBuf)> + Send + 'static,
+    key: &str,
+) -> Result<Received<S>> {
+    let Head { rest: mut body, first, mut size, mut hasher } = head;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Bytes>>(QUEUE);
     let owned_key = key.to_owned();
     let writer = tokio::task::spawn_blocking(move || -> Result<S> {
@@ -130,15 +214,17 @@ pub async fn receive_with<S: Sink>(
     });
 
     let md5 = Md5Thread::start(QUEUE);
-    let mut size = 0u64;
     let mut outcome = Ok(());
-    if let Some(mut body) = body {
-        let mut batch = Vec::new();
+    // The first batch is small, so MD5 (the slowest of the three) starts on the first bytes
+    // rather than after a whole batch has arrived: a sequential client waits for each part's
+    // MD5, so every millisecond it starts late is a millisecond per part. Each next batch
+    // doubles, up to BATCH_BYTES.
+    md5.feed(first.clone()).await;
+    let mut batch = Vec::new();
+    // The writer fails only on an I/O error, reported below.
+    if tx.send(first).await.is_ok() {
         let mut batch_bytes = 0;
-        // The first batches are small, so MD5 (the slowest of the three) starts on the first
-        // bytes rather than after a whole batch has arrived: a sequential client waits for each
-        // part's MD5, so every millisecond it starts late is a millisecond per part.
-        let mut batch_limit = FIRST_BATCH_BYTES;
+        let mut batch_limit = FIRST_BATCH_BYTES * 2;
         while let Some(chunk) = body.next().await {
             let chunk = match chunk {
                 Ok(chunk) => chunk,
@@ -160,7 +246,7 @@ pub async fn receive_with<S: Sink>(
                 batch_limit = (batch_limit * 2).min(BATCH_BYTES);
                 md5.feed(batch.clone()).await;
                 if tx.send(std::mem::take(&mut batch)).await.is_err() {
-                    break; // the writer failed; its error is reported below
+                    break;
                 }
             }
         }

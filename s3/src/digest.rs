@@ -279,6 +279,15 @@ impl BodyHasher {
     }
 }
 
+/// The MD5 of `chunks` in order, computed here: for a body too small to be worth a thread.
+pub fn md5_of(chunks: &[bytes::Bytes]) -> [u8; 16] {
+    let mut md5 = Md5::new();
+    for chunk in chunks {
+        md5.update(chunk);
+    }
+    md5.finalize()
+}
+
 /// MD5 computed on a thread of its own, fed the same shared chunks the writer gets.
 ///
 /// A PUT is then bounded by the slowest of network, disk and MD5 rather than their sum: the

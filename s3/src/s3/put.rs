@@ -1,14 +1,15 @@
 //! PutObject, and [`install`]: how every new object (PUT, copy, completed upload) lands.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use depot_fs::{CommitError, TempFile};
 use s3s::dto::*;
 use s3s::{S3Request, S3Response};
 
 use super::{Depot, respond};
-use crate::body::{self, Received};
-use crate::digest::{Algorithm, Expected};
+use crate::body::{self, Received, Sink as _};
+use crate::digest::{Algorithm, Digests, Expected};
 use crate::error::{Error, Result, write_error};
 use crate::meta::{ObjectMeta, StoredChecksum};
 
@@ -36,23 +37,61 @@ pub async fn put_object(s3: &Depot, req: S3Request<PutObjectInput>) -> Result<S3
         ..ObjectMeta::default()
     };
 
-    let temp = s3.archive.temp_file()?;
-    let temp_path = temp.path().to_path_buf();
-    let Received { file, size, digests } =
-        body::receive(input.body, temp, expected.hasher(), &input.key, &temp_path).await?;
-    let trailers = trailing_headers.and_then(|t| t.take());
-    let checksum = expected.verify(&digests, trailers.as_ref())?;
-    meta.etag = digests.etag();
-    meta.checksum = Some(checksum.clone());
-    install(file, meta.clone(), path, input.key, condition).await?;
+    let with_algorithm = expected.algorithm().is_some();
+    let archive = Arc::clone(&s3.archive);
+    let (size, checksum, meta) = match body::start(input.body, expected.hasher()).await? {
+        // A small body: checked, written and installed in one blocking call.
+        body::Start::Whole(whole) => {
+            let trailers = trailing_headers.and_then(|t| t.take());
+            tokio::task::spawn_blocking(move || -> Result<_> {
+                let (chunks, size, digests) = whole.finish();
+                let checksum = seal(&mut meta, &expected, &digests, trailers.as_ref())?;
+                let mut temp = archive.temp_file()?;
+                temp.write_batch(&chunks).map_err(|e| write_error(&input.key, temp.path().to_path_buf(), e))?;
+                install_now(temp, meta.clone(), &path, input.key, &condition)?;
+                Ok((size, checksum, meta))
+            })
+            .await
+            .map_err(|e| Error::io("<commit task>")(std::io::Error::other(e)))??
+        }
+        longer => {
+            let temp = move || {
+                let temp = archive.temp_file()?;
+                let path = temp.path().to_path_buf();
+                Ok((temp, path))
+            };
+            let Received { file, size, digests } = longer.receive(temp, &input.key).await?;
+            let trailers = trailing_headers.and_then(|t| t.take());
+            let checksum = seal(&mut meta, &expected, &digests, trailers.as_ref())?;
+            install(file, meta.clone(), path, input.key, condition).await?;
+            (size, checksum, meta)
+        }
+    };
     s3.stats.object_written(size);
 
     let mut output =
         PutObjectOutput { e_tag: Some(ETag::Strong(meta.etag)), size: Some(size as i64), ..Default::default() };
-    if expected.algorithm().is_some() {
+    if with_algorithm {
         set_checksum_fields(&checksum, &mut output);
     }
     Ok(respond(output))
+}
+
+/// Checks a received body's digests against what the client sent and records its ETag and
+/// checksum in `meta`.
+///
+/// # Errors
+/// [`Error::BadDigest`] and the other checksum errors of [`Expected::verify`].
+fn seal(
+    meta: &mut ObjectMeta,
+    expected: &Expected,
+    digests: &Digests,
+    trailers: Option<&http::HeaderMap>,
+) -> Result<StoredChecksum> {
+    let checksum = expected.verify(digests, trailers)?;
+    meta.etag = digests.etag();
+    meta.checksum = Some(checksum.clone());
+    Ok(checksum)
 }
 
 /// A write's `If-Match` / `If-None-Match` (S3's conditional writes).
@@ -119,33 +158,45 @@ fn condition_lock(path: &Path) -> std::sync::MutexGuard<'static, ()> {
 /// errors; write errors.
 pub async fn install(
     file: TempFile,
-    mut meta: ObjectMeta,
+    meta: ObjectMeta,
     path: PathBuf,
     key: String,
     condition: WriteCondition,
 ) -> Result<()> {
-    tokio::task::spawn_blocking(move || {
-        let _serialized = (!condition.is_empty()).then(|| condition_lock(&path));
-        condition.check(&path, &key)?;
-        let temp = file.path().to_path_buf();
-        let size = file.file().metadata().map_err(Error::io(&temp))?.len();
-        if size > 0 && crate::marker::dir_key(&key).is_some() {
-            return Err(non_empty_marker(&key, size));
+    tokio::task::spawn_blocking(move || install_now(file, meta, &path, key, &condition))
+        .await
+        .map_err(|e| Error::io("<commit task>")(std::io::Error::other(e)))?
+}
+
+/// [`install`] on this (blocking) thread.
+///
+/// # Errors
+/// As [`install`].
+fn install_now(
+    file: TempFile,
+    mut meta: ObjectMeta,
+    path: &Path,
+    key: String,
+    condition: &WriteCondition,
+) -> Result<()> {
+    let _serialized = (!condition.is_empty()).then(|| condition_lock(path));
+    condition.check(path, &key)?;
+    let temp = file.path().to_path_buf();
+    let size = file.file().metadata().map_err(Error::io(&temp))?.len();
+    if size > 0 && crate::marker::dir_key(&key).is_some() {
+        return Err(non_empty_marker(&key, size));
+    }
+    meta.store(file.file()).map_err(|e| write_error(&key, temp, e))?;
+    file.commit(path).map_err(|e| match e {
+        CommitError::Conflict { path, what } => {
+            let detail = format!(
+                "{} is {what}",
+                path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+            );
+            Error::KeyConflict { key, detail }
         }
-        meta.store(file.file()).map_err(|e| write_error(&key, temp, e))?;
-        file.commit(&path).map_err(|e| match e {
-            CommitError::Conflict { path, what } => {
-                let detail = format!(
-                    "{} is {what}",
-                    path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned())
-                );
-                Error::KeyConflict { key, detail }
-            }
-            CommitError::Io { path, source } => write_error(&key, path, source),
-        })
+        CommitError::Io { path, source } => write_error(&key, path, source),
     })
-    .await
-    .map_err(|e| Error::io("<commit task>")(std::io::Error::other(e)))?
 }
 
 /// A key ending in `/` names a directory, which holds no bytes of its own.
