@@ -20,6 +20,12 @@
 #   group_commit_gain     small_put_ops_s / ungrouped_small_put_ops_s
 #   small_put_tmpfs_ops_s the same small PUTs against an archive on tmpfs (fsync is free):
 #                         the CPU-bound ceiling that grouping fsyncs can at best approach
+#   fs_commit_ops_s       the file system alone, no Depot: 32 threads each writing 4 KiB to a
+#                         new file, fsync, rename into one directory, fsync the directory;
+#   fs_grouped_commit_ops_s  the same with the directory fsyncs grouped as the server groups
+#                         them; fs_group_commit_ceiling their ratio: what grouping can gain on
+#                         this disk at all (about 1.0 where fsync is cheap or the journal
+#                         already batches concurrent commits)
 #   depot_peak_rss_mib    peak RSS (VmHWM) of `depot serve` over the whole run
 #   md5_one_core_mb_s     MD5 of 1 GiB on one core, the implementation the server uses
 #                         (a PUT computes the ETag's MD5 on its own thread)
@@ -176,6 +182,8 @@ ab_args=("${side_args[@]}")
 ungrouped=$("$target/depot-bench" s3 "${ab_args[@]}" "${small[@]}" | grep put)
 echo "ungrouped_$ungrouped"
 "$target/depot-bench" s3 "${ab_args[@]}" "${small[@]}" --layout fresh | grep put | sed 's/^/ungrouped_/'
+# What grouping can gain on this disk at all, measured on the file system without Depot.
+"$target/depot-bench" fs-commit --dir "$work/fs-commit"
 echo "group_commit_gain=$(ratio "$(sed -n 's/^small_put_ops_s=//p' <<<"$grouped")" "$(sed -n 's/^small_put_ops_s=//p' <<<"$ungrouped")")"
 tmpfs_archive=$(mktemp -d /dev/shm/depot-bench-tmpfs.XXXXXX)
 trap 'cleanup; rm -rf "$tmpfs_archive"' EXIT

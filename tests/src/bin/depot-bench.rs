@@ -9,6 +9,9 @@
 //!   shuffled, at a concurrency: seconds, files/s, MB/s (the agents' S3 view vs `depot serve`).
 //! - `mpu ...`: one large PUT, then the same size as a multipart upload of fixed-size parts
 //!   sent one after another (as TiKV does), with Complete timed on its own.
+//! - `fs-commit --dir D`: the file system's own ceiling for group commit, without Depot:
+//!   threads that each write a 4 KiB file, fsync it, rename it into one directory and fsync
+//!   that directory, alone or grouped (`depot_fs::sync_dir`, what the server uses).
 //! - `list ...`: directories of 1,000 to 1,000,000 empty files listed in full with V1 and V2
 //!   (see `list.rs`).
 //!
@@ -102,6 +105,20 @@ enum Command {
         size: u64,
         #[arg(long, default_value_t = 8 << 20)]
         part_size: u64,
+    },
+    /// Small durable writes straight to the file system (no Depot), with the directory fsync
+    /// alone and grouped; prints `fs_commit_ops_s`, `fs_grouped_commit_ops_s` and their ratio.
+    FsCommit {
+        /// A directory on the file system to measure (created; its files are left for the
+        /// caller to remove: deleting tens of thousands of files right away would slow the
+        /// next creations, as ext4 skips recently freed inodes).
+        #[arg(long)]
+        dir: std::path::PathBuf,
+        #[arg(long, default_value_t = 32)]
+        threads: usize,
+        /// Seconds per measurement; each mode is measured twice, alternated, best kept.
+        #[arg(long, default_value_t = 0.5)]
+        seconds: f64,
     },
     /// Directories of N empty files made in the archive, each listed in full with
     /// ListObjects (V1, Marker) and ListObjectsV2, 1,000 keys a page.
@@ -414,6 +431,49 @@ async fn multipart_vs_put(client: Client, bucket: &str, size: u64, part_size: u6
     println!("mpu_complete_share={:.3}", complete / mpu);
 }
 
+/// Small durable writes per second on the file system under `dir`, `threads` at once for
+/// `seconds`: each writes 4 KiB to a new file in `dir/tmp`, fsyncs it, renames it into
+/// `dir/objects` and fsyncs that directory (with `grouped`, through `depot_fs::sync_dir`).
+fn fs_commit(dir: &std::path::Path, threads: usize, seconds: f64, grouped: bool) -> f64 {
+    use std::io::Write as _;
+    let (tmp, objects) = (dir.join("tmp"), dir.join("objects"));
+    std::fs::create_dir_all(&tmp).expect("create the tmp directory");
+    std::fs::create_dir_all(&objects).expect("create the objects directory");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let done = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let workers: Vec<_> = (0..threads)
+        .map(|thread| {
+            let (tmp, objects, stop, done) = (tmp.clone(), objects.clone(), Arc::clone(&stop), Arc::clone(&done));
+            std::thread::spawn(move || {
+                let data = [b'x'; 4096];
+                for n in 0.. {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let name = format!("{thread}-{n}");
+                    let mut file = std::fs::File::create_new(tmp.join(&name)).expect("create");
+                    file.write_all(&data).expect("write");
+                    file.sync_all().expect("fsync the file");
+                    std::fs::rename(tmp.join(&name), objects.join(&name)).expect("rename");
+                    if grouped {
+                        depot_fs::sync_dir(&objects).expect("fsync the directory");
+                    } else {
+                        std::fs::File::open(&objects).and_then(|d| d.sync_all()).expect("fsync the directory");
+                    }
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs_f64(seconds));
+    stop.store(true, Ordering::Relaxed);
+    for worker in workers {
+        worker.join().expect("worker");
+    }
+    done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+}
+
 #[tokio::main]
 async fn main() {
     match Cli::parse().command {
@@ -434,6 +494,16 @@ async fn main() {
             println!("scrape_{nodes}_nodes_ms={:.2}", median_ms(scrape));
             println!("scrape_{nodes}_nodes_worst_ms={:.2}", worst * 1000.0);
             println!("status_api_{nodes}_nodes_ms={:.2}", median_ms(status));
+        }
+        Command::FsCommit { dir, threads, seconds } => {
+            let (mut alone, mut grouped) = (0.0f64, 0.0f64);
+            for round in 0..2 {
+                alone = alone.max(fs_commit(&dir.join(format!("alone-{round}")), threads, seconds, false));
+                grouped = grouped.max(fs_commit(&dir.join(format!("grouped-{round}")), threads, seconds, true));
+            }
+            println!("fs_commit_ops_s={alone:.0}");
+            println!("fs_grouped_commit_ops_s={grouped:.0}");
+            println!("fs_group_commit_ceiling={:.2}", grouped / alone);
         }
         Command::TcpSink => {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
