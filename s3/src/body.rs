@@ -220,9 +220,9 @@ async fn pipeline<S: Sink>(
     // MD5, so every millisecond it starts late is a millisecond per part. Each next batch
     // doubles, up to BATCH_BYTES.
     md5.feed(first.clone()).await;
-    let mut batch = Vec::new();
-    // The writer fails only on an I/O error, reported below.
+    // A failed send means the writer failed; its error is reported below.
     if tx.send(first).await.is_ok() {
+        let mut batch = Vec::new();
         let mut batch_bytes = 0;
         let mut batch_limit = FIRST_BATCH_BYTES * 2;
         while let Some(chunk) = body.next().await {
@@ -246,7 +246,7 @@ async fn pipeline<S: Sink>(
                 batch_limit = (batch_limit * 2).min(BATCH_BYTES);
                 md5.feed(batch.clone()).await;
                 if tx.send(std::mem::take(&mut batch)).await.is_err() {
-                    break;
+                    break; // the writer failed
                 }
             }
         }
@@ -297,5 +297,63 @@ fn body_error(err: &(dyn std::error::Error + 'static), received: u64) -> Error {
         // "Incomplete", "LengthMismatch", or the connection went away mid-body.
         tracing::debug!(%text, received, "body ended early");
         Error::IncompleteBody { received }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::digest::{Algorithm, Expected};
+
+    fn blob(data: &[u8], chunk: usize) -> StreamingBlob {
+        let chunks: Vec<io::Result<Bytes>> = data.chunks(chunk).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+        StreamingBlob::wrap(futures::stream::iter(chunks))
+    }
+
+    fn hasher() -> BodyHasher {
+        Expected::from_headers(&http::HeaderMap::new()).unwrap().hasher()
+    }
+
+    async fn receive_into_temp(dir: &std::path::Path, body: StreamingBlob) -> Result<Received> {
+        let dir = dir.to_path_buf();
+        let open = move || {
+            let temp = TempFile::create_in(&dir).map_err(Error::io(&dir))?;
+            let path = temp.path().to_path_buf();
+            Ok((temp, path))
+        };
+        receive_with(Some(body), open, hasher(), "k").await
+    }
+
+    #[tokio::test]
+    async fn bodies_on_both_sides_of_the_first_batch_arrive_whole_with_their_digests() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..3 * 1024 * 1024 + 7).map(|i| (i * 31 % 251) as u8).collect();
+        let first = FIRST_BATCH_BYTES;
+        for len in [0, 1, first - 1, first, first + 1, 3 * 1024 * 1024 + 7] {
+            for chunk in [16 * 1024, 1024 * 1024] {
+                let bytes = &data[..len];
+                let shape = start(Some(blob(bytes, chunk)), hasher()).await.unwrap();
+                assert_eq!(matches!(shape, Start::Whole(_)), len < first, "{len} bytes in {chunk}-byte chunks");
+
+                let received = receive_into_temp(dir.path(), blob(bytes, chunk)).await.unwrap();
+                assert_eq!(received.size, len as u64);
+                assert_eq!(std::fs::read(received.file.path()).unwrap(), bytes, "{len} bytes");
+                let mut direct = hasher();
+                direct.update(bytes);
+                let direct = direct.finalize(Some(crate::digest::md5_of(&[Bytes::copy_from_slice(bytes)])));
+                assert_eq!(received.digests.etag(), direct.etag(), "{len} bytes");
+                assert_eq!(received.digests.base64(Algorithm::Crc64Nvme), direct.base64(Algorithm::Crc64Nvme));
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_small_body_cut_short_is_refused_before_any_file_is_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let chunks: Vec<io::Result<Bytes>> =
+            vec![Ok(Bytes::from_static(b"partial")), Err(io::Error::new(io::ErrorKind::UnexpectedEof, "Incomplete"))];
+        let result = receive_into_temp(dir.path(), StreamingBlob::wrap(futures::stream::iter(chunks))).await;
+        assert!(matches!(result, Err(Error::IncompleteBody { received: 7 })), "{:?}", result.err());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "no temp file left");
     }
 }
