@@ -6,7 +6,7 @@ use s3s::dto::*;
 use s3s::{S3Request, S3Response};
 
 use super::get::Conditions;
-use super::put::{WriteCondition, install, set_checksum_fields, user_metadata};
+use super::put::{WriteCondition, install_now, set_checksum_fields, user_metadata};
 use super::{Depot, respond};
 use crate::error::{Error, Result, write_error};
 use crate::meta::ObjectMeta;
@@ -44,23 +44,25 @@ pub async fn copy_object(s3: &Depot, req: S3Request<CopyObjectInput>) -> Result<
     // that already has one passes it on (and the copy can be a reflink); one with a multipart
     // or a hand-placed file's tag is hashed on the way.
     let hash = !is_md5(&meta.etag);
-    let temp = s3.archive.temp_file()?;
+    // Copied and installed in one blocking call.
+    let archive = std::sync::Arc::clone(&s3.archive);
     let key = input.key.clone();
-    let (temp, size, md5) = tokio::task::spawn_blocking(move || {
+    let (size, meta) = tokio::task::spawn_blocking(move || {
+        let temp = archive.temp_file()?;
         let temp_path = temp.path().to_path_buf();
         let copied =
             if hash { copy_hashing(&mut src_file, &mut temp.file()) } else { copy_plain(&mut src_file, &temp) };
         let (size, md5) = copied.map_err(|e| write_error(&key, temp_path, e))?;
-        Ok::<_, Error>((temp, size, md5))
+        if let Some(md5) = md5 {
+            meta.etag = hex::encode(md5);
+            meta.parts = None;
+            meta.part_runs = crate::meta::PartRuns::default();
+        }
+        install_now(temp, meta.clone(), &dest_path, key, &WriteCondition::default())?;
+        Ok::<_, Error>((size, meta))
     })
     .await
     .map_err(|e| Error::io("<copy task>")(io::Error::other(e)))??;
-    if let Some(md5) = md5 {
-        meta.etag = hex::encode(md5);
-        meta.parts = None;
-        meta.part_runs = crate::meta::PartRuns::default();
-    }
-    install(temp, meta.clone(), dest_path, input.key, WriteCondition::default()).await?;
     s3.stats.object_written(size);
 
     let mut result = CopyObjectResult {

@@ -172,7 +172,7 @@ pub async fn install(
 ///
 /// # Errors
 /// As [`install`].
-fn install_now(
+pub(super) fn install_now(
     file: TempFile,
     mut meta: ObjectMeta,
     path: &Path,
