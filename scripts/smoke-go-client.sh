@@ -81,7 +81,6 @@ if [[ -z ${DEPOT_BIN:-} ]]; then
     DEPOT_BIN=${CARGO_TARGET_DIR:-$repo/target}/debug/depot
 fi
 
-
 failed=0
 for pass in http https; do
     serve_pass "$pass"

@@ -37,7 +37,6 @@ if [[ -z ${DEPOT_BIN:-} ]]; then
     DEPOT_BIN=${CARGO_TARGET_DIR:-$repo/target}/debug/depot
 fi
 
-
 # The source tree, the same for both passes.
 src=$tmp/src
 mkdir -p "$src/a/b" "$src/c"

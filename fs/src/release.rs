@@ -12,8 +12,8 @@
 
 use std::fs::File;
 use std::path::Path;
+use std::sync::LazyLock;
 use std::sync::mpsc;
-use std::sync::{LazyLock, Mutex};
 
 /// Files smaller than this are freed in place: their freeing costs less than the hand-off.
 pub const DEFER_FROM_BYTES: u64 = 16 * 1024 * 1024;
@@ -51,18 +51,18 @@ pub fn hold_if_large(path: &Path) -> Option<Held> {
 /// Closes `file` on the release thread (started on first use), so the freeing of a file whose
 /// last name is gone happens there; in place when that thread is [`QUEUE`] files behind.
 fn release_later(file: File) {
-    static RELEASER: LazyLock<Option<Mutex<mpsc::SyncSender<File>>>> = LazyLock::new(|| {
+    static RELEASER: LazyLock<Option<mpsc::SyncSender<File>>> = LazyLock::new(|| {
         let (tx, rx) = mpsc::sync_channel::<File>(QUEUE);
         let started = std::thread::Builder::new().name("depot-release".into()).spawn(move || {
             for file in rx {
                 drop(file);
             }
         });
-        started.ok().map(|_| Mutex::new(tx))
+        started.ok().map(|_| tx)
     });
     if let Some(tx) = RELEASER.as_ref() {
         // Full, or no thread: the error hands the file back and it is closed here.
-        let _ = tx.lock().unwrap_or_else(std::sync::PoisonError::into_inner).try_send(file);
+        let _ = tx.try_send(file);
     }
 }
 

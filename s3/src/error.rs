@@ -247,10 +247,11 @@ impl Error {
             Self::InvalidPart { .. } => (C::InvalidPart, StatusCode::BAD_REQUEST),
             Self::InvalidPartOrder => (C::InvalidPartOrder, StatusCode::BAD_REQUEST),
             Self::NoSuchPart { .. } => (C::InvalidPart, StatusCode::BAD_REQUEST),
-            Self::InvalidRange { .. } => (C::InvalidRange, StatusCode::RANGE_NOT_SATISFIABLE),
+            Self::InvalidRange { .. } | Self::CopyRangeOutside { .. } => {
+                (C::InvalidRange, StatusCode::RANGE_NOT_SATISFIABLE)
+            }
             Self::PreconditionFailed => (C::PreconditionFailed, StatusCode::PRECONDITION_FAILED),
             Self::NotModified { .. } => (custom("NotModified"), StatusCode::NOT_MODIFIED),
-            Self::CopyRangeOutside { .. } => (C::InvalidRange, StatusCode::RANGE_NOT_SATISFIABLE),
             Self::InvalidTag(_) => (C::InvalidTag, StatusCode::BAD_REQUEST),
             Self::TooManyTags { .. } => (custom("BadRequest"), StatusCode::BAD_REQUEST),
             Self::SingleBucket(_) => (C::NotImplemented, StatusCode::NOT_IMPLEMENTED),

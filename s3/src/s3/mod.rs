@@ -108,7 +108,6 @@ impl Depot {
     }
 }
 
-/// Wraps an output in a default response.
 /// The owner S3 names in listings: the caller's credential, as one account. Its ID is
 /// canonical-user shaped (64 hex digits, a SHA-256 of the access key: stable, and no secret).
 fn owner<T>(req: &S3Request<T>) -> Option<Owner> {
@@ -120,6 +119,7 @@ fn owner<T>(req: &S3Request<T>) -> Option<Owner> {
     })
 }
 
+/// Wraps an output in a default response.
 fn respond<T>(output: T) -> S3Response<T> {
     S3Response::new(output)
 }

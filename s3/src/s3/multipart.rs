@@ -175,7 +175,7 @@ pub async fn upload_part(s3: &Depot, req: S3Request<UploadPartInput>) -> Result<
     Ok(respond(output))
 }
 
-/// Where part `number` of the upload in `dir` is written, made by the writer thread of
+/// Where part `number` of the upload in `dir` is written, made on a blocking thread by
 /// [`body::receive_with`]: its slot of the assembly file when it fits the upload's shape
 /// (`declared` length known), else a temp file of its own; with its path, for errors.
 fn part_sink(
